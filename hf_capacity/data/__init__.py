@@ -1,0 +1,23 @@
+"""Synthetic knowledge data: populations, rendering with exact spans, the corpus tokenizer, packed streams."""
+
+from .knowledge_data import KnowledgeData
+from .population import BioDPopulation, BioSPopulation, load_pools, population_from_config
+from .render import RenderedBatch, Renderer, evaluation_exposure, load_templates
+from .stream import JunkConfig, PackedStream, exposure_rounds
+from .tokenizer import train_tokenizer
+
+__all__ = [
+    "BioDPopulation",
+    "BioSPopulation",
+    "JunkConfig",
+    "KnowledgeData",
+    "PackedStream",
+    "RenderedBatch",
+    "Renderer",
+    "evaluation_exposure",
+    "exposure_rounds",
+    "load_pools",
+    "load_templates",
+    "population_from_config",
+    "train_tokenizer",
+]

@@ -1,0 +1,133 @@
+"""KnowledgeData: one population + its tokenizer + rendering options, saved and loaded as a folder.
+
+This is the handle the rest of the package passes around: training streams, evaluation renderings and the
+bit budget all derive from it, so a model directory that carries ``knowledge_data.json`` and the tokenizer
+can be evaluated later without re-stating how its data was made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from ..bits import KnowledgeBits, biod_bits_max, bios_bits_max
+from .population import BioDPopulation, BioSPopulation, Population, population_from_config
+from .render import Renderer
+from .stream import JunkConfig, PackedStream, junk_renderer_for
+from .tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
+
+CONFIG_NAME = "knowledge_data.json"
+
+
+@dataclass
+class KnowledgeData:
+    """A synthetic knowledge data set: population, tokenizer and rendering options.
+
+    ``simple``: bioS-simple (one rendering per person; every exposure is a pass over the same texts).
+    ``domain_token``: start every useful biography with the domain token (junk-data mitigation).
+    """
+
+    population: Population
+    tokenizer: object
+    simple: bool = False
+    domain_token: bool = False
+    junk: JunkConfig | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        population: Population,
+        *,
+        simple: bool = False,
+        domain_token: bool = False,
+        junk: JunkConfig | None = None,
+        vocab_size: int = DEFAULT_VOCAB_SIZE,
+    ) -> KnowledgeData:
+        """Train a tokenizer on ``population`` and bundle them."""
+        if junk is not None and not isinstance(population, BioSPopulation):
+            raise ValueError("junk mixing is defined for bioS populations only")
+        return cls(population, train_tokenizer(population, vocab_size), simple, domain_token, junk)
+
+    # ------------------------------------------------------------------ derived
+    @cached_property
+    def renderer(self) -> Renderer:
+        return Renderer(self.population, self.tokenizer, simple=self.simple, domain_token=self.domain_token)
+
+    @cached_property
+    def junk_renderer(self) -> Renderer | None:
+        if self.junk is None or self.junk.fraction == 0:
+            return None
+        return junk_renderer_for(self.renderer, self.tokenizer, self.junk)
+
+    @property
+    def family(self) -> str:
+        if isinstance(self.population, BioDPopulation):
+            return "bioD"
+        return "bioS-simple" if self.simple else "bioS"
+
+    def bits_max(self) -> KnowledgeBits:
+        """Knowledge in the data set in bits (what a perfect model would store), by term."""
+        if isinstance(self.population, BioDPopulation):
+            return biod_bits_max(self.population.shape)
+        return bios_bits_max(self.population.n_people)
+
+    def used_token_ids(self) -> list[int]:
+        """Token ids occurring in the training data (useful and junk) for the paper's parameter count."""
+        used = set(self.renderer.used_token_ids().tolist())
+        if self.junk_renderer is not None:
+            used |= set(self.junk_renderer.used_token_ids().tolist())
+        return sorted(used)
+
+    def stream(self, exposures: int, context_length: int = 512, **kwargs) -> PackedStream:
+        """The training stream: ``exposures`` exposures of every person, packed (see ``PackedStream``)."""
+        return PackedStream(
+            self.renderer,
+            exposures,
+            context_length,
+            seed=self.population.seed,
+            junk=self.junk,
+            junk_renderer=self.junk_renderer,
+            pad_token_id=self.tokenizer.pad_token_id,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def to_config(self) -> dict:
+        return {
+            "population": self.population.to_config(),
+            "simple": self.simple,
+            "domain_token": self.domain_token,
+            "junk": None if self.junk is None else {"fraction": self.junk.fraction, "n_people": self.junk.n_people},
+            **self.extra,
+        }
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``knowledge_data.json`` and the tokenizer files into ``directory``."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / CONFIG_NAME).write_text(json.dumps(self.to_config(), indent=2) + "\n")
+        self.tokenizer.save_pretrained(path)
+        return path
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> KnowledgeData:
+        """Load what ``save`` wrote (a data folder, or a model folder trained with hf-capacity)."""
+        from transformers import AutoTokenizer
+
+        path = Path(directory)
+        config_file = path / CONFIG_NAME
+        if not config_file.is_file():
+            raise FileNotFoundError(
+                f"{path} has no {CONFIG_NAME}: pass a folder written by `hf-capacity data generate` or "
+                "`hf-capacity train` (or KnowledgeData.save)"
+            )
+        config = json.loads(config_file.read_text())
+        population = population_from_config(config.pop("population"))
+        junk = config.pop("junk", None)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        simple, domain = config.pop("simple", False), config.pop("domain_token", False)
+        return cls(population, tokenizer, simple, domain, JunkConfig(**junk) if junk else None, extra=config)

@@ -1,0 +1,238 @@
+"""Training streams: E exposures of every person, shuffled, EOS-joined and packed into windows, as `datasets`.
+
+Order: exposure rounds; round e is a seeded permutation of all N people, so every person appears exactly once
+per round and exactly E times in all (the paper's "every person gets the same number of exposures"), and the
+stream never holds more than one batch of biographies. Windows are cut from the concatenation (plain packing,
+as in the paper); ``block_diagonal=True`` adds ``position_ids`` that restart at each biography, from which
+Hugging Face models build a mask with no attention across biographies. The final partial window is padded
+(labels -100) so no exposure is lost.
+
+Junk mixing: a fraction of windows (so, of tokens) comes from a second, huge bioS(N') population drawn with
+replacement (each junk person is seen ~0.2 times for N' = 100M); each window is purely useful or purely junk.
+With ``domain_token=True`` every useful biography starts with EOS + the domain token (like a site name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .population import BioSPopulation, hash64, uniform_int
+from .render import Renderer
+
+_ROUND_KEY = 0x0DD
+_JUNK_KEY = 0x7A4C
+_WINDOW_KEY = 0x3D0
+
+
+@dataclass(frozen=True)
+class JunkConfig:
+    """Junk-data mixing: ``fraction`` of training windows from bioS(``n_people``) (7/8 and 100M in the paper;
+    ``n_people=1000`` gives the repetitive filler of the paper's control)."""
+
+    fraction: float = 7 / 8
+    n_people: int = 100_000_000
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction < 1.0:
+            raise ValueError(f"junk fraction must lie in [0, 1), got {self.fraction}")
+        if self.n_people < 1:
+            raise ValueError(f"junk n_people must be >= 1, got {self.n_people}")
+
+
+def exposure_rounds(
+    n_people: int, exposures: int, seed: int, batch_people: int = 8192, start_exposure: int = 0
+) -> Iterator[tuple[np.ndarray, int]]:
+    """Yield (people, exposure index) batches: round e is a seeded permutation of range(n_people)."""
+    for e in range(start_exposure, exposures):
+        perm = np.random.default_rng(hash64(seed, _ROUND_KEY, e).item()).permutation(n_people)
+        for i in range(0, n_people, batch_people):
+            yield perm[i : i + batch_people], e
+
+
+class _Packer:
+    """Cuts a stream of token batches into fixed windows, carrying the remainder over (cursor-based)."""
+
+    def __init__(self, context_length: int):
+        self.context_length = context_length
+        self.buffer = np.empty(0, dtype=np.int32)
+        self.doc_start = np.empty(0, dtype=bool)
+        self.start_pos = np.empty(0, dtype=np.int64)  # buffer position where each biography starts
+        self.start_who = np.empty(0, dtype=np.int64)  # ... and whose biography it is
+        self.cursor = 0
+
+    def push(self, tokens: np.ndarray, starts: np.ndarray, people: np.ndarray) -> None:
+        c, old = self.cursor, len(self.buffer) - self.cursor
+        flags = np.zeros(len(tokens), dtype=bool)
+        flags[starts] = True
+        keep = self.start_pos >= c
+        self.buffer = np.concatenate([self.buffer[c:], tokens])
+        self.doc_start = np.concatenate([self.doc_start[c:], flags])
+        self.start_pos = np.concatenate([self.start_pos[keep] - c, starts + old])
+        self.start_who = np.concatenate([self.start_who[keep], people])
+        self.cursor = 0
+
+    def __len__(self) -> int:
+        return len(self.buffer) - self.cursor
+
+    def pop(self, n: int | None = None):
+        n = self.context_length if n is None else n
+        c = self.cursor
+        lo, hi = np.searchsorted(self.start_pos, [c, c + n])
+        self.cursor = c + n
+        return self.buffer[c : c + n], self.doc_start[c : c + n], self.start_who[lo:hi]
+
+
+class PackedStream:
+    """E exposures of a population packed into training windows; iterate for dicts of numpy arrays.
+
+    Each item: ``input_ids`` (int32, ``context_length``), ``attention_mask``, ``labels`` (input ids, -100 on
+    padding), plus ``position_ids`` with ``block_diagonal=True`` and ``people`` (ids of the useful people whose
+    biography starts in the window) with ``with_people=True``.
+    """
+
+    def __init__(
+        self,
+        renderer: Renderer,
+        exposures: int,
+        context_length: int = 512,
+        *,
+        seed: int = 0,
+        block_diagonal: bool = False,
+        junk: JunkConfig | None = None,
+        junk_renderer: Renderer | None = None,
+        with_people: bool = False,
+        batch_people: int = 8192,
+        pad_token_id: int = 0,
+    ):
+        if isinstance(exposures, bool) or not isinstance(exposures, int) or exposures < 1:
+            raise ValueError(f"exposures must be a positive integer, got {exposures!r}")
+        if context_length < 8:
+            raise ValueError(f"context_length must be >= 8 tokens, got {context_length}")
+        if junk is not None and junk.fraction > 0 and junk_renderer is None:
+            raise ValueError("junk mixing needs junk_renderer (see junk_renderer_for)")
+        self.renderer = renderer
+        self.exposures = exposures
+        self.context_length = context_length
+        self.seed = seed
+        self.block_diagonal = block_diagonal
+        self.junk = junk if junk is not None and junk.fraction > 0 else None
+        self.junk_renderer = junk_renderer
+        self.with_people = with_people
+        self.batch_people = batch_people
+        self.pad_token_id = pad_token_id
+
+    @property
+    def n_people(self) -> int:
+        return self.renderer.population.n_people
+
+    def estimated_windows(self) -> int:
+        """Estimated number of windows (exact up to the sampling error of the mean biography length)."""
+        useful = self.exposures * self.n_people * self.renderer.mean_tokens_per_biography() / self.context_length
+        if self.junk:
+            useful /= 1.0 - self.junk.fraction
+        return int(np.ceil(useful))
+
+    def _useful_batches(self):
+        for people, e in exposure_rounds(self.n_people, self.exposures, self.seed, self.batch_people):
+            yield self.renderer.render(people, e)
+
+    def _junk_batches(self):
+        n_junk = self.junk_renderer.population.n_people
+        for draw in range(0, 1 << 62, self.batch_people):
+            counter = np.arange(draw, draw + self.batch_people)
+            people = uniform_int(hash64(self.seed, _JUNK_KEY, counter), n_junk)
+            yield self.junk_renderer.render(people, counter)
+
+    def _windows(self, batches, packer: _Packer):
+        """Full windows from ``batches`` as they fill; then the final partial window."""
+        for batch in batches:
+            packer.push(batch.tokens, batch.offsets[:-1], batch.people)
+            while len(packer) >= self.context_length:
+                yield packer.pop()
+        if len(packer):
+            yield packer.pop(len(packer))
+
+    def _item(self, window: np.ndarray, starts: np.ndarray, people: np.ndarray, useful: bool) -> dict:
+        n, ctx = len(window), self.context_length
+        input_ids = np.full(ctx, self.pad_token_id, dtype=np.int32)
+        input_ids[:n] = window
+        labels = input_ids.astype(np.int64)
+        labels[n:] = -100
+        mask = np.zeros(ctx, dtype=np.int8)
+        mask[:n] = 1
+        item = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+        if self.block_diagonal:
+            doc = np.cumsum(starts)  # biography index within the window (0 = continuation of previous)
+            first = np.concatenate([[0], np.flatnonzero(starts)])
+            pos = np.arange(ctx, dtype=np.int64)
+            pos[:n] -= first[doc]
+            pos[n:] = np.arange(ctx - n)  # padding: its own segment
+            item["position_ids"] = pos
+        if self.with_people:
+            item["people"] = people if useful else np.empty(0, dtype=np.int64)
+        return item
+
+    def __iter__(self) -> Iterator[dict]:
+        useful = self._windows(self._useful_batches(), _Packer(self.context_length))
+        if self.junk is None:
+            for window in useful:
+                yield self._item(*window, useful=True)
+            return
+        junk = self._windows(self._junk_batches(), _Packer(self.context_length))
+        for w in range(1 << 62):
+            is_junk = uniform_int(hash64(self.seed, _WINDOW_KEY, w), 1 << 24) < self.junk.fraction * (1 << 24)
+            if is_junk:
+                yield self._item(*next(junk), useful=False)
+                continue
+            window = next(useful, None)
+            if window is None:
+                return
+            yield self._item(*window, useful=True)
+
+    # ------------------------------------------------------------------ `datasets` views
+    def features(self):
+        import datasets
+
+        f = {
+            "input_ids": datasets.Sequence(datasets.Value("int32")),
+            "attention_mask": datasets.Sequence(datasets.Value("int8")),
+            "labels": datasets.Sequence(datasets.Value("int64")),
+        }
+        if self.block_diagonal:
+            f["position_ids"] = datasets.Sequence(datasets.Value("int64"))
+        if self.with_people:
+            f["people"] = datasets.Sequence(datasets.Value("int64"))
+        return datasets.Features(f)
+
+    def to_dataset(self, progress: bool = True):
+        """Materialise as a ``datasets.Dataset`` (for small runs; use ``to_iterable_dataset`` for long ones)."""
+        import datasets
+        from tqdm.auto import tqdm
+
+        columns: dict[str, list] = {k: [] for k in self.features()}
+        for item in tqdm(self, total=self.estimated_windows(), desc="packing windows", disable=not progress, unit="win"):
+            for k in columns:
+                columns[k].append(item[k])
+        return datasets.Dataset.from_dict(columns, features=self.features())
+
+    def to_iterable_dataset(self):
+        """A ``datasets.IterableDataset`` generating windows on the fly (constant memory)."""
+        import datasets
+
+        def generate():
+            for item in self:
+                yield {k: v.tolist() for k, v in item.items()}
+
+        return datasets.IterableDataset.from_generator(generate, features=self.features())
+
+
+def junk_renderer_for(renderer: Renderer, tokenizer, junk: JunkConfig) -> Renderer:
+    """The renderer of the junk population: bioS(N') with names disjoint from the useful population's."""
+    pop = renderer.population
+    if not isinstance(pop, BioSPopulation):
+        raise ValueError("junk mixing is defined for bioS populations")
+    junk_pop = BioSPopulation(n_people=junk.n_people, seed=pop.seed, name_offset=pop.name_offset + pop.n_people)
+    return Renderer(junk_pop, tokenizer, simple=False, domain_token=False)

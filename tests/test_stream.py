@@ -1,0 +1,89 @@
+"""Training streams: exact exposure counts, packing, block-diagonal positions, junk mixing, `datasets` views."""
+
+import numpy as np
+import pytest
+
+from hf_capacity.data import JunkConfig, KnowledgeData
+
+
+def test_every_person_is_seen_exactly_e_times(bios_data):
+    stream = bios_data.stream(exposures=4, context_length=128, with_people=True)
+    counts = np.zeros(300, dtype=int)
+    for item in stream:
+        np.add.at(counts, item["people"], 1)
+    assert (counts == 4).all()
+
+
+def test_windows_are_the_concatenated_biographies(bios_data):
+    stream = bios_data.stream(exposures=2, context_length=100)
+    items = list(stream)
+    assert all(len(i["input_ids"]) == 100 for i in items)
+    flat = np.concatenate([i["input_ids"][i["attention_mask"] == 1] for i in items])
+    eos = bios_data.tokenizer.eos_token_id
+    assert (flat == eos).sum() == 2 * 300  # one EOS opens every biography
+    last = items[-1]
+    assert (last["labels"][last["attention_mask"] == 0] == -100).all()
+    assert (items[0]["labels"] == items[0]["input_ids"]).all()
+
+
+def test_stream_is_deterministic_and_shuffled_per_round(bios_data):
+    a = [i["input_ids"] for i in bios_data.stream(2, 64)]
+    b = [i["input_ids"] for i in bios_data.stream(2, 64)]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    order = np.concatenate([i["people"] for i in bios_data.stream(2, 1000, with_people=True)])
+    first_round, second_round = order[:300], order[300:600]
+    assert sorted(first_round) == list(range(300)) and not np.array_equal(first_round, second_round)
+
+
+def test_block_diagonal_positions_restart_at_every_biography(bios_data):
+    item = next(iter(bios_data.stream(1, 256, block_diagonal=True)))
+    pos, ids = item["position_ids"], item["input_ids"]
+    eos_at = np.flatnonzero(ids == bios_data.tokenizer.eos_token_id)
+    assert (pos[eos_at] == 0).all()
+    assert pos[0] == 0 and (np.diff(pos)[~np.isin(np.arange(1, 256), eos_at)] == 1).all()
+
+
+def test_junk_mixing_keeps_windows_pure_and_hits_the_fraction(bios_data):
+    data = KnowledgeData(bios_data.population, bios_data.tokenizer, domain_token=True, junk=JunkConfig(0.75, 1_000_000))
+    items = list(data.stream(exposures=10, context_length=128, with_people=True))
+    domain, eos = data.renderer.domain_token_id, data.tokenizer.eos_token_id
+    kinds = []
+    for item in items:  # a window is pure: every biography in it has the domain token, or none has
+        ids = item["input_ids"]
+        eos_at = np.flatnonzero(ids[:-1] == eos)
+        marked = ids[eos_at + 1] == domain
+        assert marked.all() or not marked.any()
+        kinds.append("useful" if len(item["people"]) else "junk")
+        if kinds[-1] == "junk":
+            assert not marked.any()
+    assert abs(kinds.count("junk") / len(kinds) - 0.75) < 0.05
+    counts = np.zeros(300, dtype=int)
+    for item in items:
+        np.add.at(counts, item["people"], 1)
+    assert (counts == 10).all()
+
+
+def test_dataset_and_iterable_views(bios_data, tmp_path):
+    stream = bios_data.stream(exposures=1, context_length=64)
+    ds = stream.to_dataset(progress=False)
+    assert ds.num_rows == len(list(stream))
+    assert ds.features["input_ids"].feature.dtype == "int32"
+    ds.save_to_disk(tmp_path / "train")
+    first = next(iter(stream.to_iterable_dataset()))
+    assert first["input_ids"] == ds[0]["input_ids"]
+
+
+def test_bad_stream_arguments(bios_data):
+    with pytest.raises(ValueError, match="exposures"):
+        bios_data.stream(exposures=0)
+    with pytest.raises(ValueError, match="fraction"):
+        JunkConfig(fraction=1.0)
+
+
+def test_knowledge_data_round_trip(bios_data, tmp_path):
+    bios_data.save(tmp_path)
+    loaded = KnowledgeData.load(tmp_path)
+    assert loaded.population == bios_data.population
+    assert loaded.renderer.render(np.arange(5), 1).tokens.tolist() == bios_data.renderer.render(np.arange(5), 1).tokens.tolist()
+    with pytest.raises(FileNotFoundError, match="knowledge_data.json"):
+        KnowledgeData.load(tmp_path / "nothing")
