@@ -1,0 +1,296 @@
+"""Trainer callbacks: knowledge bits during training, exposure counting, quantized capacity, results + card + Hub.
+
+Callbacks only react to Trainer events; the work lives in ``evaluation``, ``quantization`` and ``report``.
+Metrics logged from a callback reach the ``report_to`` backends only through ``trainer.log``, so each callback
+is *attached* to its trainer (``callback.attach(trainer)``, or all at once with ``add_capacity_callbacks``).
+Without a trainer reference the metrics still land in ``trainer.state.log_history``.
+
+    trainer = Trainer(model=model, args=args, train_dataset=data.stream(100).to_dataset())
+    add_capacity_callbacks(trainer, data, exposures=100)   # the one added line
+    trainer.train()
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from .data.knowledge_data import KnowledgeData
+from .evaluation import KnowledgeReport, evaluate_knowledge
+
+logger = logging.getLogger(__name__)
+
+
+class _TrainerBoundCallback(TrainerCallback):
+    """A callback that can log through its trainer so values reach every ``report_to`` backend."""
+
+    trainer = None
+
+    def attach(self, trainer):
+        """Add this callback to ``trainer`` and keep a reference to it for logging. Returns ``self``."""
+        self.trainer = trainer
+        trainer.add_callback(self)
+        return self
+
+    def _log(self, state, control, metrics: dict[str, float]) -> None:
+        if self.trainer is None:
+            state.log_history.append({**metrics, "step": state.global_step})
+            return
+        # trainer.log → on_log resets control.should_log: keep the Trainer's own decision for this step
+        saved = (control.should_log, control.should_evaluate, control.should_save)
+        self.trainer.log(dict(metrics))
+        control.should_log, control.should_evaluate, control.should_save = saved
+
+
+class KnowledgeCapacityCallback(_TrainerBoundCallback):
+    """Measures knowledge bits and bits/param every ``eval_steps`` steps, on every evaluate(), and at the end.
+
+    Logged: ``knowledge_bits``, ``bits_per_param``, ``fraction_learned``, ``p1_name_loss``, ``p2_value_loss``
+    and ``accuracy_<attribute>``; in ``evaluate()`` results with the ``eval_`` prefix (usable as
+    ``metric_for_best_model="eval_bits_per_param"``). ``history`` keeps every measurement; ``last_report``
+    the latest ``KnowledgeReport``.
+    """
+
+    def __init__(
+        self,
+        data: KnowledgeData,
+        eval_steps: int | None = None,
+        *,
+        max_people: int | None = None,
+        batch_size: int = 64,
+        renderings: int = 1,
+        on_evaluate: bool = True,
+        progress: bool = False,
+    ):
+        if eval_steps is not None and eval_steps < 1:
+            raise ValueError(f"eval_steps must be >= 1 (or None: only at the end), got {eval_steps}")
+        self.data = data
+        self.eval_steps = eval_steps
+        self.eval_kwargs = dict(max_people=max_people, batch_size=batch_size, renderings=renderings, progress=progress)
+        self.measure_on_evaluate = on_evaluate
+        self.history: list[dict] = []
+        self.last_report: KnowledgeReport | None = None
+        self._measured_step = -1
+
+    def measure(self, model, step: int) -> KnowledgeReport:
+        report = evaluate_knowledge(model, self.data, **self.eval_kwargs)
+        self.last_report, self._measured_step = report, step
+        self.history.append({"step": step, **report.log_metrics()})
+        return report
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        step = state.global_step
+        due = self.eval_steps is not None and step % self.eval_steps == 0
+        if (due or step >= state.max_steps) and step != self._measured_step:
+            self._log(state, control, self.measure(model, step).log_metrics())
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        if not self.measure_on_evaluate or metrics is None:
+            return
+        report = self.last_report if self._measured_step == state.global_step else self.measure(model, state.global_step)
+        metrics.update(report.log_metrics(prefix="eval_"))
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self._measured_step != state.global_step:  # stopped early (e.g. by ExposureCallback)
+            self.measure(model, state.global_step)
+            state.log_history.append({**self.last_report.log_metrics(), "step": state.global_step})
+
+
+class ExposureCallback(_TrainerBoundCallback):
+    """Counts exposures (times each person has been seen, on average) and optionally stops at a target.
+
+    exposures = tokens trained on × useful fraction / (N × mean tokens per biography); tokens trained on =
+    step × per-device batch × gradient accumulation × processes × context length. Logged as ``exposures``.
+    """
+
+    def __init__(self, data: KnowledgeData, context_length: int, target_exposures: float | None = None):
+        if target_exposures is not None and target_exposures <= 0:
+            raise ValueError(f"target_exposures must be > 0, got {target_exposures}")
+        self.context_length = context_length
+        self.target_exposures = target_exposures
+        useful = 1.0 - (data.junk.fraction if data.junk else 0.0)
+        self.tokens_per_exposure = data.population.n_people * data.renderer.mean_tokens_per_biography() / useful
+        self.exposures = 0.0
+
+    def exposures_at(self, args, step: int) -> float:
+        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+        return step * batch * self.context_length / self.tokens_per_exposure
+
+    def steps_for(self, args, exposures: float) -> int:
+        """Training steps needed for ``exposures`` exposures with ``args``' batch size."""
+        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+        return math.ceil(exposures * self.tokens_per_exposure / (batch * self.context_length))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.exposures = self.exposures_at(args, state.global_step)
+        if self.target_exposures is not None and self.exposures >= self.target_exposures:
+            control.should_training_stop = True
+            control.should_log = True
+        if control.should_log:
+            self._log(state, control, {"exposures": round(self.exposures, 3)})
+
+
+class QuantizedCapacityCallback(_TrainerBoundCallback):
+    """At the end of training, measures bits after int8 and 4-bit (nf4, fp4) quantization with bitsandbytes.
+
+    Logs ``bits_per_param_<scheme>`` and ``quantized_ratio_<scheme>`` (bits after / bits before); ``results``
+    holds the ``QuantizedCapacity`` objects.
+    """
+
+    def __init__(
+        self,
+        data: KnowledgeData,
+        schemes: tuple[str, ...] = ("int8", "nf4", "fp4"),
+        knowledge_callback: KnowledgeCapacityCallback | None = None,
+        **eval_kwargs,
+    ):
+        from .quantization import quantization_config
+
+        for scheme in schemes:
+            quantization_config(scheme)
+        self.data, self.schemes, self.knowledge_callback = data, tuple(schemes), knowledge_callback
+        self.eval_kwargs = {"progress": False, **eval_kwargs}
+        self.results: dict = {}
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        from .quantization import quantized_capacity
+
+        if not state.is_world_process_zero:
+            return
+        full = self.knowledge_callback.last_report if self.knowledge_callback else None
+        self.results = quantized_capacity(model, self.data, self.schemes, full_precision=full, **self.eval_kwargs)
+        metrics = {}
+        for scheme, q in self.results.items():
+            metrics[f"bits_per_param_{scheme}"] = q.bits_per_param
+            metrics[f"quantized_ratio_{scheme}"] = q.ratio_to_full_precision
+        state.log_history.append({**metrics, "step": state.global_step})
+        logger.info("quantized capacity: %s", metrics)
+
+    def summary(self) -> dict[str, dict]:
+        return {
+            s: {"bits_per_param": q.bits_per_param, "ratio_to_full_precision": q.ratio_to_full_precision,
+                "bits": q.report.bits.total}
+            for s, q in self.results.items()
+        }
+
+
+class CapacityReportCallback(_TrainerBoundCallback):
+    """At the end of training writes ``results.json``, ``knowledge_curve.png`` and a Hub model card
+    (``README.md`` with ``model-index`` results) into the output dir; with ``push_to_hub`` it pushes the model
+    (``trainer.push_to_hub``) and then these files over the Trainer's own card."""
+
+    def __init__(
+        self,
+        knowledge_callback: KnowledgeCapacityCallback,
+        *,
+        exposure_callback: ExposureCallback | None = None,
+        quantized_callback: QuantizedCapacityCallback | None = None,
+        model_name: str | None = None,
+    ):
+        self.knowledge_callback = knowledge_callback
+        self.exposure_callback = exposure_callback
+        self.quantized_callback = quantized_callback
+        self.model_name = model_name
+        self.written: list[Path] = []
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.written = self.write(args.output_dir, model, args=args, state=state)
+        if args.push_to_hub and self.trainer is not None:
+            self.trainer.push_to_hub(commit_message="hf-capacity: model")
+            self.written = self.write(args.output_dir, model, args=args, state=state)  # the Trainer's card replaced ours
+            push_capacity_files(args.output_dir, self.trainer.hub_model_id, token=args.hub_token)
+
+    def write(self, output_dir, model, *, args=None, state=None) -> list[Path]:
+        from .report import model_card, plot_training_curve, write_results
+
+        report = self.knowledge_callback.last_report
+        if report is None:
+            raise RuntimeError("no knowledge report was measured: is KnowledgeCapacityCallback on the trainer?")
+        out = Path(output_dir)
+        exposures = self.exposure_callback.exposures if self.exposure_callback else None
+        quantized = self.quantized_callback.summary() if self.quantized_callback else None
+        extra = {"history": self.knowledge_callback.history, "exposures": exposures, "quantized": quantized}
+        if model is not None and hasattr(model, "config"):
+            extra["model_type"] = getattr(model.config, "model_type", None)
+        results = write_results(out, report, **extra)
+        plot = plot_training_curve(self.knowledge_callback.history, report.bits_max.total, out / "knowledge_curve.png")
+        name = self.model_name or Path(output_dir).name
+        summary = ""
+        if args is not None and state is not None:
+            summary = (
+                f"{state.global_step} steps, per-device batch {args.per_device_train_batch_size}, learning rate "
+                f"{args.learning_rate}, weight decay {args.weight_decay}, schedule {args.lr_scheduler_type}"
+                + (f", {exposures:.1f} exposures" if exposures is not None else "")
+                + "."
+            )
+        card = model_card(
+            report,
+            model_name=name,
+            model_type=extra.get("model_type") or "causal",
+            exposures=f"{exposures:.1f}" if exposures is not None else "n/a",
+            training_summary=summary,
+            quantized=quantized,
+            repo_hint=getattr(args, "hub_model_id", None) or str(output_dir),
+        )
+        card_path = out / "README.md"
+        card.save(card_path)
+        return [results, plot, card_path]
+
+
+def push_capacity_files(output_dir, repo_id: str, token: str | None = None):
+    """Upload ``README.md`` (the capacity card), ``results.json`` and the plot of ``output_dir`` to ``repo_id``."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    try:
+        return HfApi(token=token).upload_folder(
+            repo_id=repo_id,
+            folder_path=str(output_dir),
+            allow_patterns=["README.md", "results.json", "knowledge_curve.png"],
+            commit_message="hf-capacity: knowledge capacity results",
+        )
+    except OfflineModeIsEnabled as err:
+        raise RuntimeError(
+            f"cannot push to the Hub: offline mode is enabled (HF_HUB_OFFLINE=1). The files are in {output_dir}; "
+            "push them later with `hf upload`."
+        ) from err
+
+
+def add_capacity_callbacks(
+    trainer,
+    data: KnowledgeData,
+    *,
+    eval_steps: int | None = None,
+    exposures: float | None = None,
+    context_length: int | None = None,
+    quantized: tuple[str, ...] = (),
+    report: bool = True,
+    max_people: int | None = None,
+) -> dict[str, TrainerCallback]:
+    """Attach the capacity callbacks to ``trainer`` in one call; returns them by name.
+
+    ``exposures``: stop at this many exposures (ExposureCallback); ``quantized``: schemes to measure at the
+    end, e.g. ("int8", "nf4"); ``report``: write results.json, plot and model card into the output dir.
+    """
+    callbacks: dict[str, TrainerCallback] = {}
+    knowledge = KnowledgeCapacityCallback(data, eval_steps, max_people=max_people).attach(trainer)
+    callbacks["knowledge"] = knowledge
+    context = context_length
+    if context is None:
+        sample = trainer.train_dataset[0] if hasattr(trainer.train_dataset, "__getitem__") else None
+        context = len(sample["input_ids"]) if sample is not None else 512
+    callbacks["exposures"] = ExposureCallback(data, context, exposures).attach(trainer)
+    if quantized:
+        callbacks["quantized"] = QuantizedCapacityCallback(
+            data, tuple(quantized), knowledge, max_people=max_people
+        ).attach(trainer)
+    if report:
+        callbacks["report"] = CapacityReportCallback(
+            knowledge, exposure_callback=callbacks["exposures"], quantized_callback=callbacks.get("quantized")
+        ).attach(trainer)
+    return callbacks

@@ -1,0 +1,395 @@
+"""Knowledge evaluation: model + evaluation renderings → per-person span losses → bits, R(F), per attribute.
+
+Protocol (spec §3): one fixed evaluation rendering per person (seeded, never used in training; bioS-simple uses
+its only rendering), preceded by EOS as in training; exact over all N people unless a subsample is requested
+(then bits carry a 95% confidence interval). Losses are natural-log cross-entropies summed over the tokens of
+each span. Exact-match accuracy of a value = every token of its span is the model's argmax given the true
+prefix, which is what greedy decoding from the prefix would produce.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from .bits import (
+    LOG2_E,
+    KnowledgeBits,
+    biod_bits,
+    biod_bits_lower_bound,
+    bios_bits,
+    bios_bits_lower_bound,
+    capacity_ratio,
+)
+from .data.knowledge_data import KnowledgeData
+from .data.population import BIOS_ATTRIBUTES, BioDPopulation
+from .data.render import RenderedBatch, evaluation_exposure
+from .params import ParameterCount, count_parameters
+
+BIOS_VALUE_ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "employer")
+"""bioS attributes whose value tokens count in p2 (plus the first pronoun for gender; working city is excluded)."""
+
+
+@dataclass
+class SpanLosses:
+    """Per-person summed losses (nats) and exact matches on every span of the evaluation renderings.
+
+    Arrays are indexed like ``people``; with several renderings, losses are averaged over them and a value is
+    correct only if it is correct in every rendering.
+    """
+
+    people: np.ndarray
+    name_loss: np.ndarray  # (n,)
+    value_loss: np.ndarray  # (n, A) per attribute (bioS: the six sentences in canonical order; bioD: K)
+    value_correct: np.ndarray  # (n, A) bool
+    pronoun_loss: np.ndarray | None = None  # (n,) bioS
+    pronoun_correct: np.ndarray | None = None
+    first_chunk_loss: np.ndarray | None = None  # (n, K) bioD
+
+    @classmethod
+    def concatenate(cls, parts: list[SpanLosses]) -> SpanLosses:
+        def cat(name):
+            values = [getattr(p, name) for p in parts]
+            return None if values[0] is None else np.concatenate(values)
+
+        return cls(**{f: cat(f) for f in cls.__dataclass_fields__})
+
+
+@dataclass
+class KnowledgeReport:
+    """What a model knows about a population: p1/p2/p3 (nats), bits by term, R(F), per-attribute results."""
+
+    family: str
+    n_people: int
+    n_evaluated: int
+    p1: float
+    p2: float
+    p3: float | None
+    bits: KnowledgeBits
+    bits_max: KnowledgeBits
+    bits_lower_bound: KnowledgeBits
+    num_params: ParameterCount
+    per_attribute: dict[str, dict[str, float]]
+    bits_ci95: tuple[float, float] | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def bits_per_param(self) -> float:
+        """R(F) = bits / P, P by the paper's rule (used embedding rows only, tied once)."""
+        return capacity_ratio(self.bits.total, self.num_params.capacity)
+
+    @property
+    def bits_max_per_param(self) -> float:
+        return capacity_ratio(self.bits_max.total, self.num_params.capacity)
+
+    @property
+    def fraction_learned(self) -> float:
+        return self.bits.total / self.bits_max.total
+
+    def to_dict(self) -> dict:
+        """Flat JSON-ready dict (keys include bits, bits_max, bits_per_param, num_params, p1, p2)."""
+        out = {
+            "family": self.family,
+            "n_people": self.n_people,
+            "n_evaluated": self.n_evaluated,
+            "p1": self.p1,
+            "p2": self.p2,
+            "p3": self.p3,
+            "bits": self.bits.total,
+            "bits_max": self.bits_max.total,
+            "bits_lower_bound": self.bits_lower_bound.total,
+            "bits_per_person": self.bits.total / self.n_people,
+            "fraction_learned": self.fraction_learned,
+            "bits_per_param": self.bits_per_param,
+            "bits_max_per_param": self.bits_max_per_param,
+            "num_params": self.num_params.capacity,
+            "num_params_total": self.num_params.total,
+            "num_params_non_embedding": self.num_params.non_embedding,
+            "num_params_active_per_token": self.num_params.active_per_token,
+            "bits_per_active_param": capacity_ratio(self.bits.total, max(self.num_params.active_per_token, 1)),
+            "name_bits": self.bits.name_bits,
+            "value_bits": self.bits.value_bits,
+            "diversity_bits": self.bits.diversity_bits,
+            "per_attribute": self.per_attribute,
+            "params": self.num_params.to_dict(),
+            **self.extra,
+        }
+        if self.bits_ci95 is not None:
+            out["bits_ci95"] = list(self.bits_ci95)
+        return out
+
+    def log_metrics(self, prefix: str = "") -> dict[str, float]:
+        """Scalars for Trainer logs / report_to backends (``knowledge_bits``, ``bits_per_param``, accuracies)."""
+        m = {
+            f"{prefix}knowledge_bits": self.bits.total,
+            f"{prefix}bits_per_param": self.bits_per_param,
+            f"{prefix}fraction_learned": self.fraction_learned,
+            f"{prefix}p1_name_loss": self.p1,
+            f"{prefix}p2_value_loss": self.p2,
+        }
+        for attribute, r in self.per_attribute.items():
+            m[f"{prefix}accuracy_{attribute.replace(' ', '_')}"] = r["accuracy"]
+        return m
+
+    def table(self) -> str:
+        """A readable summary."""
+        p = self.num_params
+        lines = [
+            f"Knowledge report: {self.family}(N={self.n_people:,}), evaluated on {self.n_evaluated:,} people",
+            f"  p1 (name loss, nats/person)      {self.p1:12.4f}",
+            f"  p2 (value loss, nats/person)     {self.p2:12.4f}",
+        ]
+        if self.p3 is not None:
+            lines.append(f"  p3 (first-chunk loss, nats)      {self.p3:12.4f}")
+        lines += [
+            f"  bits learned                     {self.bits.total:14,.0f}   of {self.bits_max.total:,.0f} "
+            f"({100 * self.fraction_learned:.1f}%)",
+            f"    name / value / diversity       {self.bits.name_bits:,.0f} / {self.bits.value_bits:,.0f} / "
+            f"{self.bits.diversity_bits:,.0f}",
+            f"  Theorem 3.2 lower bound          {self.bits_lower_bound.total:14,.0f}",
+        ]
+        if self.bits_ci95 is not None:
+            lines.append(f"  95% CI (subsample)               [{self.bits_ci95[0]:,.0f}, {self.bits_ci95[1]:,.0f}]")
+        lines += [
+            f"  parameters P (paper's rule)      {p.capacity:14,}   (total {p.total:,}; non-embedding "
+            f"{p.non_embedding:,}; active/token {p.active_per_token:,})",
+            f"  bits per parameter R(F)          {self.bits_per_param:14.4f}   (R_max {self.bits_max_per_param:.4f})",
+            "  per attribute                    loss (nats)   exact match",
+        ]
+        for attribute, r in self.per_attribute.items():
+            lines.append(f"    {attribute:<30}{r['loss']:12.4f}   {100 * r['accuracy']:9.1f}%")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+# ------------------------------------------------------------------------------------------- forward
+def _batch_tensors(batch: RenderedBatch, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = batch.lengths
+    width = int(lengths.max())
+    ids = np.full((len(lengths), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(lengths), width), dtype=np.int64)
+    for b, n in enumerate(lengths):
+        ids[b, :n] = batch.biography(b)
+        mask[b, :n] = 1
+    return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+
+
+@torch.no_grad()
+def _token_losses(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """Loss (nats) and argmax-correctness of every token given its prefix; position 0 gets 0 / True."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    target = input_ids[:, 1:]
+    pred = logits[:, :-1]
+    loss = torch.nn.functional.cross_entropy(
+        pred.float().reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="none"
+    ).view_as(target)
+    wrong = (pred.argmax(-1) != target).to(torch.int64)
+    zero = torch.zeros_like(loss[:, :1])
+    loss = torch.cat([zero, loss], dim=1).double().cpu().numpy()
+    wrong = torch.cat([zero.to(torch.int64), wrong], dim=1).cpu().numpy()
+    return loss, wrong
+
+
+def _span_sum(cumulative: np.ndarray, spans: np.ndarray) -> np.ndarray:
+    """Sum of per-token values over spans (start, length); ``cumulative`` has a leading zero column."""
+    rows = np.arange(cumulative.shape[0]).reshape((-1,) + (1,) * (spans.ndim - 2))
+    start, length = spans[..., 0], spans[..., 1]
+    return cumulative[rows, start + length] - cumulative[rows, start]
+
+
+def span_losses(
+    model,
+    data: KnowledgeData,
+    people: np.ndarray | None = None,
+    *,
+    renderings: int = 1,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> SpanLosses:
+    """Per-person summed losses on every name/value span of the evaluation renderings (one forward per text)."""
+    from tqdm.auto import tqdm
+
+    if renderings < 1:
+        raise ValueError(f"renderings must be >= 1, got {renderings}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    pop = data.population
+    people = np.arange(pop.n_people) if people is None else np.asarray(people, dtype=np.int64)
+    device = next(model.parameters()).device
+    pad_id = data.tokenizer.pad_token_id
+    max_positions = _learned_positions(model)
+    was_training = model.training
+    model.eval()
+    parts: list[SpanLosses] = []
+    total = len(people) * renderings
+    with tqdm(total=total, desc="knowledge eval", unit="bio", disable=not progress, leave=False) as bar:
+        for start in range(0, len(people), batch_size):
+            chunk = people[start : start + batch_size]
+            per_rendering = []
+            for r in range(renderings):
+                batch = data.renderer.render(chunk, evaluation_exposure(r))
+                if max_positions is not None and batch.lengths.max() > max_positions:
+                    raise ValueError(
+                        f"a biography of {batch.lengths.max()} tokens exceeds the model's {max_positions} positions"
+                    )
+                loss, wrong = _token_losses(model, *_batch_tensors(batch, pad_id, device))
+                closs = np.concatenate([np.zeros((len(chunk), 1)), np.cumsum(loss, axis=1)], axis=1)
+                cwrong = np.concatenate([np.zeros((len(chunk), 1), np.int64), np.cumsum(wrong, axis=1)], axis=1)
+                item = SpanLosses(
+                    people=chunk,
+                    name_loss=_span_sum(closs, batch.name[:, None, :])[:, 0],
+                    value_loss=_span_sum(closs, batch.values),
+                    value_correct=_span_sum(cwrong, batch.values) == 0,
+                )
+                if batch.pronoun is not None:
+                    item.pronoun_loss = _span_sum(closs, batch.pronoun[:, None, :])[:, 0]
+                    item.pronoun_correct = _span_sum(cwrong, batch.pronoun[:, None, :])[:, 0] == 0
+                if batch.first_chunk is not None:
+                    item.first_chunk_loss = _span_sum(closs, batch.first_chunk)
+                per_rendering.append(item)
+                bar.update(len(chunk))
+            parts.append(_average_renderings(per_rendering))
+    model.train(was_training)
+    return SpanLosses.concatenate(parts)
+
+
+def _learned_positions(model) -> int | None:
+    """The position limit of models with learned position embeddings (None for rotary models)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "position_embedding_type", "learned") == "rotary" or getattr(config, "rope_parameters", None):
+        return None
+    return getattr(config, "n_positions", None) or None
+
+
+def _average_renderings(items: list[SpanLosses]) -> SpanLosses:
+    if len(items) == 1:
+        return items[0]
+
+    def mean(name):
+        values = [getattr(i, name) for i in items]
+        return None if values[0] is None else np.mean(values, axis=0)
+
+    def every(name):
+        values = [getattr(i, name) for i in items]
+        return None if values[0] is None else np.all(values, axis=0)
+
+    return SpanLosses(
+        people=items[0].people,
+        name_loss=mean("name_loss"),
+        value_loss=mean("value_loss"),
+        value_correct=every("value_correct"),
+        pronoun_loss=mean("pronoun_loss"),
+        pronoun_correct=every("pronoun_correct"),
+        first_chunk_loss=mean("first_chunk_loss"),
+    )
+
+
+# -------------------------------------------------------------------------------------------- report
+def knowledge_report(
+    losses: SpanLosses, data: KnowledgeData, num_params: ParameterCount, extra: dict | None = None
+) -> KnowledgeReport:
+    """Turn per-person span losses into bits, R(F) and per-attribute results (pure bookkeeping)."""
+    pop = data.population
+    n, n_eval = pop.n_people, len(losses.people)
+    p1 = float(losses.name_loss.mean())
+    if isinstance(pop, BioDPopulation):
+        labels = [f"ID {k + 1}" for k in range(pop.n_attributes)]
+        person_value = losses.value_loss.mean(axis=1)  # mean over attributes → p2 is a mean over pairs
+        p2 = float(person_value.mean())
+        p3 = float(losses.first_chunk_loss.mean())
+        bits = biod_bits(pop.shape, p1, p2, p3)
+        lower = biod_bits_lower_bound(pop.shape, p1, p2, p3)
+        per_person_bits = -(losses.name_loss + pop.n_attributes * person_value) * LOG2_E
+    else:
+        labels = list(BIOS_ATTRIBUTES)
+        counted = [BIOS_ATTRIBUTES.index(a) for a in BIOS_VALUE_ATTRIBUTES]
+        person_value = losses.value_loss[:, counted].sum(axis=1) + losses.pronoun_loss
+        p2, p3 = float(person_value.mean()), None
+        bits = bios_bits(n, p1, p2)
+        lower = bios_bits_lower_bound(n, p1, p2)
+        per_person_bits = -(losses.name_loss + person_value) * LOG2_E
+    per_attribute = {
+        label: {"loss": float(losses.value_loss[:, k].mean()), "accuracy": float(losses.value_correct[:, k].mean())}
+        for k, label in enumerate(labels)
+    }
+    if losses.pronoun_loss is not None:
+        per_attribute["gender"] = {
+            "loss": float(losses.pronoun_loss.mean()),
+            "accuracy": float(losses.pronoun_correct.mean()),
+        }
+    ci = None
+    if n_eval < n:  # bits are linear in the mean per-person loss: a normal CI on the subsample mean
+        half = 1.96 * n * float(np.std(per_person_bits, ddof=1)) / math.sqrt(n_eval) if n_eval > 1 else math.inf
+        ci = (bits.total - half, bits.total + half)
+    return KnowledgeReport(
+        family=data.family,
+        n_people=n,
+        n_evaluated=n_eval,
+        p1=p1,
+        p2=p2,
+        p3=p3,
+        bits=bits,
+        bits_max=data.bits_max(),
+        bits_lower_bound=lower,
+        num_params=num_params,
+        per_attribute=per_attribute,
+        bits_ci95=ci,
+        extra=dict(extra or {}),
+    )
+
+
+def evaluate_knowledge(
+    model,
+    data: KnowledgeData,
+    *,
+    max_people: int | None = None,
+    renderings: int = 1,
+    batch_size: int = 64,
+    seed: int = 0,
+    progress: bool = True,
+    distributed: bool | None = None,
+) -> KnowledgeReport:
+    """Measure the knowledge ``model`` stores about ``data``'s population.
+
+    Exact over all people by default; ``max_people`` evaluates a seeded random subsample (the report then
+    carries a 95% confidence interval). Under ``accelerate``/DDP (``distributed=None``: auto), people are
+    sharded across processes and the per-person results gathered, so every rank gets the same report.
+    """
+    if len(data.tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        raise ValueError(
+            f"tokenizer has {len(data.tokenizer)} tokens but the model's embedding has "
+            f"{model.get_input_embeddings().weight.shape[0]} rows: model and data do not belong together"
+        )
+    pop = data.population
+    people = np.arange(pop.n_people)
+    if max_people is not None:
+        if max_people < 1:
+            raise ValueError(f"max_people must be >= 1, got {max_people}")
+        if max_people < pop.n_people:
+            people = np.sort(np.random.default_rng(seed).choice(pop.n_people, size=max_people, replace=False))
+    state = _partial_state() if distributed is not False else None
+    if state is not None and state.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        with state.split_between_processes(people.tolist()) as mine:
+            local = span_losses(model, data, np.asarray(mine, dtype=np.int64), renderings=renderings,
+                                batch_size=batch_size, progress=progress and state.is_main_process)
+        gathered = gather_object([asdict(local)])
+        losses = SpanLosses.concatenate([SpanLosses(**g) for g in gathered])
+    else:
+        losses = span_losses(model, data, people, renderings=renderings, batch_size=batch_size, progress=progress)
+    params = count_parameters(model, data.used_token_ids())
+    return knowledge_report(losses, data, params, extra={"renderings": renderings})
+
+
+def _partial_state():
+    try:
+        from accelerate import PartialState
+    except ImportError:  # pragma: no cover - accelerate is a dependency
+        return None
+    return PartialState() if PartialState._shared_state else None

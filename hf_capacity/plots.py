@@ -1,0 +1,159 @@
+"""PNG plots of capacity measurements and loss-law fits (matplotlib Agg canvas; no pyplot state)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["plot_capacity", "plot_capacity_ratio", "plot_loss_law"]
+
+
+def _column(data: Any, name: str, *, required: bool = True) -> np.ndarray | None:
+    """A column of a DataFrame or of a mapping of arrays."""
+    has = name in data.columns if hasattr(data, "columns") else isinstance(data, Mapping) and name in data
+    if not has:
+        if required:
+            have = list(data.columns) if hasattr(data, "columns") else list(data) if isinstance(data, Mapping) else []
+            raise ValueError(f"data needs a {name!r} column (have {have})")
+        return None
+    values = data[name]
+    return values.to_numpy() if hasattr(values, "to_numpy") else np.asarray(values)
+
+
+def _positive(name: str, values: Any) -> np.ndarray:
+    arr = np.asarray(values, dtype=float)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array; got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)) or arr.min() <= 0:
+        raise ValueError(f"{name} must be finite and > 0 for a log axis")
+    return arr
+
+
+def _groups(data: Any, by: str | None, n: int) -> tuple[np.ndarray, list[Any]]:
+    labels = _column(data, by) if by else None
+    if labels is None:
+        labels = np.full(n, "all", dtype=object)
+    if len(labels) != n:
+        raise ValueError(f"group column {by!r} has {len(labels)} values for {n} rows")
+    return labels, list(dict.fromkeys(labels.tolist()))
+
+
+def _save(fig: Figure, out_png: str | os.PathLike) -> str:
+    path = os.fspath(out_png)
+    if not path.lower().endswith(".png"):
+        raise ValueError(f"out_png must end with .png; got {path!r}")
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
+    return path
+
+
+def plot_capacity(data: Any, out_png: str | os.PathLike, *, group_by: str | None = "architecture",
+                  ratio_lines: Sequence[float] = (2.0, 1.0), fit: Any = None, title: str | None = None) -> str:
+    """Bits of knowledge against parameters P (log-log), one colour per group.
+
+    `data`: a DataFrame or mapping with params, bits, bits_max (and the `group_by` column if present; it is
+    ignored when missing). Draws R·P lines for each ratio in `ratio_lines` (2 and 1 bit/param), each distinct
+    bits_max as a dashed horizontal line (labelled with N when an n_people column exists) and, when `fit` (a
+    `CapacityLawFit`) is given, the saturation rule min(bits_max, R*·P). Returns the PNG path.
+    """
+    params = _positive("params", _column(data, "params"))
+    bits = np.asarray(_column(data, "bits"), dtype=float)
+    bits_max = _positive("bits_max", _column(data, "bits_max"))
+    if not (bits.shape == params.shape == bits_max.shape):
+        raise ValueError("params, bits and bits_max must have equal lengths")
+    n_people = _column(data, "n_people", required=False)
+    if group_by is not None and _column(data, group_by, required=False) is None:
+        group_by = None
+    labels, groups = _groups(data, group_by, params.size)
+
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.add_subplot()
+    for g in groups:
+        m = labels == g
+        shown = m & (bits > 0)  # a log axis cannot show non-positive bits
+        ax.scatter(params[shown], bits[shown], s=18, label=str(g) if group_by else None, zorder=3)
+    p_line = np.geomspace(params.min() / 1.5, params.max() * 1.5, 100)
+    for ratio, style in zip(ratio_lines, ("-", "--", ":", "-.")):
+        ax.plot(p_line, ratio * p_line, "k" + style, lw=1, alpha=0.6, label=f"{ratio:g} bits/param")
+    for value in np.unique(bits_max):
+        where = np.flatnonzero(bits_max == value)
+        label = f"bits_max (N={n_people[where[0]]:,.0f})" if n_people is not None else f"bits_max {value:.3g}"
+        ax.axhline(value, color="grey", ls="--", lw=0.8)
+        ax.annotate(label, (p_line[0], value), xytext=(2, 2), textcoords="offset points", fontsize=7, color="grey")
+    if fit is not None:
+        for value in np.unique(bits_max):
+            ax.plot(p_line, np.minimum(value, fit.ratio_bits_per_param * p_line), color="tab:red", lw=1, alpha=0.5)
+        ax.plot([], [], color="tab:red", lw=1, label=f"min(bits_max, {fit.ratio_bits_per_param:.2f}·P)")
+    ax.set(xscale="log", yscale="log", xlabel="parameters P", ylabel="bits of knowledge",
+           title=title or "Knowledge bits vs parameters")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out_png)
+
+
+def plot_capacity_ratio(data: Any, out_png: str | os.PathLike, by: str | None = "architecture", *,
+                        reference_ratio: float | None = 2.0, title: str | None = None) -> str:
+    """Capacity ratio R = bits/P against P (log x), one colour per group of the `by` column.
+
+    `data`: a DataFrame or mapping with params and bits (and `by`). Draws `reference_ratio` (2 bits/param)
+    as a dotted line. Returns the PNG path.
+    """
+    params = _positive("params", _column(data, "params"))
+    bits = np.asarray(_column(data, "bits"), dtype=float)
+    if bits.shape != params.shape:
+        raise ValueError("params and bits must have equal lengths")
+    labels, groups = _groups(data, by, params.size)
+    ratio = bits / params
+
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.add_subplot()
+    for g in groups:
+        m = labels == g
+        order = np.argsort(params[m])
+        ax.plot(params[m][order], ratio[m][order], "o-", ms=4, lw=0.8, label=str(g) if by else None)
+    if reference_ratio is not None:
+        ax.axhline(reference_ratio, color="k", ls=":", lw=1, label=f"{reference_ratio:g} bits/param")
+    ax.set(xscale="log", xlabel="parameters P", ylabel="R = bits / P", title=title or "Capacity ratio")
+    ax.set_ylim(bottom=min(0.0, float(ratio.min())))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out_png)
+
+
+def plot_loss_law(n_params: Any, n_tokens: Any, loss: Any, fit: Any, out_png: str | os.PathLike, *,
+                  title: str | None = None) -> str:
+    """Loss against tokens D (log x), one colour per model size N, with the fitted law's curves.
+
+    `fit` is anything with `predict(n_params, n_tokens)` (a `ChinchillaFit` or `ChinchillaLaw`) or a
+    callable f(N, D). Returns the PNG path.
+    """
+    n = _positive("n_params", n_params)
+    d = _positive("n_tokens", n_tokens)
+    ell = _positive("loss", loss)
+    if not (n.shape == d.shape == ell.shape):
+        raise ValueError("n_params, n_tokens and loss must have equal lengths")
+    predict = fit.predict if hasattr(fit, "predict") else fit
+    if not callable(predict):
+        raise ValueError("fit must have a predict(N, D) method or be a callable f(N, D)")
+
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.add_subplot()
+    sizes = np.unique(n)
+    d_line = np.geomspace(d.min(), d.max() * 2, 100)
+    for size in sizes:
+        m = n == size
+        points = ax.scatter(d[m], ell[m], s=14, zorder=3, label=f"N={size:.3g}")
+        curve = np.asarray(predict(np.full_like(d_line, size), d_line), dtype=float)
+        ax.plot(d_line, curve, color=points.get_facecolor()[0], lw=1)
+    ax.set(xscale="log", xlabel="training tokens D", ylabel="loss (nats/token)",
+           title=title or "Loss law fit")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, out_png)

@@ -1,0 +1,213 @@
+"""Scaling laws: recover known parameters, reproduce published numbers, validate inputs."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hf_capacity import scaling
+from hf_capacity.scaling import (
+    BESIROGLU_2024,
+    HOFFMANN_2022,
+    KAPLAN_2020,
+    KAPLAN_2020_JOINT,
+    ChinchillaLaw,
+    absolute_relative_error,
+    capacity_ratio_by_group,
+    chinchilla_loss,
+    compute_optimal_allocation,
+    drop_early_checkpoints,
+    evaluate_law_fit,
+    fit_capacity_law,
+    fit_chinchilla,
+    kaplan_critical_batch_tokens,
+    kaplan_loss_d,
+    kaplan_loss_n,
+    kaplan_loss_nd,
+    niu_cross_entropy_floor,
+    niu_params_vs_data_squared,
+    predict_bits,
+    split_target,
+)
+
+
+def capacity_runs(seed=0, n_runs=30, true_ratio=2.0):
+    """Runs with bits = min(bits_max, R*·P)·(1 − noise), three measurements each, R_max from 0.5 to 10."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for run in range(n_runs):
+        n_people = rng.choice([1e4, 1e5, 1e6])
+        bits_max = 55.0 * n_people
+        params = bits_max / rng.uniform(0.5, 10.0)
+        for _ in range(3):
+            bits = min(bits_max, true_ratio * params) * (1 - rng.uniform(0, 0.03))
+            rows.append(dict(run_id=run, params=params, bits=bits, bits_max=bits_max,
+                             architecture=("gpt2", "llama")[run % 2], exposures=1000, precision="bf16"))
+    return pd.DataFrame(rows)
+
+
+def law_grid(law, noise=0.003, seed=0):
+    rng = np.random.default_rng(seed)
+    n, d = np.meshgrid(np.geomspace(1e7, 1e10, 6), np.geomspace(1e9, 1e12, 6))
+    n, d = n.ravel(), d.ravel()
+    return n, d, chinchilla_loss(n, d, law) * np.exp(rng.normal(0, noise, n.size))
+
+
+# ---- capacity law ---------------------------------------------------------------------------------------------------
+
+
+def test_capacity_law_recovers_two_bits_per_param():
+    fit = fit_capacity_law(capacity_runs())
+    assert fit.ratio_bits_per_param == pytest.approx(2.0, abs=0.01)
+    assert fit.ci_low <= 2.0 <= fit.ci_high
+    assert fit.n_runs == 30 and fit.n_measurements == 90 and fit.converged
+    assert fit.predict_bits(1e6, 1e9) == pytest.approx(fit.ratio_bits_per_param * 1e6)
+    assert fit.predict_bits(1e6, 1e5) == 1e5  # data-limited: the ceiling wins
+
+
+def test_capacity_law_accepts_arrays_and_ignores_data_limited_runs():
+    # run 0 is capacity-limited at 2 bits/param; runs 1-2 are data-limited (R ≈ R_max ≤ 1.8)
+    params = [100.0, 100.0, 100.0]
+    bits = [200.0, 150.0, 179.0]
+    bits_max = [1000.0, 151.0, 180.0]
+    fit = fit_capacity_law(params, bits, bits_max, n_bootstrap=0)
+    assert fit.ratio_bits_per_param == 2.0 and fit.n_capacity_limited == 1
+    assert predict_bits([10.0, 1e3], [1e6, 5.0], 2.0).tolist() == [20.0, 5.0]
+
+
+def test_capacity_law_refuses_purely_data_limited_runs():
+    with pytest.raises(ValueError, match="no run is capacity-limited"):
+        fit_capacity_law([100.0, 200.0], [179.0, 300.0], [180.0, 310.0])
+
+
+def test_capacity_ratio_by_group():
+    table = capacity_ratio_by_group(capacity_runs(), n_bootstrap=100)
+    assert table["architecture"].tolist() == ["gpt2", "llama"]
+    assert np.allclose(table["ratio_bits_per_param"], 2.0, atol=0.02)
+
+
+# ---- Kaplan et al. 2020 ---------------------------------------------------------------------------------------------
+
+
+def test_kaplan_published_constants():
+    # (8.8e13 / 1e9)^0.076 = exp(0.076 · ln 88000) = exp(0.86527)
+    assert kaplan_loss_n(1e9) == pytest.approx(2.37564, rel=1e-5)
+    assert kaplan_loss_d(1e10) == pytest.approx((5.4e13 / 1e10) ** 0.095)
+    # the joint law uses its own constants (αD = 0.103, Nc = 6.4e13, Dc = 1.8e13), not the one-variable ones
+    assert KAPLAN_2020_JOINT.alpha_d == 0.103 and KAPLAN_2020.alpha_d == 0.095
+    assert kaplan_loss_nd(1e9, 1e10) == pytest.approx(((6.4e13 / 1e9) ** (0.076 / 0.103) + 1800.0) ** 0.103)
+    assert kaplan_critical_batch_tokens(2.0) == pytest.approx(2e8 / 2 ** (1 / 0.21))
+    assert scaling.kaplan_compute_optimal_params(10.0, 1.0, 1e9) == pytest.approx(1e9 * 10 ** 0.73)
+
+
+# ---- Chinchilla form ------------------------------------------------------------------------------------------------
+
+
+def test_published_chinchilla_prediction():
+    # 1.69 + 406.4 / 70e9^0.34 + 410.7 / 1.4e12^0.28 = 1.69 + 406.4/4867.8 + 410.7/2517.2 = 1.69 + 0.08349 + 0.16316
+    assert HOFFMANN_2022.predict(70e9, 1.4e12) == pytest.approx(1.93665, abs=1e-5)
+    assert BESIROGLU_2024.alpha == 0.348 and BESIROGLU_2024.B == 2085.0
+
+
+def test_compute_optimal_allocation_is_the_constrained_minimum():
+    compute = 5.76e23  # Chinchilla's budget
+    n_opt, d_opt = compute_optimal_allocation(compute, HOFFMANN_2022)
+    assert 6 * n_opt * d_opt == pytest.approx(compute)
+    best = HOFFMANN_2022.predict(n_opt, d_opt)
+    for factor in (0.8, 0.95, 1.05, 1.25):
+        n = n_opt * factor
+        assert HOFFMANN_2022.predict(n, compute / (6 * n)) > best
+
+
+def test_chinchilla_fit_recovers_known_parameters():
+    truth = ChinchillaLaw(E=1.8, A=400.0, B=1200.0, alpha=0.33, beta=0.30)
+    fit = fit_chinchilla(*law_grid(truth, noise=0.001))
+    assert fit.n_starts == 4500
+    assert fit.law.E == pytest.approx(truth.E, rel=0.02)
+    assert fit.law.alpha == pytest.approx(truth.alpha, abs=0.02)
+    assert fit.law.beta == pytest.approx(truth.beta, abs=0.02)
+    assert fit.law.A == pytest.approx(truth.A, rel=0.3)
+    assert fit.law.B == pytest.approx(truth.B, rel=0.3)
+
+
+@pytest.mark.parametrize("loss_fn", ["least_squares", "lower_envelope"])
+def test_other_objectives_fit_noise_free_data(loss_fn):
+    n, d, loss = law_grid(HOFFMANN_2022, noise=0.0)
+    fit = fit_chinchilla(n, d, loss, loss_fn=loss_fn, starts=200)
+    assert np.allclose(fit.predict(n, d), loss, rtol=1e-4)
+
+
+def test_lower_envelope_sits_below_the_data():
+    n, d, loss = law_grid(HOFFMANN_2022, noise=0.01, seed=1)
+    envelope = fit_chinchilla(n, d, loss, loss_fn="lower_envelope", expectile=0.02, starts=200)
+    assert np.mean(loss >= envelope.predict(n, d)) > 0.8
+
+
+def test_fixed_exponent_stays_fixed_and_bootstrap_brackets_the_fit():
+    n, d, loss = law_grid(HOFFMANN_2022)
+    fit = fit_chinchilla(n, d, loss, fixed={"alpha": 0.34}, n_bootstrap=50)
+    assert fit.law.alpha == 0.34 and fit.n_starts == 900
+    assert fit.ci["alpha"] == (0.34, 0.34)
+    low, high = fit.ci["beta"]
+    assert low <= fit.law.beta <= high
+
+
+# ---- Hitchhiker's guide ---------------------------------------------------------------------------------------------
+
+
+def checkpoints(law=HOFFMANN_2022):
+    rows = []
+    for run, n in enumerate([1e8, 2e8, 4e8, 8e8, 1.6e9]):
+        for tokens in np.geomspace(1e9, 20 * n, 12):
+            rows.append(dict(run_id=run, params=n, tokens=tokens, loss=float(law.predict(n, tokens))))
+    return pd.DataFrame(rows)
+
+
+def test_are_by_hand():
+    # |2 − 2.2|/2 = 0.1 and |4 − 3|/4 = 0.25; mean 0.175
+    assert absolute_relative_error([2.0, 4.0], [2.2, 3.0]) == pytest.approx(0.175)
+
+
+def test_early_checkpoints_and_target_split():
+    df = checkpoints()
+    kept = drop_early_checkpoints(df, min_tokens=1e10)
+    assert kept["tokens"].min() > 1e10 and len(kept) < len(df)
+    assert len(drop_early_checkpoints(df, min_tokens=0)) == len(df)
+    fit_rows, target_rows, target = split_target(df)
+    assert target == 4 and 4 not in set(fit_rows["run_id"])
+    assert target_rows["tokens"].min() > 0.7 * 20 * 1.6e9
+
+
+def test_evaluate_law_fit_on_exact_law_has_tiny_are():
+    result = evaluate_law_fit(checkpoints(), min_tokens=2e9, starts=300)
+    assert result.are < 1e-3 and result.n_target_points > 0
+
+
+# ---- Niu et al. diagnostics -----------------------------------------------------------------------------------------
+
+
+def test_niu_diagnostics_are_labelled_not_predictions():
+    low = niu_cross_entropy_floor(0.4)
+    assert not low.within and "not a prediction" in low.label
+    assert niu_cross_entropy_floor(2.3).within
+    assert niu_params_vs_data_squared(1e6, 1e4).value == pytest.approx(1e-2)
+
+
+# ---- validation -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: fit_capacity_law([1.0, 2.0], [1.0], [3.0, 3.0]), "equal lengths"),
+    (lambda: fit_capacity_law([-1.0], [1.0], [3.0]), "params must be > 0"),
+    (lambda: fit_capacity_law([1.0], [math.nan], [3.0]), "bits must be finite"),
+    (lambda: fit_chinchilla([1e9, 2e9], [1e10, 1e10], [0.0, 2.0]), "loss must be > 0"),
+    (lambda: fit_chinchilla([1e9] * 6, [1e10] * 6, [2.0] * 6, fixed={"gamma": 1}), "cannot fix 'gamma'"),
+    (lambda: fit_chinchilla([1e9] * 6, [1e10] * 6, [2.0] * 6, loss_fn="l1"), "loss_fn must be one of"),
+    (lambda: kaplan_loss_n(0.0), "n_params must be > 0"),
+    (lambda: absolute_relative_error([1.0, 2.0], [1.0]), "equal lengths"),
+    (lambda: split_target(pd.DataFrame({"run_id": [0]})), "missing"),
+])
+def test_validation_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
