@@ -10,6 +10,13 @@ from pathlib import Path
 from .bits import BioDShape, biod_bits_max, bios_bits_max, params_for_bits
 
 
+DEMO = {
+    "N": 200, "model": "gpt2-2-2", "head_dim": 64, "exposures": 100, "context_length": 256, "lr": 3e-3,
+    "batch_size": 16, "warmup_steps": 50, "vocab_size": 1024, "eval_steps": 200, "weight_decay": 0.02,
+}
+"""Defaults of `hf-capacity demo`: small enough for a laptop CPU in minutes, large enough to learn visibly."""
+
+
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
@@ -149,6 +156,134 @@ def cmd_data_inspect(args) -> None:
           f"{data.renderer.mean_tokens_per_biography():.1f} tokens per biography on average")
 
 
+# --------------------------------------------------------------------------------------- train / eval
+def _add_training_args(p: argparse.ArgumentParser, defaults) -> None:
+    p.add_argument("--model", default=defaults.model, help="gpt2-<layers>-<heads>, llama-<l>-<h> or memory-llama-<l>-<h>")
+    p.add_argument("--head-dim", type=int, default=defaults.head_dim)
+    p.add_argument("--mlp-type", default=None, help="gpt2: standard|gated|quarter|none; llama: gated|standard")
+    p.add_argument("--num-experts", type=int, default=0, help="gpt2: MoE experts per layer (0 = dense)")
+    p.add_argument("--exposures", type=int, default=defaults.exposures)
+    p.add_argument("--context-length", type=int, default=defaults.context_length)
+    p.add_argument("--lr", type=float, default=defaults.learning_rate)
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    p.add_argument("--max-steps", type=int, default=None, help="override the steps computed from --exposures")
+    p.add_argument("--vocab-size", type=int, default=defaults.vocab_size)
+    p.add_argument("--junk-fraction", type=float, default=0.0)
+    p.add_argument("--junk-N", type=int, default=100_000_000)
+    p.add_argument("--domain-token", action="store_true")
+    p.add_argument("--eval-steps", type=int, default=defaults.eval_steps)
+    p.add_argument("--eval-max-people", type=int, default=None, help="evaluate a subsample (default: everybody)")
+    p.add_argument("--quantized", nargs="*", default=[], choices=["int8", "nf4", "fp4"], help="schemes measured at the end")
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--streaming", action="store_true", help="generate training windows on the fly")
+    p.add_argument("--report-to", nargs="*", default=[], help="Trainer report_to backends (e.g. tensorboard)")
+    p.add_argument("--push-to-hub", action="store_true")
+    p.add_argument("--hub-model-id", default=None)
+    p.add_argument("--output", "-o", default=defaults.output_dir)
+    p.add_argument("--quiet", action="store_true")
+
+
+def _training_config(args):
+    from .training import CapacityTrainingConfig
+
+    return CapacityTrainingConfig(
+        output_dir=args.output,
+        dataset=args.dataset,
+        n_people=args.N,
+        biod={"n_attributes": args.K, "chunks_per_value": args.C, "diversity": args.D, "chunk_length": args.L, "alphabet": args.T},
+        junk_fraction=args.junk_fraction,
+        junk_n_people=args.junk_N,
+        domain_token=args.domain_token,
+        vocab_size=args.vocab_size,
+        model=args.model,
+        head_dim=args.head_dim,
+        mlp_type=args.mlp_type,
+        num_experts=args.num_experts,
+        exposures=args.exposures,
+        context_length=args.context_length,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        warmup_steps=args.warmup_steps,
+        max_steps=args.max_steps,
+        eval_steps=args.eval_steps,
+        eval_max_people=args.eval_max_people,
+        quantized=tuple(args.quantized),
+        bf16=args.bf16,
+        seed=args.seed,
+        streaming=args.streaming,
+        report_to=args.report_to,
+        push_to_hub=args.push_to_hub,
+        hub_model_id=args.hub_model_id,
+        progress=not args.quiet,
+    )
+
+
+def cmd_train(args) -> None:
+    from .training import train_capacity
+
+    config = _training_config(args)
+    report, _ = train_capacity(config)
+    print(report.table())
+    print(f"\nwrote {config.output_dir}: model, tokenizer, knowledge_data.json, results.json, knowledge_curve.png, README.md")
+
+
+def cmd_demo(args) -> None:
+    """The README's main command: a small bioS run that a laptop CPU finishes in a few minutes."""
+    from .training import train_capacity
+
+    config = _training_config(args)
+    print(f"hf-capacity demo: bioS(N={config.n_people}) × {config.exposures} exposures, model {config.model} "
+          f"(head dim {config.head_dim}), on {'GPU' if _cuda() else 'CPU'}; output in {config.output_dir}\n")
+    report, trainer = train_capacity(config)
+    print()
+    print(report.table())
+    print(f"\n{trainer.state.global_step} steps. Wrote {config.output_dir}/: results.json, knowledge_curve.png, "
+          "README.md (model card), the model and its tokenizer.")
+    print(f"Re-measure it with: hf-capacity eval {config.output_dir}")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cmd_eval(args) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from . import models  # noqa: F401 - registers the model families
+    from .data import KnowledgeData
+    from .evaluation import evaluate_knowledge
+
+    path = Path(args.model_dir)
+    if not (path / "config.json").is_file():
+        raise CLIError(f"{path} is not a saved model folder (no config.json): pass the output dir of `hf-capacity train`")
+    data = KnowledgeData.load(args.data or path)
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
+    report = evaluate_knowledge(
+        model, data, max_people=args.max_people, renderings=args.renderings, batch_size=args.batch_size,
+        progress=not args.json,
+    )
+    if args.quantized:
+        from .quantization import quantized_capacity
+
+        results = quantized_capacity(path, data, tuple(args.quantized), full_precision=report,
+                                     max_people=args.max_people, batch_size=args.batch_size, progress=False)
+        report.extra["quantized"] = {
+            s: {"bits": q.report.bits.total, "bits_per_param": q.bits_per_param,
+                "ratio_to_full_precision": q.ratio_to_full_precision} for s, q in results.items()
+        }
+    if args.json:
+        print(json.dumps(report.to_dict(), default=float))
+        return
+    print(report.table())
+    for scheme, q in report.extra.get("quantized", {}).items():
+        print(f"  {scheme:<6} bits/param {q['bits_per_param']:.4f}  ratio to full precision {q['ratio_to_full_precision']:.3f}")
+
+
 # ---------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -184,6 +319,35 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--exposures", type=int, nargs="+", default=[0], help="exposure indices to render")
     i.add_argument("--no-color", action="store_true")
     i.set_defaults(func=cmd_data_inspect)
+
+    from .training import CapacityTrainingConfig
+
+    t = sub.add_parser("train", help="train a model on synthetic knowledge with the capacity callbacks")
+    _add_population_args(t)
+    _add_training_args(t, CapacityTrainingConfig())
+    t.set_defaults(func=cmd_train)
+
+    demo_defaults = CapacityTrainingConfig(
+        output_dir="hf_capacity_demo", n_people=DEMO["N"], model=DEMO["model"], head_dim=DEMO["head_dim"],
+        exposures=DEMO["exposures"], context_length=DEMO["context_length"], learning_rate=DEMO["lr"],
+        batch_size=DEMO["batch_size"], warmup_steps=DEMO["warmup_steps"], vocab_size=DEMO["vocab_size"],
+        eval_steps=DEMO["eval_steps"], weight_decay=DEMO["weight_decay"],
+    )
+    d = sub.add_parser("demo", help="the laptop demo: generate bioS, train a tiny CapacityGPT2, report (minutes)")
+    _add_population_args(d)
+    d.set_defaults(N=DEMO["N"])
+    _add_training_args(d, demo_defaults)
+    d.set_defaults(func=cmd_demo)
+
+    e = sub.add_parser("eval", help="measure the knowledge a trained model stores (bits, bits/param)")
+    e.add_argument("model_dir", help="a folder written by `hf-capacity train` (model + knowledge_data.json)")
+    e.add_argument("--data", default=None, help="the data folder, if not the model folder")
+    e.add_argument("--max-people", type=int, default=None, help="evaluate a subsample (adds a 95%% CI)")
+    e.add_argument("--renderings", type=int, default=1, help="evaluation renderings averaged per person")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--quantized", nargs="*", default=[], choices=["int8", "nf4", "fp4"])
+    e.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    e.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -1,0 +1,212 @@
+"""One capacity run end to end: data → model by name → `Trainer` with the capacity callbacks → saved report.
+
+``CapacityTrainingConfig`` holds everything a run needs (the paper's optimiser defaults: AdamW, cosine decay to
+0.1× the peak with warm-up); ``train_capacity(config)`` runs it with the stock ``transformers.Trainer`` and writes
+into ``output_dir`` the model (with its code, for ``trust_remote_code``), the tokenizer and ``knowledge_data.json``
+(so ``hf-capacity eval`` can re-measure it), ``results.json``, the curve and the model card. The CLI's ``train``,
+``demo`` and ``sweep`` commands are thin wrappers around it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .data import BioDPopulation, BioSPopulation, JunkConfig, KnowledgeData
+
+MODEL_NAME = re.compile(r"^(gpt2|llama|memory-llama)-(\d+)-(\d+)$")
+
+
+@dataclass
+class CapacityTrainingConfig:
+    """A knowledge-capacity training run (data, model, optimisation, evaluation)."""
+
+    output_dir: str = "runs/capacity"
+    # data
+    dataset: str = "bioS"  # bioS | bioS-simple | bioD
+    n_people: int = 1000
+    biod: dict = field(default_factory=lambda: {"n_attributes": 4, "chunks_per_value": 2, "diversity": 100, "chunk_length": 2, "alphabet": 20})
+    junk_fraction: float = 0.0
+    junk_n_people: int = 100_000_000
+    domain_token: bool = False
+    vocab_size: int = 2048
+    block_diagonal: bool = False
+    # model
+    model: str = "gpt2-2-2"  # gpt2-ℓ-h | llama-ℓ-h | memory-llama-ℓ-h (h heads of head_dim)
+    head_dim: int = 64
+    mlp_type: str | None = None  # gpt2: standard|gated|quarter|none; llama: gated|standard
+    num_experts: int = 0
+    memory: dict = field(default_factory=lambda: {"memory_n_keys": 32, "memory_heads": 2, "memory_topk": 8, "memory_key_dim": 64})
+    # training
+    exposures: int = 100
+    context_length: int = 512
+    learning_rate: float = 1e-3
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.02
+    batch_size: int = 24
+    gradient_accumulation_steps: int = 1
+    warmup_steps: int = 1000
+    adam_beta2: float = 0.98
+    adam_epsilon: float = 1e-6
+    bf16: bool = False
+    seed: int = 0
+    max_steps: int | None = None  # None: the steps for `exposures`
+    streaming: bool = False  # iterable dataset (constant memory) instead of a materialised one
+    # evaluation
+    eval_steps: int | None = None
+    eval_max_people: int | None = None
+    quantized: tuple[str, ...] = ()
+    logging_steps: int = 50
+    report_to: list[str] = field(default_factory=list)
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dataset not in ("bioS", "bioS-simple", "bioD"):
+            raise ValueError(f"dataset must be bioS, bioS-simple or bioD, got {self.dataset!r}")
+        if not MODEL_NAME.match(self.model):
+            raise ValueError(
+                f"unknown model {self.model!r}: use gpt2-<layers>-<heads>, llama-<layers>-<heads> or "
+                "memory-llama-<layers>-<heads> (heads of head_dim=64), e.g. gpt2-6-4"
+            )
+        for name in ("n_people", "exposures", "context_length", "batch_size", "head_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.junk_fraction and self.dataset == "bioD":
+            raise ValueError("junk mixing is defined for bioS data")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["quantized"] = list(self.quantized)
+        return d
+
+
+def build_data(config: CapacityTrainingConfig) -> KnowledgeData:
+    """The run's population, tokenizer and rendering options."""
+    if config.dataset == "bioD":
+        population = BioDPopulation(config.n_people, seed=config.seed, **config.biod)
+    else:
+        population = BioSPopulation(config.n_people, seed=config.seed)
+    junk = JunkConfig(config.junk_fraction, config.junk_n_people) if config.junk_fraction > 0 else None
+    return KnowledgeData.create(
+        population,
+        simple=config.dataset == "bioS-simple",
+        domain_token=config.domain_token,
+        junk=junk,
+        vocab_size=config.vocab_size,
+    )
+
+
+def build_model(config: CapacityTrainingConfig, tokenizer):
+    """A freshly initialised model named like the paper (gpt2-ℓ-h, llama-ℓ-h, memory-llama-ℓ-h)."""
+    from . import models  # noqa: F401 - registers the model families with the Auto classes
+    from .models.capacity_gpt2 import CapacityGPT2Config, CapacityGPT2ForCausalLM
+    from .models.memory_llama import MemoryLlamaConfig, MemoryLlamaForCausalLM, default_memory_layers
+
+    family, layers, heads = MODEL_NAME.match(config.model).groups()
+    layers, heads = int(layers), int(heads)
+    hidden = heads * config.head_dim
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=max(config.context_length, 1024),
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if family == "gpt2":
+        extra = {"mlp_type": config.mlp_type} if config.mlp_type else {}
+        if config.num_experts:
+            extra["num_experts"] = config.num_experts
+        return CapacityGPT2ForCausalLM(CapacityGPT2Config(**common, **extra))
+    intermediate = 8 * math.ceil(8 * hidden / 3 / 8)
+    llama = dict(common, intermediate_size=intermediate, mlp_type=config.mlp_type or "gated")
+    if family == "memory-llama":
+        llama.update(config.memory, memory_layers=default_memory_layers(layers))
+        llama.setdefault("memory_value_dim", hidden)
+    return MemoryLlamaForCausalLM(MemoryLlamaConfig(**llama))
+
+
+def steps_for_exposures(config: CapacityTrainingConfig, data: KnowledgeData) -> int:
+    """ceil(E · N · tokens per biography / (batch · context)), junk windows included."""
+    stream = data.stream(config.exposures, config.context_length)
+    return math.ceil(stream.estimated_windows() / (config.batch_size * config.gradient_accumulation_steps))
+
+
+def train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None = None, model=None):
+    """Run one training run; returns ``(report, trainer)`` with the final ``KnowledgeReport``."""
+    import torch
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    from .callbacks import add_capacity_callbacks, push_capacity_files
+
+    set_seed(config.seed)
+    data = data or build_data(config)
+    model = model or build_model(config, data.tokenizer)
+    stream = data.stream(config.exposures, config.context_length, block_diagonal=config.block_diagonal)
+    train_dataset = stream.to_iterable_dataset() if config.streaming else stream.to_dataset(progress=config.progress)
+    max_steps = config.max_steps or steps_for_exposures(config, data)
+    args = TrainingArguments(
+        output_dir=config.output_dir,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        adam_beta2=config.adam_beta2,
+        adam_epsilon=config.adam_epsilon,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio},
+        warmup_steps=min(config.warmup_steps, max(max_steps // 10, 1)),
+        max_steps=max_steps,
+        logging_steps=config.logging_steps,
+        save_strategy="no",
+        report_to=config.report_to,
+        bf16=config.bf16,
+        use_cpu=not torch.cuda.is_available(),
+        seed=config.seed,
+        disable_tqdm=not config.progress,
+        dataloader_drop_last=False,
+        push_to_hub=config.push_to_hub,
+        hub_model_id=config.hub_model_id,
+        ddp_find_unused_parameters=False,
+    )
+    optimizers = (None, None)
+    if hasattr(model, "optimizer_param_groups"):  # memory values get their own learning rate
+        groups = model.optimizer_param_groups(config.learning_rate, config.weight_decay)
+        optimizers = (torch.optim.AdamW(groups, betas=(0.9, config.adam_beta2), eps=config.adam_epsilon), None)
+    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, optimizers=optimizers)
+    callbacks = add_capacity_callbacks(
+        trainer,
+        data,
+        eval_steps=config.eval_steps,
+        context_length=config.context_length,
+        quantized=config.quantized,
+        report=False,
+        max_people=config.eval_max_people,
+    )
+    trainer.train()
+    out = Path(config.output_dir)
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(out))
+        data.save(out)
+        from .callbacks import CapacityReportCallback
+
+        writer = CapacityReportCallback(
+            callbacks["knowledge"],
+            exposure_callback=callbacks["exposures"],
+            quantized_callback=callbacks.get("quantized"),
+            model_name=out.name,
+        )
+        (out / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        if config.push_to_hub:
+            trainer.push_to_hub(commit_message="hf-capacity: model")  # writes the Trainer's card: ours replaces it
+        writer.write(out, trainer.model, args=args, state=trainer.state)
+        if config.push_to_hub:
+            push_capacity_files(out, trainer.hub_model_id)
+    return callbacks["knowledge"].last_report, trainer

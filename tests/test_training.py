@@ -1,0 +1,141 @@
+"""Training runs with the capacity callbacks: real tiny models, real steps, real reports."""
+
+import json
+
+import pytest
+from huggingface_hub import ModelCard
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from hf_capacity.callbacks import (
+    ExposureCallback,
+    KnowledgeCapacityCallback,
+    add_capacity_callbacks,
+    push_capacity_files,
+)
+from hf_capacity.training import CapacityTrainingConfig, build_model, train_capacity
+
+
+def tiny_config(tmp_path, **overrides) -> CapacityTrainingConfig:
+    settings = dict(
+        output_dir=str(tmp_path / "run"), n_people=30, model="gpt2-1-2", head_dim=16, context_length=128,
+        batch_size=4, learning_rate=3e-3, warmup_steps=5, vocab_size=400, exposures=2, progress=False,
+        logging_steps=5,
+    )
+    settings.update(overrides)
+    return CapacityTrainingConfig(**settings)
+
+
+class RecordingBackend(TrainerCallback):
+    """Stands in for a report_to backend: records what reaches on_log."""
+
+    def __init__(self):
+        self.logged = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logged.append(dict(logs))
+
+
+def test_train_capacity_writes_model_report_curve_and_card(tmp_path):
+    config = tiny_config(tmp_path, max_steps=12, eval_steps=6, quantized=("int8",))
+    report, trainer = train_capacity(config)
+    out = tmp_path / "run"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "knowledge_data.json", "results.json",
+                 "knowledge_curve.png", "README.md", "training_config.json"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    assert results["bits_max"] == pytest.approx(report.bits_max.total)
+    assert [h["step"] for h in results["history"]] == [6, 12]
+    assert results["quantized"]["int8"]["bits_per_param"] >= 0
+    assert results["exposures"] == pytest.approx(12 * 4 * 128 / (30 * report_tokens_per_bio(trainer, out)), rel=0.1)
+    card = ModelCard.load(out / "README.md")
+    metrics = {r.metric_type for r in card.data.eval_results}
+    assert {"knowledge_bits", "bits_per_param", "bits_per_param_int8"} <= metrics
+    assert card.data.model_name == "run"
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[-1] < losses[0]  # it trained
+
+
+def report_tokens_per_bio(trainer, out):
+    from hf_capacity.data import KnowledgeData
+
+    return KnowledgeData.load(out).renderer.mean_tokens_per_biography()
+
+
+def test_metrics_reach_report_to_backends_and_evaluate(tmp_path):
+    config = tiny_config(tmp_path)
+    from hf_capacity.training import build_data
+
+    data = build_data(config)
+    model = build_model(config, data.tokenizer)
+    train = data.stream(2, 128).to_dataset(progress=False)
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), per_device_train_batch_size=4, max_steps=6, logging_steps=3,
+                             report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
+    backend = RecordingBackend()
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=train.select(range(4)), callbacks=[backend])
+    callbacks = add_capacity_callbacks(trainer, data, eval_steps=3, report=False)
+    trainer.train()
+    logged_keys = set().union(*backend.logged)
+    assert {"knowledge_bits", "bits_per_param", "accuracy_birth_city", "exposures", "loss"} <= logged_keys
+    assert sum("loss" in logs for logs in backend.logged) == 2  # the Trainer's own loss logs survive
+    metrics = trainer.evaluate()
+    assert "eval_knowledge_bits" in metrics and "eval_bits_per_param" in metrics
+    assert len(callbacks["knowledge"].history) == 2
+
+
+def test_exposure_callback_stops_at_the_target(tmp_path):
+    config = tiny_config(tmp_path)
+    from hf_capacity.training import build_data
+
+    data = build_data(config)
+    train = data.stream(4, 128).to_dataset(progress=False)
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), per_device_train_batch_size=4, max_steps=500,
+                             report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
+    trainer = Trainer(model=build_model(config, data.tokenizer), args=args, train_dataset=train)
+    exposures = ExposureCallback(data, context_length=128, target_exposures=1.0).attach(trainer)
+    knowledge = KnowledgeCapacityCallback(data).attach(trainer)
+    trainer.train()
+    assert trainer.state.global_step == exposures.steps_for(args, 1.0) < 500
+    assert 1.0 <= exposures.exposures < 1.2
+    assert knowledge.last_report is not None  # measured at the early stop too
+
+
+def test_a_tiny_model_learns_real_knowledge(tmp_path):
+    # 10 people × 150 exposures (~240 steps): a tiny GPT2 picks up a real share of their facts
+    config = tiny_config(tmp_path, n_people=10, exposures=150, model="gpt2-2-2", head_dim=32, learning_rate=5e-3,
+                         batch_size=8, warmup_steps=10)
+    report, _ = train_capacity(config)
+    assert report.bits.total > 0.1 * report.bits_max.total
+    assert report.p2 < 0.95 * 47.59 * 0.6931  # value loss well under the cost of guessing (log S0 nats)
+
+
+def test_bad_run_configurations():
+    with pytest.raises(ValueError, match="gpt2-<layers>-<heads>"):
+        CapacityTrainingConfig(model="gpt3-1-1")
+    with pytest.raises(ValueError, match="dataset"):
+        CapacityTrainingConfig(dataset="wiki")
+    with pytest.raises(ValueError, match="eval_steps"):
+        KnowledgeCapacityCallback(None, eval_steps=0)
+
+
+def test_push_offline_says_so(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    (tmp_path / "README.md").write_text("card")
+    with pytest.raises(RuntimeError, match="offline mode"):
+        push_capacity_files(tmp_path, "someone/model")
+
+
+def test_push_uploads_the_capacity_files(tmp_path, monkeypatch):
+    from huggingface_hub import CommitInfo, HfApi
+
+    uploaded = {}
+
+    def fake_upload_folder(self, *, repo_id, folder_path, allow_patterns, commit_message, **kwargs):
+        uploaded.update(repo_id=repo_id, patterns=allow_patterns, message=commit_message)
+        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/" + "1" * 40, commit_message=commit_message,
+                          commit_description="", oid="1" * 40)
+
+    monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
+    push_capacity_files(tmp_path, "someone/model")
+    assert uploaded["repo_id"] == "someone/model" and "results.json" in uploaded["patterns"]
