@@ -113,10 +113,21 @@ def bios_bits(
     working city excluded).
     """
     _check_bios_n(n_people, name_space)
+    return _bios_terms(n_people, math.log2(name_space), p1_nats, p2_nats, value_space, clip)
+
+
+def _term(count: int, log2_space: float, loss_nats: float) -> float:
+    """count · log2(space / e^loss): bits of ``count`` items drawn from ``space`` minus their loss."""
+    return count * (log2_space - loss_nats * LOG2_E)
+
+
+def _bios_terms(
+    n_people: int, log2_names: float, p1_nats: float, p2_nats: float, value_space: int, clip: bool
+) -> KnowledgeBits:
     _check_loss("p1_nats", p1_nats)
     _check_loss("p2_nats", p2_nats)
-    name = n_people * (math.log2(name_space) - p1_nats * LOG2_E)
-    value = n_people * (math.log2(value_space) - p2_nats * LOG2_E)
+    name = _term(n_people, log2_names, p1_nats)
+    value = _term(n_people, math.log2(value_space), p2_nats)
     return KnowledgeBits(_clip(name, clip), _clip(value, clip))
 
 
@@ -139,14 +150,9 @@ def bios_bits_lower_bound(
 ) -> KnowledgeBits:
     """Theorem 3.2's rigorous lower bound for bioS: N·log2((N0 - N) / e^p1) + N·log2(S0 / e^p2)."""
     _check_bios_n(n_people, name_space)
-    _check_loss("p1_nats", p1_nats)
-    _check_loss("p2_nats", p2_nats)
-    if n_people == name_space:
-        name = -math.inf
-    else:
-        name = n_people * (math.log2(name_space - n_people) - p1_nats * LOG2_E)
-    value = n_people * (math.log2(value_space) - p2_nats * LOG2_E)
-    return KnowledgeBits(_clip(name, clip), _clip(value, clip))
+    free_names = name_space - n_people
+    log2_names = math.log2(free_names) if free_names > 0 else -math.inf
+    return _bios_terms(n_people, log2_names, p1_nats, p2_nats, value_space, clip)
 
 
 @dataclass(frozen=True)
@@ -196,14 +202,18 @@ def biod_bits(
     ``p2_nats``: mean over (person, attribute) of the summed loss on the value's tokens;
     ``p3_nats``: mean over (person, attribute) of the summed loss on the first chunk of the value.
     """
-    for name, v in (("p1_nats", p1_nats), ("p2_nats", p2_nats), ("p3_nats", p3_nats)):
-        _check_loss(name, v)
     s = shape
-    name = s.n_people * (math.log2(s.name_space) - p1_nats * LOG2_E)
-    value = s.n_people * s.n_attributes * (s.chunks_per_value * math.log2(s.diversity) - p2_nats * LOG2_E)
-    diversity = (
-        s.n_attributes * s.diversity * (s.log2_chunk_space - math.log2(s.diversity) - p3_nats * LOG2_E)
-    )
+    return _biod_terms(s, math.log2(s.name_space), s.log2_chunk_space, p1_nats, p2_nats, p3_nats, clip)
+
+
+def _biod_terms(
+    s: BioDShape, log2_names: float, log2_chunks: float, p1: float, p2: float, p3: float, clip: bool
+) -> KnowledgeBits:
+    for name, v in (("p1_nats", p1), ("p2_nats", p2), ("p3_nats", p3)):
+        _check_loss(name, v)
+    name = _term(s.n_people, log2_names, p1)
+    value = _term(s.n_people * s.n_attributes, s.chunks_per_value * math.log2(s.diversity), p2)
+    diversity = _term(s.n_attributes * s.diversity, log2_chunks - math.log2(s.diversity), p3)
     return KnowledgeBits(_clip(name, clip), _clip(value, clip), _clip(diversity, clip))
 
 
@@ -221,20 +231,12 @@ def biod_bits_lower_bound(
     shape: BioDShape, p1_nats: float, p2_nats: float, p3_nats: float, *, clip: bool = True
 ) -> KnowledgeBits:
     """Theorem 3.2's rigorous bound for bioD: N0 → N0 - N and T^L → T^L - D in the definition."""
-    for name, v in (("p1_nats", p1_nats), ("p2_nats", p2_nats), ("p3_nats", p3_nats)):
-        _check_loss(name, v)
     s = shape
-    if s.n_people == s.name_space:
-        name = -math.inf
-    else:
-        name = s.n_people * (math.log2(s.name_space - s.n_people) - p1_nats * LOG2_E)
-    value = s.n_people * s.n_attributes * (s.chunks_per_value * math.log2(s.diversity) - p2_nats * LOG2_E)
-    if s.log2_chunk_space == math.log2(s.diversity):
-        diversity = -math.inf
-    else:
-        log2_free_chunks = _log2_minus(s.log2_chunk_space, s.diversity)
-        diversity = s.n_attributes * s.diversity * (log2_free_chunks - math.log2(s.diversity) - p3_nats * LOG2_E)
-    return KnowledgeBits(_clip(name, clip), _clip(value, clip), _clip(diversity, clip))
+    free_names = s.name_space - s.n_people
+    log2_names = math.log2(free_names) if free_names > 0 else -math.inf
+    exact = s.log2_chunk_space == math.log2(s.diversity)
+    log2_chunks = -math.inf if exact else _log2_minus(s.log2_chunk_space, s.diversity)
+    return _biod_terms(s, log2_names, log2_chunks, p1_nats, p2_nats, p3_nats, clip)
 
 
 def capacity_ratio(bits: float, num_params: int) -> float:
