@@ -152,7 +152,7 @@ class QuantizedCapacityCallback(_TrainerBoundCallback):
         for scheme in schemes:
             quantization_config(scheme)
         self.data, self.schemes, self.knowledge_callback = data, tuple(schemes), knowledge_callback
-        self.eval_kwargs = {"progress": False, **eval_kwargs}
+        self.eval_kwargs = {"progress": False, "distributed": False, **eval_kwargs}  # runs on rank 0 only
         self.results: dict = {}
 
     def on_train_end(self, args, state, control, model=None, **kwargs):

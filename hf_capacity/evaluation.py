@@ -377,9 +377,12 @@ def evaluate_knowledge(
         from accelerate.utils import gather_object
 
         with state.split_between_processes(people.tolist()) as mine:
-            local = span_losses(model, data, np.asarray(mine, dtype=np.int64), renderings=renderings,
-                                batch_size=batch_size, progress=progress and state.is_main_process)
-        gathered = gather_object([asdict(local)])
+            # fewer people than processes leaves some ranks without any: they still join the gather
+            local = [] if len(mine) == 0 else [asdict(span_losses(
+                model, data, np.asarray(mine, dtype=np.int64), renderings=renderings, batch_size=batch_size,
+                progress=progress and state.is_main_process,
+            ))]
+        gathered = gather_object(local)  # every rank's shard, in rank order (= the order of `people`)
         losses = SpanLosses.concatenate([SpanLosses(**g) for g in gathered])
     else:
         losses = span_losses(model, data, people, renderings=renderings, batch_size=batch_size, progress=progress)
