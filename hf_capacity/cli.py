@@ -348,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quantized", nargs="*", default=[], choices=["int8", "nf4", "fp4"])
     e.add_argument("--json", action="store_true", help="print the report as one JSON object")
     e.set_defaults(func=cmd_eval)
+
+    from .cli_sweep import add_sweep_commands
+
+    add_sweep_commands(sub)  # sweep, fit, plot
     return parser
 
 

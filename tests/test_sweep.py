@@ -1,0 +1,238 @@
+"""Sweeps: a YAML grid of tiny runs → run folders → results.csv; resuming, failures, validation, fit and plot."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import hf_capacity.sweep as sweep_module
+from hf_capacity.cli import CLIError
+from hf_capacity.cli_sweep import build_sweep_parser
+from hf_capacity.training import build_data, steps_for_exposures
+from hf_capacity.sweep import (
+    SweepConfigError,
+    SweepRunFailed,
+    architecture_label,
+    load_sweep,
+    parse_shard,
+    rebuild_table,
+    run_sweep,
+)
+
+TINY = {
+    "n_people": 8, "model": "gpt2-1-1", "head_dim": 16, "context_length": 128, "batch_size": 4, "vocab_size": 400,
+    "max_steps": 4, "exposures": 1, "progress": False, "warmup_steps": 1, "logging_steps": 2,
+}
+
+
+def tiny_config(output_dir, **extra) -> dict:
+    return {"name": "tiny", "output_dir": str(output_dir), "base": dict(TINY), **extra}
+
+
+def cli(argv: list[str]) -> None:
+    args = build_sweep_parser().parse_args(argv)
+    args.func(args)
+
+
+def no_training(config, *args, **kwargs):
+    raise AssertionError(f"trained {config.output_dir}, which should have been skipped")
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    """Two really tiny runs (seed 0 and 1), trained once for the module."""
+    out = tmp_path_factory.mktemp("sweep") / "tiny"
+    table = run_sweep(tiny_config(out, grid={"seed": [0, 1]}), log=lambda line: None)
+    return out, table
+
+
+@pytest.fixture
+def sweep_copy(tiny_sweep, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_sweep[0], out)
+    return out
+
+
+def test_sweep_writes_one_row_per_run(tiny_sweep):
+    out, table = tiny_sweep
+    csv = pd.read_csv(out / "results.csv")
+    assert len(csv) == 2 and (out / "results.parquet").is_file()
+    assert list(csv["status"]) == ["done", "done"] and list(csv["seed"]) == [0, 1]
+    assert (csv["bits_max"] > 0).all() and (csv["num_params"] > 0).all()
+    assert (csv["num_params_total"] >= csv["num_params"]).all()
+    assert (csv["steps"] == 4).all() and (csv["tokens"] == 4 * 4 * 128).all() and csv["train_loss_final"].gt(0).all()
+    for run_id in csv["run_id"]:
+        folder = out / "runs" / run_id
+        assert (folder / "results.json").is_file() and (folder / "DONE").is_file()
+        assert run_id.startswith("gpt2-1-1_N8_E1_seed")
+    # ids are deterministic, and the table can be rebuilt from the folders alone
+    assert [r.run_id for r in load_sweep(tiny_config(out, grid={"seed": [0, 1]})).plan()] == list(csv["run_id"])
+    rebuilt = rebuild_table(out, write=False)
+    assert list(rebuilt["run_id"]) == list(csv["run_id"])
+    assert rebuilt["bits_max"].tolist() == pytest.approx(csv["bits_max"].tolist())
+
+
+def test_rerun_skips_finished_runs(sweep_copy, monkeypatch):
+    monkeypatch.setattr(sweep_module, "train_capacity", no_training)
+    lines = []
+    table = run_sweep(tiny_config(sweep_copy, grid={"seed": [0, 1]}), log=lines.append)
+    assert list(table["status"]) == ["done", "done"]
+    assert sum("skipped (done)" in line for line in lines) == 2
+
+
+def test_crashed_run_is_cleaned_and_rerun(sweep_copy, monkeypatch):
+    first = sorted((sweep_copy / "runs").iterdir())[0]
+    (first / "DONE").unlink()  # as if the process died after results.json
+    (first / "stale.bin").write_text("left over by the crash")
+    real = sweep_module.train_capacity
+    seen = []
+
+    def checked(config, *args, **kwargs):
+        seen.append(config.output_dir)
+        assert not (first / "stale.bin").exists(), "the crashed run's folder was not cleaned"
+        return real(config, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "train_capacity", checked)
+    table = run_sweep(tiny_config(sweep_copy, grid={"seed": [0, 1]}), log=lambda line: None)
+    assert seen == [str(first)]
+    assert list(table["status"]) == ["done", "done"] and (first / "DONE").is_file()
+
+
+def test_failed_run_is_recorded_and_the_sweep_goes_on(sweep_copy, capsys):
+    runs = sorted((sweep_copy / "runs").iterdir())
+    shutil.rmtree(runs[1])  # seed 1 must train again, after the failing run
+    config = tiny_config(sweep_copy, runs=[{"model": "gpt3-1-1"}, {"seed": 0}, {"seed": 1}])
+    path = sweep_copy / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(CLIError, match="1 of 3 runs failed"):
+        cli(["sweep", str(path)])
+    table = pd.read_csv(sweep_copy / "results.csv")
+    assert list(table["status"]) == ["failed", "done", "done"]
+    assert "unknown model 'gpt3-1-1'" in table.loc[0, "error"]
+    assert "failed: ValueError" in capsys.readouterr().out
+
+
+def test_fail_fast_stops_at_the_first_failure(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep_module, "train_capacity", no_training)
+    config = tiny_config(tmp_path / "ff", runs=[{"model": "gpt3-1-1"}, {"seed": 0}])
+    with pytest.raises(SweepRunFailed, match="gpt3-1-1"):
+        run_sweep(config, fail_fast=True, log=lambda line: None)
+    table = pd.read_csv(tmp_path / "ff" / "results.csv")
+    assert list(table["status"]) == ["failed", "pending"]
+
+
+def test_unknown_fields_are_named(tmp_path):
+    with pytest.raises(SweepConfigError, match=r"base: unknown field\(s\) 'n_peple'.*did you mean 'n_people'"):
+        load_sweep({"base": {"n_peple": 10}})
+    with pytest.raises(SweepConfigError, match="'lerning_rate'.*Valid fields: .*learning_rate"):
+        load_sweep({"grid": {"lerning_rate": [1e-3]}})
+    with pytest.raises(SweepConfigError, match="biod.*'diversty'"):
+        load_sweep({"base": {"biod": {"diversty": 10}}})
+    with pytest.raises(SweepConfigError, match="training fields go under base"):
+        load_sweep({"n_people": 10})
+    with pytest.raises(SweepConfigError, match="grid.seed must be a non-empty list"):
+        load_sweep({"grid": {"seed": 0}})
+    with pytest.raises(SweepConfigError, match="top-level `output_dir:`"):
+        load_sweep({"base": {"output_dir": "x"}})
+    with pytest.raises(SweepConfigError, match="expected a number"):
+        load_sweep({"base": {"learning_rate": "fast"}})
+
+
+def test_grid_blocks_rules_and_nested_fields():
+    sweep = load_sweep({
+        "output_dir": "unused",
+        "base": {"dataset": "bioD", "biod": {"diversity": 50}, "learning_rate": "1e-3"},  # YAML reads 1e-3 as text
+        "grid": [{"n_people": [10_000, 1_000_000], "model": ["gpt2-1-1"]}, {"n_people": [100], "biod.alphabet": [8, 16]}],
+        "rules": [{"when": {"n_people": [1_000_000]}, "set": {"learning_rate": 5e-4, "weight_decay": 0.01}}],
+    })
+    runs = sweep.plan()
+    assert len(runs) == 4
+    lr = {r.config["n_people"]: r.config["learning_rate"] for r in runs}
+    assert lr == {10_000: 1e-3, 1_000_000: 5e-4, 100: 1e-3}
+    assert runs[2].config["biod"] == {**runs[0].config["biod"], "alphabet": 8, "diversity": 50}
+    assert runs[0].run_id.startswith("gpt2-1-1_bioD-K4C2D50L2T20_N10K_E100_seed0_")
+    assert runs[1].run_id.split("_")[2] == "N1M"
+    assert len({r.run_id for r in runs}) == 4
+
+
+def test_dry_run_lists_runs_without_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sweep_module, "train_capacity", no_training)
+    config = tiny_config(tmp_path / "dry", grid={"seed": [0, 1, 2, 3, 4]})
+    config["base"].pop("max_steps")  # estimated from the data: ceil(E·N·tokens per bio / context / batch)
+    path = tmp_path / "dry.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli(["sweep", str(path), "--dry-run", "--shard", "1/2"])
+    out = capsys.readouterr().out
+    assert "nothing was trained" in out and out.count("would run") == 2 and "seed1" in out and "seed3" in out
+    assert not (tmp_path / "dry").exists()
+    listing = run_sweep(config, dry_run=True, log=lambda line: None)
+    assert list(listing["index"]) == [0, 1, 2, 3, 4]
+    run = load_sweep(config).plan()[0].training_config()
+    assert (listing["estimated_steps"] == steps_for_exposures(run, build_data(run))).all()
+    assert parse_shard("1/2") == (1, 2)
+    with pytest.raises(ValueError, match="0 <= i < n"):
+        parse_shard("2/2")
+
+
+def synthetic_results(path, n_runs=12, ratio=2.0):
+    """A results.csv shaped like a capacity sweep at R* = ratio: bits = min(bits_max, R*·P)."""
+    params = np.geomspace(1e5, 1e8, n_runs)
+    n_people = np.where(np.arange(n_runs) % 2 == 0, 100_000, 1_000_000)
+    bits_max = np.where(n_people == 100_000, 5.82e6, 5.49e7)
+    tokens = n_people * 100 * 84.0
+    non_embedding = params * 0.8
+    loss = 1.8 + 400 / non_embedding**0.34 + 2000 / tokens**0.28
+    table = pd.DataFrame({
+        "run_id": [f"run{i}" for i in range(n_runs)], "status": "done", "model": "gpt2-4-4", "mlp_type": "",
+        "num_experts": 0, "exposures": 100, "n_people": n_people, "num_params": params, "bits": np.minimum(bits_max, ratio * params),
+        "bits_max": bits_max, "bits_per_param_nf4": np.minimum(bits_max / params, 0.7),
+        "num_params_non_embedding": non_embedding, "tokens": tokens, "train_loss_final": loss,
+    })
+    table.loc[n_runs] = {**table.iloc[0].to_dict(), "run_id": "broken", "status": "failed", "bits": np.nan}
+    table.to_csv(path, index=False)
+    return table
+
+
+def test_fit_recovers_two_bits_per_param(tmp_path, capsys):
+    synthetic_results(tmp_path / "results.csv")
+    cli(["fit", str(tmp_path / "results.csv"), "--json", "--n-bootstrap", "200"])
+    result = json.loads(capsys.readouterr().out)
+    groups = {row["precision"]: row for row in result["capacity"]}
+    assert groups["fp32"]["architecture"] == "gpt2" and groups["fp32"]["exposures"] == 100
+    assert groups["fp32"]["ratio_bits_per_param"] == pytest.approx(2.0, rel=1e-6)
+    assert groups["fp32"]["ci_low"] <= 2.0 <= groups["fp32"]["ci_high"]
+    assert groups["nf4"]["ratio_bits_per_param"] == pytest.approx(0.7, rel=1e-6)
+    assert result["n_runs"] == 12 and result["loss_law"]["alpha"] > 0
+
+    cli(["fit", str(tmp_path / "results.csv"), "--by", "architecture", "--n-bootstrap", "50", "--no-loss-fit"])
+    out = capsys.readouterr().out
+    assert "gpt2" in out and "2.000" in out and "loss-law fit not requested" in out
+    with pytest.raises(CLIError, match="cannot group by"):
+        cli(["fit", str(tmp_path / "results.csv"), "--by", "optimizer"])
+
+
+def test_fit_says_when_loss_data_are_insufficient(tmp_path, capsys):
+    synthetic_results(tmp_path / "results.csv", n_runs=4)
+    cli(["fit", str(tmp_path / "results.csv"), "--n-bootstrap", "50"])
+    assert "needs >= 5 finished runs" in capsys.readouterr().out
+
+
+def test_plot_writes_pngs(tmp_path, capsys):
+    synthetic_results(tmp_path / "results.csv")
+    cli(["plot", str(tmp_path / "results.csv"), "--out", str(tmp_path / "figs")])
+    paths = capsys.readouterr().out.split()
+    assert {p.rsplit("/", 1)[-1] for p in paths} == {"capacity.png", "capacity_ratio.png", "capacity_ratio_precision.png"}
+    for p in paths:
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_architecture_labels():
+    assert architecture_label("gpt2-4-4") == "gpt2"
+    assert architecture_label("gpt2-4-4", "quarter") == "gpt2-quarter"
+    assert architecture_label("gpt2-4-4", None, 32) == "gpt2-moe32"
+    assert architecture_label("llama-2-2", "gated") == "llama"
+    assert architecture_label("llama-2-2", "standard") == "llama-standard"
