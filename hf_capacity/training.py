@@ -32,7 +32,7 @@ class CapacityTrainingConfig:
     junk_fraction: float = 0.0
     junk_n_people: int = 100_000_000
     domain_token: bool = False
-    vocab_size: int = 2048
+    vocab_size: int = 4096
     block_diagonal: bool = False
     # model
     model: str = "gpt2-2-2"  # gpt2-ℓ-h | llama-ℓ-h | memory-llama-ℓ-h (h heads of head_dim)

@@ -17,7 +17,7 @@ from .population import BioDPopulation, Population
 from .render import DOMAIN_TOKEN, EOS_TOKEN, PAD_TOKEN, Renderer, alphabet_token, piece_book
 
 PRETOKENIZE_PATTERN = r" ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]|\s+"
-DEFAULT_VOCAB_SIZE = 2048
+DEFAULT_VOCAB_SIZE = 4096
 
 
 def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
