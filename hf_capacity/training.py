@@ -128,7 +128,7 @@ def build_model(config: CapacityTrainingConfig, tokenizer):
     intermediate = 8 * math.ceil(8 * hidden / 3 / 8)
     llama = dict(common, intermediate_size=intermediate, mlp_type=config.mlp_type or "gated")
     if family == "memory-llama":
-        llama.update(config.memory, memory_layers=default_memory_layers(layers))
+        llama.update(config.memory, memory_layers=default_memory_layers(layers, count=min(3, layers)))
         llama.setdefault("memory_value_dim", hidden)
     return MemoryLlamaForCausalLM(MemoryLlamaConfig(**llama))
 
