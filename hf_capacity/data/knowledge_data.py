@@ -75,12 +75,17 @@ class KnowledgeData:
             return biod_bits_max(self.population.shape)
         return bios_bits_max(self.population.n_people)
 
-    def used_token_ids(self) -> list[int]:
-        """Token ids occurring in the training data (useful and junk) for the paper's parameter count."""
+    @cached_property
+    def _used_token_ids(self) -> tuple[int, ...]:
         used = set(self.renderer.used_token_ids().tolist())
         if self.junk_renderer is not None:
             used |= set(self.junk_renderer.used_token_ids().tolist())
-        return sorted(used)
+        return tuple(sorted(used))
+
+    def used_token_ids(self) -> list[int]:
+        """Token ids occurring in the training data (useful and junk) for the paper's parameter count
+        (computed once: it scans the whole population)."""
+        return list(self._used_token_ids)
 
     def stream(self, exposures: int, context_length: int = 512, **kwargs) -> PackedStream:
         """The training stream: ``exposures`` exposures of every person, packed (see ``PackedStream``)."""
