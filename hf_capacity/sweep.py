@@ -880,7 +880,19 @@ def fit_sweep(df: pd.DataFrame, by: Sequence[str] = ("architecture", "exposures"
                                              pts["train_loss_final"].to_numpy())
     except ValueError as err:
         result.loss_note = f"loss-law fit failed: {err}"
+        return result
+    law = result.loss_fit.law
+    if not (0 < law.alpha < LOSS_EXPONENT_LIMIT and 0 < law.beta < LOSS_EXPONENT_LIMIT):
+        result.loss_fit = None  # the optimiser found *a* minimum, but the runs do not determine the law
+        result.loss_note = (
+            f"loss law not identifiable from these runs (fitted α = {law.alpha:.3g}, β = {law.beta:.3g}, outside "
+            f"(0, {LOSS_EXPONENT_LIMIT})): add runs that span several model sizes and token counts"
+        )
     return result
+
+
+LOSS_EXPONENT_LIMIT = 3.0
+"""Fitted loss-law exponents outside (0, 3) mean the sweep does not constrain the law (published: 0.07-0.37)."""
 
 
 def plot_sweep(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:

@@ -220,6 +220,17 @@ def test_fit_says_when_loss_data_are_insufficient(tmp_path, capsys):
     assert "needs >= 5 finished runs" in capsys.readouterr().out
 
 
+def test_fit_refuses_a_loss_law_the_runs_do_not_determine(tmp_path, capsys):
+    table = synthetic_results(tmp_path / "results.csv")
+    # losses that do not fall with size or data: any "law" fitted to them is noise
+    table["train_loss_final"] = 2.0 + 0.01 * np.random.default_rng(0).standard_normal(len(table))
+    table.to_csv(tmp_path / "results.csv", index=False)
+    cli(["fit", str(tmp_path / "results.csv"), "--n-bootstrap", "50"])
+    out = capsys.readouterr().out
+    assert "Loss law (" not in out
+    assert "not identifiable" in out
+
+
 def test_plot_writes_pngs(tmp_path, capsys):
     synthetic_results(tmp_path / "results.csv")
     cli(["plot", str(tmp_path / "results.csv"), "--out", str(tmp_path / "figs")])
