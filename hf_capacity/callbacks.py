@@ -115,14 +115,16 @@ class ExposureCallback(_TrainerBoundCallback):
         self.tokens_per_exposure = data.population.n_people * data.renderer.mean_tokens_per_biography() / useful
         self.exposures = 0.0
 
-    def exposures_at(self, args, step: int) -> float:
+    def _tokens_per_step(self, args) -> int:
         batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
-        return step * batch * self.context_length / self.tokens_per_exposure
+        return batch * self.context_length
+
+    def exposures_at(self, args, step: int) -> float:
+        return step * self._tokens_per_step(args) / self.tokens_per_exposure
 
     def steps_for(self, args, exposures: float) -> int:
         """Training steps needed for ``exposures`` exposures with ``args``' batch size."""
-        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
-        return math.ceil(exposures * self.tokens_per_exposure / (batch * self.context_length))
+        return math.ceil(exposures * self.tokens_per_exposure / self._tokens_per_step(args))
 
     def on_step_end(self, args, state, control, **kwargs):
         self.exposures = self.exposures_at(args, state.global_step)
@@ -197,13 +199,17 @@ class CapacityReportCallback(_TrainerBoundCallback):
         self.written: list[Path] = []
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if not state.is_world_process_zero:
-            return
+        if state.is_world_process_zero:
+            self.publish(args, state, model)
+
+    def publish(self, args, state, model) -> list[Path]:
+        """Write the files into ``args.output_dir``; with ``push_to_hub``, push the model, then the files."""
         self.written = self.write(args.output_dir, model, args=args, state=state)
         if args.push_to_hub and self.trainer is not None:
             self.trainer.push_to_hub(commit_message="hf-capacity: model")
             self.written = self.write(args.output_dir, model, args=args, state=state)  # the Trainer's card replaced ours
             push_capacity_files(args.output_dir, self.trainer.hub_model_id, token=args.hub_token)
+        return self.written
 
     def write(self, output_dir, model, *, args=None, state=None) -> list[Path]:
         from .report import model_card, plot_training_curve, write_results

@@ -115,7 +115,7 @@ def cmd_data_generate(args) -> None:
 
 
 def _highlight(tokenizer, batch, b: int, labels: list[str], color: bool) -> str:
-    """One rendering with its spans marked: [name]{...} for names, [attribute]{...} for values."""
+    """One rendering with every span marked as [text]<label> (in colour on a terminal)."""
     bio = batch.biography(b).tolist()
     spans = [(int(batch.name[b, 0]), int(batch.name[b, 1]), "name")]
     if batch.pronoun is not None:
@@ -126,9 +126,9 @@ def _highlight(tokenizer, batch, b: int, labels: list[str], color: bool) -> str:
     for start, length, label in spans:
         out.append(tokenizer.decode(bio[pos:start]))
         text = tokenizer.decode(bio[start : start + length])
-        out.append(f"\033[1;32m{text}\033[0m\033[2m<{label}>\033[0m" if color else f"[{text.strip()}]<{label}>")
-        if text.startswith(" "):
-            out[-1] = " " + out[-1].lstrip(" ") if not color else out[-1]
+        core = text.lstrip(" ")  # the leading space stays outside the mark
+        mark = f"\033[1;32m{core}\033[0m\033[2m<{label}>\033[0m" if color else f"[{core}]<{label}>"
+        out.append(text[: len(text) - len(core)] + mark)
         pos = start + length
     out.append(tokenizer.decode(bio[pos:]))
     return "".join(out)

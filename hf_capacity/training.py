@@ -144,7 +144,7 @@ def train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None = 
     import torch
     from transformers import Trainer, TrainingArguments, set_seed
 
-    from .callbacks import add_capacity_callbacks, push_capacity_files
+    from .callbacks import CapacityReportCallback, add_capacity_callbacks
 
     set_seed(config.seed)
     data = data or build_data(config)
@@ -195,18 +195,14 @@ def train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None = 
     if trainer.is_world_process_zero():
         trainer.save_model(str(out))
         data.save(out)
-        from .callbacks import CapacityReportCallback
-
+        (out / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        # written after the model and data are saved, so a push to the Hub carries everything
         writer = CapacityReportCallback(
             callbacks["knowledge"],
             exposure_callback=callbacks["exposures"],
             quantized_callback=callbacks.get("quantized"),
             model_name=out.name,
         )
-        (out / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        if config.push_to_hub:
-            trainer.push_to_hub(commit_message="hf-capacity: model")  # writes the Trainer's card: ours replaces it
-        writer.write(out, trainer.model, args=args, state=trainer.state)
-        if config.push_to_hub:
-            push_capacity_files(out, trainer.hub_model_id)
+        writer.trainer = trainer
+        writer.publish(args, trainer.state, trainer.model)
     return callbacks["knowledge"].last_report, trainer

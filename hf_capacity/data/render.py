@@ -42,7 +42,9 @@ _PERMUTATIONS_6 = np.array(list(itertools.permutations(range(6))), dtype=np.int6
 _RENDER_KEY = 0x5E17
 _ORDER_KEY = 6
 _EXACT_USED_LIMIT = 5_000_000
+_HEAD_SLOTS = 2  # EOS, then the domain token or an empty piece
 _SUBJECT_SLOTS = 3  # first, middle, last name pieces (a pronoun uses one slot and two empty ones)
+_BIOS_VALUE_PARTS = 4  # a birth date is month, day, comma, year; other values use one part and 3 empty ones
 
 
 def evaluation_exposure(rendering: int = 0) -> int:
@@ -336,21 +338,31 @@ class Renderer:
         slots = np.concatenate([self._head(n), sentences.reshape(n, -1)], axis=1)
         return slots, order
 
-    def _render_bios(self, people: np.ndarray, exposures: np.ndarray) -> RenderedBatch:
-        slots, order = self._bios_slots(people, exposures)
+    def _layout(self, slots: np.ndarray, order: np.ndarray, width: int):
+        """Assemble ``slots`` (head + sentences of ``width`` slots in ``order``) and locate the shared spans.
+
+        Returns the flat tokens, per-biography offsets, per-slot start (relative to the biography) and length,
+        the name span (the first sentence's subject) and the slot of each attribute's first value part.
+        """
         tokens, slot_start, lens = _assemble(slots, self.table_ids, self.table_starts, self.table_lens)
-        n = len(people)
         row_start = slot_start[:, 0]
         rel = slot_start - row_start[:, None]
-        width = 9
-        name = np.stack([rel[:, 2], lens[:, 2:5].sum(1)], axis=1)
-        pronoun = np.stack([rel[:, 2 + width], lens[:, 2 + width]], axis=1)
+        subject = slice(_HEAD_SLOTS, _HEAD_SLOTS + _SUBJECT_SLOTS)
+        name = np.stack([rel[:, _HEAD_SLOTS], lens[:, subject].sum(1)], axis=1)
         position_of = np.argsort(order, axis=1)  # rendered position of each canonical attribute
-        value_slot = 2 + position_of * width + _SUBJECT_SLOTS + 1  # first value part
-        rows = np.arange(n)[:, None]
-        value_len = sum(lens[rows, value_slot + j] for j in range(4))
-        values = np.stack([rel[rows, value_slot], value_len], axis=2)
+        value_slot = _HEAD_SLOTS + position_of * width + _SUBJECT_SLOTS + 1  # after the subject and the prefix
         offsets = np.append(row_start, len(tokens))
+        return tokens, offsets, rel, lens, name, value_slot
+
+    def _render_bios(self, people: np.ndarray, exposures: np.ndarray) -> RenderedBatch:
+        slots, order = self._bios_slots(people, exposures)
+        width = _SUBJECT_SLOTS + 1 + _BIOS_VALUE_PARTS + 1
+        tokens, offsets, rel, lens, name, value_slot = self._layout(slots, order, width)
+        second_subject = _HEAD_SLOTS + width  # the first pronoun opens the second sentence
+        pronoun = np.stack([rel[:, second_subject], lens[:, second_subject]], axis=1)
+        rows = np.arange(len(people))[:, None]
+        value_len = sum(lens[rows, value_slot + j] for j in range(_BIOS_VALUE_PARTS))
+        values = np.stack([rel[rows, value_slot], value_len], axis=2)
         return RenderedBatch(people, tokens, offsets, name, values, pronoun=pronoun)
 
     def _biod_slots(self, people: np.ndarray, exposures: np.ndarray):
@@ -380,16 +392,9 @@ class Renderer:
     def _render_biod(self, people: np.ndarray, exposures: np.ndarray) -> RenderedBatch:
         pop = self.population
         slots, order = self._biod_slots(people, exposures)
-        tokens, slot_start, lens = _assemble(slots, self.table_ids, self.table_starts, self.table_lens)
         n, K, CL, L = len(people), pop.n_attributes, pop.chunks_per_value * pop.chunk_length, pop.chunk_length
-        width = _SUBJECT_SLOTS + 1 + CL + 1
-        row_start = slot_start[:, 0]
-        rel = slot_start - row_start[:, None]
-        name = np.stack([rel[:, 2], lens[:, 2:5].sum(1)], axis=1)
-        position_of = np.argsort(order, axis=1)
-        value_slot = 2 + position_of * width + _SUBJECT_SLOTS + 1
-        rows = np.arange(n)[:, None]
-        values = np.stack([rel[rows, value_slot], np.full((n, K), CL)], axis=2)
-        first_chunk = np.stack([rel[rows, value_slot], np.full((n, K), L)], axis=2)
-        offsets = np.append(row_start, len(tokens))
+        tokens, offsets, rel, _, name, value_slot = self._layout(slots, order, _SUBJECT_SLOTS + 1 + CL + 1)
+        start = rel[np.arange(n)[:, None], value_slot]  # each alphabet piece is one token
+        values = np.stack([start, np.full((n, K), CL)], axis=2)
+        first_chunk = np.stack([start, np.full((n, K), L)], axis=2)
         return RenderedBatch(people, tokens, offsets, name, values, first_chunk=first_chunk)
