@@ -1,6 +1,7 @@
 """Sweeps: a YAML grid of tiny runs → run folders → results.csv; resuming, failures, validation, fit and plot."""
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -239,6 +240,52 @@ def test_plot_writes_pngs(tmp_path, capsys):
     for p in paths:
         with open(p, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predict_caps_the_capacity_law_at_the_data(capsys):
+    cli(["predict", "--params", "1e6", "4e6", "--N", "100000", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    bits_max = result["bits_max"]  # bioS(100K): 58.2 bits a person
+    assert bits_max == pytest.approx(5.8235e6, rel=1e-4)
+    assert result["ratio_bits_per_param"] == 2.0 and "paper" in result["ratio_source"]
+    small, large = result["capacity"]
+    assert small["bits"] == 2e6 and large["bits"] == pytest.approx(bits_max)
+    assert result["params_to_store_all"] == math.ceil(bits_max / 2)
+    assert "loss_law" not in result
+
+
+def test_predict_loss_with_the_published_law(capsys):
+    cli(["predict", "--params", "70e9", "--tokens", "1.4e12", "--compute", "5.88e23", "--ratio", "1", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["capacity"] == [{"params": 70e9, "bits": 70e9}]
+    assert result["loss"][0]["loss_nats"] == pytest.approx(1.9367, abs=1e-4)  # Hoffmann et al. at Chinchilla
+    optimal = result["compute_optimal"][0]
+    assert 6 * optimal["params"] * optimal["tokens"] == pytest.approx(5.88e23)
+    assert optimal["loss_nats"] <= result["loss"][0]["loss_nats"]
+
+
+def test_predict_from_a_sweep_fit(tmp_path, capsys):
+    synthetic_results(tmp_path / "results.csv", ratio=1.5)
+    cli(["predict", "--fit", str(tmp_path / "results.csv"), "--group", "precision=fp32", "--params", "1e6",
+         "--tokens", "1e9", "--n-bootstrap", "20"])
+    out = capsys.readouterr().out
+    assert "R = 1.500 bits/param" in out and "precision=fp32" in out
+    assert "1,500,000" in out and "fitted to" in out
+    with pytest.raises(CLIError, match="matches several groups; choose one of: .*precision=nf4"):
+        cli(["predict", "--fit", str(tmp_path / "results.csv"), "--params", "1e6", "--n-bootstrap", "20"])
+    with pytest.raises(CLIError, match="matches no group"):
+        cli(["predict", "--fit", str(tmp_path / "results.csv"), "--group", "precision=int2", "--params", "1e6"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "give --params"),
+    (["--tokens", "1e9"], "--tokens needs --params"),
+    (["--params", "-5"], "--params must be positive"),
+    (["--params", "1e6", "--ratio", "0"], "--ratio must be a positive"),
+])
+def test_predict_rejects_bad_input(argv, message):
+    with pytest.raises(CLIError, match=message):
+        cli(["predict", *argv])
 
 
 def test_architecture_labels():
