@@ -179,7 +179,7 @@ def _print_predictions(report: dict) -> None:
     if "loss_law" in report:
         law = report["loss_law"]
         print(f"\nLoss law ({law['source']}): L = {law['E']:.3f} + {law['A']:.4g}/N^{law['alpha']:.3f} + "
-              f"{law['B']:.4g}/D^{law['beta']:.3f}  (N non-embedding params, D tokens, nats/token)")
+              f"{law['B']:.4g}/D^{law['beta']:.3f}  (N params: non-embedding in fits to sweeps; D tokens; nats/token)")
         for row in report["loss"]:
             print(f"  N = {row['params']:>14,.0f}  D = {row['tokens']:>18,.0f}  L = {row['loss_nats']:.4f}")
         for row in report["compute_optimal"]:

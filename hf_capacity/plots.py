@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["plot_capacity", "plot_capacity_ratio", "plot_loss_law"]
+__all__ = ["plot_capacity", "plot_capacity_ratio", "plot_knowledge_curves", "plot_loss_law"]
 
 
 def _column(data: Any, name: str, *, required: bool = True) -> np.ndarray | None:
@@ -124,6 +124,33 @@ def plot_capacity_ratio(data: Any, out_png: str | os.PathLike, by: str | None = 
     ax.set_ylim(bottom=min(0.0, float(ratio.min())))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, out_png)
+
+
+def plot_knowledge_curves(curves: Mapping[str, tuple[Any, Any]], out_png: str | os.PathLike, *,
+                          reference_ratio: float | None = None, title: str | None = None) -> str:
+    """Learning curves: capacity ratio R = bits/P (y) against exposures (x), one line per run.
+
+    `curves`: label -> (exposures, bits_per_param), two equal-length 1-D sequences (the knowledge callback's
+    evaluations during training). `reference_ratio` draws a dotted horizontal line. Returns the PNG path.
+    """
+    if not curves:
+        raise ValueError("curves is empty: no run has a knowledge curve (train with eval_steps set)")
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.add_subplot()
+    for label, (exposures, ratio) in curves.items():
+        x, y = np.asarray(exposures, dtype=float), np.asarray(ratio, dtype=float)
+        if x.ndim != 1 or x.shape != y.shape or x.size == 0:
+            raise ValueError(f"curve {label!r}: exposures and bits_per_param must be equal-length 1-D sequences")
+        order = np.argsort(x)
+        ax.plot(x[order], y[order], "o-", ms=3, lw=1, label=str(label))
+    if reference_ratio is not None:
+        ax.axhline(reference_ratio, color="k", ls=":", lw=1, label=f"{reference_ratio:g} bits/param")
+    ax.set(xlabel="exposures", ylabel="R = bits / P", title=title or "Knowledge learned during training")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
     return _save(fig, out_png)
 
 

@@ -557,7 +557,20 @@ def _run_row(folder: Path, planned: dict | None) -> dict:
     row["steps"] = steps
     if steps is not None and done.get("tokens_per_step"):
         row["tokens"] = steps * done["tokens_per_step"]
+    curve = _knowledge_curve(results, steps)
+    if curve:
+        row["knowledge_curve"] = json.dumps(curve)
     return row
+
+
+def _knowledge_curve(results: dict, steps: int | None) -> list[list[float]]:
+    """[[exposures, bits], ...] from a run's evaluations during training (results.json's history); exposures
+    are proportional to steps (every step trains on the same number of tokens)."""
+    exposures = results.get("exposures")
+    if not steps or not exposures:
+        return []
+    return [[round(exposures * h["step"] / steps, 4), h["knowledge_bits"]]
+            for h in results.get("history") or [] if "step" in h and h.get("knowledge_bits") is not None]
 
 
 def _write_table(df: pd.DataFrame, sweep_dir: Path) -> list[Path]:
@@ -891,6 +904,27 @@ def fit_sweep(df: pd.DataFrame, by: Sequence[str] = ("architecture", "exposures"
     return result
 
 
+def _curves_of(points: pd.DataFrame, by: str | None) -> dict[str, tuple[list[float], list[float]]]:
+    """label -> (exposures, bits/param) for the runs whose row carries a knowledge curve."""
+    if "knowledge_curve" not in points.columns:
+        return {}
+    curves = {}
+    for row in points.to_dict("records"):
+        text = row.get("knowledge_curve")
+        if not isinstance(text, str) or not text:
+            continue
+        curve = json.loads(text)
+        if len(curve) < 2:  # only the final evaluation: not a curve
+            continue
+        label = " ".join(str(x) for x in (
+            row.get(by) if by else None, f"P={row['params'] / 1e3:,.0f}K" if row["params"] >= 1e4 else f"P={row['params']:.0f}",
+            f"N={_short_number(int(row['n_people']))}" if "n_people" in row else None,
+            f"seed {row['seed']}" if row.get("seed") not in (None, 0) and not pd.isna(row.get("seed")) else None,
+        ) if x is not None)
+        curves[label] = ([e for e, _ in curve], [b / row["params"] for _, b in curve])
+    return curves
+
+
 LOSS_EXPONENT_LIMIT = 3.0
 """Fitted loss-law exponents outside (0, 3) mean the sweep does not constrain the law (published: 0.07-0.37)."""
 
@@ -898,8 +932,9 @@ LOSS_EXPONENT_LIMIT = 3.0
 def plot_sweep(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
     """Paper-style PNGs of a sweep table into ``out_dir``, per exposures value when there are several:
     ``capacity*.png`` (bits vs P with the 2 and 1 bit/param lines and, when it can be fitted, the R* law),
-    ``capacity_ratio*.png`` (R vs P per architecture) and ``capacity_ratio_precision*.png`` with quantized runs."""
-    from .plots import plot_capacity, plot_capacity_ratio
+    ``capacity_ratio*.png`` (R vs P per architecture), ``knowledge_curves*.png`` (R vs exposures during training,
+    for runs evaluated with ``eval_steps``) and ``capacity_ratio_precision*.png`` with quantized runs."""
+    from .plots import plot_capacity, plot_capacity_ratio, plot_knowledge_curves
     from .scaling import NoCapacityLimitedRunError, fit_capacity_law
 
     points = capacity_points(df)
@@ -931,6 +966,10 @@ def plot_sweep(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
             series = "series"
         written.append(Path(plot_capacity_ratio(full, out / f"capacity_ratio{suffix}.png", by=series,
                                                 title=f"Capacity ratio{title}")))
+        curves = _curves_of(full, by)
+        if curves:
+            written.append(Path(plot_knowledge_curves(curves, out / f"knowledge_curves{suffix}.png",
+                                                      title=f"Knowledge learned during training{title}")))
         if part["precision"].nunique() > 1:
             written.append(Path(plot_capacity_ratio(part, out / f"capacity_ratio_precision{suffix}.png",
                                                     by="precision", title=f"Capacity ratio by precision{title}")))

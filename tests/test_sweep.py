@@ -25,7 +25,7 @@ from hf_capacity.sweep import (
 
 TINY = {
     "n_people": 8, "model": "gpt2-1-1", "head_dim": 16, "context_length": 128, "batch_size": 4, "vocab_size": 400,
-    "max_steps": 4, "exposures": 1, "progress": False, "warmup_steps": 1, "logging_steps": 2,
+    "max_steps": 4, "exposures": 1, "progress": False, "warmup_steps": 1, "logging_steps": 2, "eval_steps": 2,
 }
 
 
@@ -286,6 +286,16 @@ def test_predict_from_a_sweep_fit(tmp_path, capsys):
 def test_predict_rejects_bad_input(argv, message):
     with pytest.raises(CLIError, match=message):
         cli(["predict", *argv])
+
+
+def test_knowledge_curves_are_kept_and_plotted(tiny_sweep, tmp_path, capsys):
+    out, table = tiny_sweep
+    curve = json.loads(table["knowledge_curve"].iloc[0])  # [[exposures, bits], ...] at steps 2 and 4
+    assert len(curve) == 2 and 0 < curve[0][0] < curve[1][0]
+    assert curve[1][0] == pytest.approx(table["exposures_trained"].iloc[0], rel=1e-3)
+    cli(["plot", str(out), "--out", str(tmp_path / "figs")])
+    paths = capsys.readouterr().out.split()
+    assert str(tmp_path / "figs" / "knowledge_curves.png") in paths
 
 
 def test_architecture_labels():
