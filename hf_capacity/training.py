@@ -140,7 +140,23 @@ def steps_for_exposures(config: CapacityTrainingConfig, data: KnowledgeData) -> 
 
 
 def train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None = None, model=None):
-    """Run one training run; returns ``(report, trainer)`` with the final ``KnowledgeReport``."""
+    """Run one training run; returns ``(report, trainer)`` with the final ``KnowledgeReport``.
+
+    With ``config.progress`` False, transformers' own progress bars (saving and loading weights) are off too
+    while the run lasts, so sweep logs hold one line a run."""
+    from transformers.utils import logging as hf_logging
+
+    silence = not config.progress and hf_logging.is_progress_bar_enabled()
+    if silence:
+        hf_logging.disable_progress_bar()
+    try:
+        return _train_capacity(config, data, model)
+    finally:
+        if silence:
+            hf_logging.enable_progress_bar()
+
+
+def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, model):
     import torch
     from transformers import Trainer, TrainingArguments, set_seed
 

@@ -35,9 +35,14 @@ class RecordingBackend(TrainerCallback):
         self.logged.append(dict(logs))
 
 
-def test_train_capacity_writes_model_report_curve_and_card(tmp_path):
+def test_train_capacity_writes_model_report_curve_and_card(tmp_path, capsys):
+    from transformers.utils import logging as hf_logging
+
     config = tiny_config(tmp_path, max_steps=12, eval_steps=6, quantized=("int8",))
     report, trainer = train_capacity(config)
+    printed = capsys.readouterr()
+    assert "Writing model shards" not in printed.err and "Loading weights" not in printed.err  # progress=False
+    assert hf_logging.is_progress_bar_enabled()  # switched back on after the run
     out = tmp_path / "run"
     for name in ("config.json", "model.safetensors", "tokenizer.json", "knowledge_data.json", "results.json",
                  "knowledge_curve.png", "README.md", "training_config.json"):
