@@ -134,9 +134,10 @@ def predict_report(*, params=(), ratio: float | None = None, ratio_source: str =
 
     ``params``: model sizes P (the paper's count); bits = min(bits_max, R·P), or R·P without ``bits_max``.
     ``tokens``: with ``params`` read as non-embedding sizes N, the loss L(N, D) in nats/token of ``loss_law``
-    (a ``scaling.ChinchillaLaw``) for every pair. ``compute``: the compute-optimal (N, D) at C = 6·N·D FLOPs.
+    (a ``scaling.ChinchillaLaw``; default Hoffmann et al. 2022) for every pair. ``compute``: the compute-optimal
+    (N, D) at C = 6·N·D FLOPs.
     """
-    from .scaling import predict_bits
+    from .scaling import HOFFMANN_2022, predict_bits
 
     out: dict = {"ratio_bits_per_param": ratio, "ratio_source": ratio_source}
     if bits_max is not None:
@@ -150,7 +151,7 @@ def predict_report(*, params=(), ratio: float | None = None, ratio_source: str =
             row["fraction_of_bits_max"] = bits / bits_max
         out["capacity"].append(row)
     if tokens or compute:
-        law = loss_law
+        law = loss_law or HOFFMANN_2022
         out["loss_law"] = {"source": loss_source, "E": law.E, "A": law.A, "B": law.B, "alpha": law.alpha,
                            "beta": law.beta}
         out["loss"] = [{"params": n, "tokens": d, "loss_nats": float(law.predict(n, d))}
@@ -236,7 +237,7 @@ def cmd_predict(args) -> None:
 
 # ------------------------------------------------------------------------------------------------ parsers
 def add_sweep_commands(subparsers) -> None:
-    """Add `sweep`, `fit` and `plot` to an ``argparse`` subparsers object (the `hf-capacity` parser's)."""
+    """Add `sweep`, `fit`, `plot` and `predict` to an ``argparse`` subparsers object (`hf-capacity`'s)."""
     s = subparsers.add_parser(
         "sweep", help="train a grid of capacity runs from a YAML file (resumable; one folder per run)",
         description="Run the sweep described by a YAML file (examples/sweeps/README.md). Finished runs are skipped, "
@@ -287,7 +288,7 @@ def add_sweep_commands(subparsers) -> None:
 
 
 def build_sweep_parser() -> argparse.ArgumentParser:
-    """A stand-alone parser with only these three commands (tests; `hf-capacity` itself uses cli.build_parser)."""
+    """A stand-alone parser with only these four commands (tests; `hf-capacity` itself uses cli.build_parser)."""
     parser = argparse.ArgumentParser(prog="hf-capacity")
     add_sweep_commands(parser.add_subparsers(dest="command", required=True))
     return parser

@@ -916,8 +916,9 @@ def _curves_of(points: pd.DataFrame, by: str | None) -> dict[str, tuple[list[flo
         curve = json.loads(text)
         if len(curve) < 2:  # only the final evaluation: not a curve
             continue
+        size = f"P={row['params'] / 1e3:,.0f}K" if row["params"] >= 1e4 else f"P={row['params']:.0f}"
         label = " ".join(str(x) for x in (
-            row.get(by) if by else None, f"P={row['params'] / 1e3:,.0f}K" if row["params"] >= 1e4 else f"P={row['params']:.0f}",
+            row.get(by) if by else None, size,
             f"N={_short_number(int(row['n_people']))}" if "n_people" in row else None,
             f"seed {row['seed']}" if row.get("seed") not in (None, 0) and not pd.isna(row.get("seed")) else None,
         ) if x is not None)
