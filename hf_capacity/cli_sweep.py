@@ -103,8 +103,8 @@ PAPER_RATIO = 2.0
 """Bits/param the paper measures at 1000 exposures (GPT2, bioS): the default capacity ratio of `predict`."""
 
 
-def _pick_group(capacity, group: str | None) -> dict:
-    """The row of a fit's R* table that ``group`` ("architecture=gpt2,exposures=100") selects."""
+def _pick_group(capacity, by: list[str], group: str | None) -> dict:
+    """The row of a fit's R* table (grouped by the ``by`` columns) that ``group`` ("architecture=gpt2,...") selects."""
     rows = capacity.to_dict("records")
     if group:
         wanted = {}
@@ -116,9 +116,7 @@ def _pick_group(capacity, group: str | None) -> dict:
         rows = [r for r in rows if all(str(r.get(k)) == v for k, v in wanted.items())]
     rows = [r for r in rows if not math.isnan(r["ratio_bits_per_param"])]
     if len(rows) != 1:
-        keys = [c for c in capacity.columns if c not in (
-            "ratio_bits_per_param", "ci_low", "ci_high", "n_runs", "n_capacity_limited", "converged", "note")]
-        have = sorted(",".join(f"{k}={r[k]}" for k in keys) for r in capacity.to_dict("records")
+        have = sorted(",".join(f"{k}={r[k]}" for k in by) for r in capacity.to_dict("records")
                       if not math.isnan(r["ratio_bits_per_param"]))
         if not have:
             raise _cli_error("the fit located no capacity limit (no capacity-limited run in any group): "
@@ -212,7 +210,7 @@ def cmd_predict(args) -> None:
         except ValueError as err:
             raise _cli_error(f"{args.fit}: {err}") from None
         if ratio is None:
-            row = _pick_group(fit.capacity, args.group)
+            row = _pick_group(fit.capacity, fit.by, args.group)
             ratio = float(row["ratio_bits_per_param"])
             label = ", ".join(f"{b}={row[b]}" for b in by)
             ratio_source = (f"R* fitted to {args.fit} ({label}; 95% CI "
