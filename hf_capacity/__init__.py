@@ -11,7 +11,11 @@ The public API, by concept (each lives in one module):
 
 from importlib import import_module
 
+from . import logging_filters
+
 __version__ = "0.1.0"
+
+logging_filters.install()
 
 _EXPORTS = {
     "BioSPopulation": "hf_capacity.data",

@@ -24,6 +24,17 @@ from .evaluation import KnowledgeReport, evaluate_knowledge
 logger = logging.getLogger(__name__)
 
 
+class TrainingDivergedError(RuntimeError):
+    """Training stopped because the loss or the gradient norm became non-finite (raised out of
+    ``trainer.train()`` by ``DivergenceCallback``). ``str(err)`` is one line meant for the user; ``step`` is the
+    first step seen diverging and ``last_checkpoint`` the newest checkpoint saved before it (or None)."""
+
+    def __init__(self, message: str, step: int | None = None, last_checkpoint: str | None = None):
+        super().__init__(message)
+        self.step = step
+        self.last_checkpoint = last_checkpoint
+
+
 class _TrainerBoundCallback(TrainerCallback):
     """A callback that can log through its trainer so values reach every ``report_to`` backend."""
 
@@ -97,6 +108,72 @@ class KnowledgeCapacityCallback(_TrainerBoundCallback):
         if self._measured_step != state.global_step:  # stopped early (e.g. by ExposureCallback)
             self.measure(model, state.global_step)
             state.log_history.append({**self.last_report.log_metrics(), "step": state.global_step})
+
+
+class DivergenceCallback(TrainerCallback):
+    """Stops a run whose gradient norm or logged loss turns non-finite, with one clear line.
+
+    Every ``check_every`` optimizer steps it reads whether any gradient of the last steps was NaN or inf (one
+    host sync per check; the norms are accumulated on the device in between), and on every log whether the
+    loss or grad norm is non-finite (the Trainer's ``logging_nan_inf_filter`` hides NaN losses from the log
+    otherwise). It then raises ``TrainingDivergedError`` out of ``trainer.train()``, e.g.
+    ``training diverged at step 8 (grad norm nan); lower the learning rate (now 1000.0)``, naming the last
+    checkpoint saved before that step if any. With fp16 mixed precision inf gradients are the loss scaler's
+    business (it skips those steps), so only the logged loss is checked there.
+
+        trainer.add_callback(DivergenceCallback())   # in your own Trainer script
+    """
+
+    def __init__(self, check_every: int = 1):
+        if check_every < 1:
+            raise ValueError(f"check_every must be >= 1, got {check_every}")
+        self.check_every = check_every
+        self._nonfinite = None  # device tensor: a gradient of the steps since the last check was non-finite
+        self._first_bad_step = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if model is None or args.fp16:
+            return
+        import torch
+
+        norms = [torch.linalg.vector_norm(p.grad.detach()) for p in model.parameters() if p.grad is not None]
+        if not norms:
+            return
+        bad = ~torch.isfinite(torch.stack(norms).sum())
+        if self._nonfinite is None:
+            self._nonfinite = bad
+            self._first_bad_step = torch.where(bad, state.global_step + 1, 0)
+        else:
+            self._first_bad_step = torch.where(bad & ~self._nonfinite, state.global_step + 1, self._first_bad_step)
+            self._nonfinite = self._nonfinite | bad
+        if (state.global_step + 1) % self.check_every == 0 and bool(self._nonfinite):
+            self._diverged(args, int(self._first_bad_step), "grad norm nan")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "grad_norm"):
+            value = (logs or {}).get(key)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                self._diverged(args, state.global_step, f"{key.replace('_', ' ')} {value}")
+
+    @staticmethod
+    def _diverged(args, step: int, reason: str) -> None:
+        checkpoint = _last_checkpoint_before(args.output_dir, step)
+        message = f"training diverged at step {step} ({reason}); lower the learning rate (now {args.learning_rate:g})"
+        if checkpoint:
+            message += f"; last finite checkpoint: {checkpoint}"
+        raise TrainingDivergedError(message, step=step, last_checkpoint=checkpoint)
+
+
+def _last_checkpoint_before(output_dir, step: int) -> str | None:
+    """The newest ``checkpoint-<n>`` folder in ``output_dir`` with n < ``step`` (saved before the run diverged)."""
+    if not output_dir or not Path(output_dir).is_dir():
+        return None
+    steps = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if suffix.isdigit() and int(suffix) < step:
+            steps.append((int(suffix), path))
+    return str(max(steps)[1]) if steps else None
 
 
 class ExposureCallback(_TrainerBoundCallback):
@@ -277,13 +354,18 @@ def add_capacity_callbacks(
     quantized: tuple[str, ...] = (),
     report: bool = True,
     max_people: int | None = None,
+    divergence: bool = True,
 ) -> dict[str, TrainerCallback]:
     """Attach the capacity callbacks to ``trainer`` in one call; returns them by name.
 
     ``exposures``: stop at this many exposures (ExposureCallback); ``quantized``: schemes to measure at the
-    end, e.g. ("int8", "nf4"); ``report``: write results.json, plot and model card into the output dir.
+    end, e.g. ("int8", "nf4"); ``report``: write results.json, plot and model card into the output dir;
+    ``divergence``: stop with ``TrainingDivergedError`` when the loss or gradients turn non-finite.
     """
     callbacks: dict[str, TrainerCallback] = {}
+    if divergence:
+        callbacks["divergence"] = DivergenceCallback()
+        trainer.add_callback(callbacks["divergence"])
     knowledge = KnowledgeCapacityCallback(data, eval_steps, max_people=max_people).attach(trainer)
     callbacks["knowledge"] = knowledge
     context = context_length

@@ -160,7 +160,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
     import torch
     from transformers import Trainer, TrainingArguments, set_seed
 
-    from .callbacks import CapacityReportCallback, add_capacity_callbacks
+    from .callbacks import CapacityReportCallback, TrainingDivergedError, add_capacity_callbacks
 
     set_seed(config.seed)
     data = data or build_data(config)
@@ -206,8 +206,17 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         report=False,
         max_people=config.eval_max_people,
     )
-    trainer.train()
     out = Path(config.output_dir)
+    try:
+        trainer.train()
+    except TrainingDivergedError as err:
+        if trainer.is_world_process_zero():  # keep what the run had: its config, its log and why it stopped
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+            diverged = {"message": str(err), "step": err.step, "last_checkpoint": err.last_checkpoint}
+            (out / "diverged.json").write_text(json.dumps(diverged, indent=2) + "\n")
+            (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2) + "\n")
+        raise
     if trainer.is_world_process_zero():
         trainer.save_model(str(out))
         data.save(out)

@@ -264,6 +264,20 @@ def test_generate_with_cache_equals_generate_without(positions):
     assert torch.equal(with_cache, without_cache)
 
 
+@pytest.mark.parametrize("positions", ["rotary", "learned"])
+def test_left_padded_batch_generates_what_each_prompt_generates_alone(positions):
+    model = tiny_model(position_embedding_type=positions)
+    long_prompt, short_prompt = random_ids(1, 6, seed=2), random_ids(1, 3, seed=3)
+    batch = torch.cat([long_prompt, torch.cat([torch.zeros(1, 3, dtype=torch.long), short_prompt], 1)])
+    mask = torch.cat([torch.ones(1, 6), torch.cat([torch.zeros(1, 3), torch.ones(1, 3)], 1)]).long()
+    settings = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    for use_cache in (True, False):
+        out = model.generate(batch, attention_mask=mask, use_cache=use_cache, **settings)
+        alone = [model.generate(p, use_cache=use_cache, **settings) for p in (long_prompt, short_prompt)]
+        assert torch.equal(out[0, 6:], alone[0][0, 6:])
+        assert torch.equal(out[1, 6:], alone[1][0, 3:])
+
+
 def test_bf16_forward():
     model = tiny_model(num_experts=4).to(torch.bfloat16)
     out = model(random_ids(), labels=random_ids())

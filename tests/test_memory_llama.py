@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
-import hf_capacity.models._register_memory_llama  # noqa: F401  (registers "memory_llama" with the Auto classes)
+import hf_capacity.models  # noqa: F401  (registers "memory_llama" with the Auto classes)
 from hf_capacity.models.memory_llama import (
     MemoryLlamaConfig,
     MemoryLlamaForCausalLM,
@@ -258,6 +258,19 @@ def test_greedy_generate_with_cache_equals_without():
     without_cache = model.generate(prompt, use_cache=False, **kwargs)
     assert with_cache.shape == (2, 13)
     assert torch.equal(with_cache, without_cache)
+
+
+def test_left_padded_batch_generates_what_each_prompt_generates_alone():
+    model = tiny_model()
+    long_prompt, short_prompt = random_ids(batch=1, length=6, seed=2), random_ids(batch=1, length=3, seed=3)
+    batch = torch.cat([long_prompt, torch.cat([torch.zeros(1, 3, dtype=torch.long), short_prompt], 1)])
+    mask = torch.cat([torch.ones(1, 6), torch.cat([torch.zeros(1, 3), torch.ones(1, 3)], 1)]).long()
+    settings = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    for use_cache in (True, False):
+        out = model.generate(batch, attention_mask=mask, use_cache=use_cache, **settings)
+        alone = [model.generate(p, use_cache=use_cache, **settings) for p in (long_prompt, short_prompt)]
+        assert torch.equal(out[0, 6:], alone[0][0, 6:])
+        assert torch.equal(out[1, 6:], alone[1][0, 3:])
 
 
 def test_a_few_steps_reduce_the_loss_on_a_repeated_batch():

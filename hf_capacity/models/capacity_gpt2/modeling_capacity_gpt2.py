@@ -132,7 +132,7 @@ class CapacityGPT2Attention(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
@@ -143,8 +143,8 @@ class CapacityGPT2Attention(nn.Module):
         if position_embeddings is not None:  # rotary, one pass over q and k; learned positions are in the input
             query_key = apply_rotary_pos_emb(query_key, *position_embeddings)
         query, key = query_key.chunk(2, dim=1)
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -302,7 +302,7 @@ class CapacityGPT2Block(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Return the new hidden states, the attention weights (eager only) and the router logits (MoE only)."""
@@ -310,7 +310,7 @@ class CapacityGPT2Block(GradientCheckpointingLayer):
             self.ln_1(hidden_states),
             attention_mask=attention_mask,
             position_embeddings=position_embeddings,
-            past_key_values=past_key_values,
+            cache=cache,
             **kwargs,
         )
         hidden_states = hidden_states + attn_output
@@ -330,7 +330,6 @@ class CapacityGPT2PreTrainedModel(PreTrainedModel):
     base_model_prefix = "transformer"
     supports_gradient_checkpointing = True
     _no_split_modules = ["CapacityGPT2Block"]
-    _skip_keys_device_placement = ["past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -386,7 +385,7 @@ class CapacityGPT2Model(CapacityGPT2PreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
@@ -407,21 +406,21 @@ class CapacityGPT2Model(CapacityGPT2PreTrainedModel):
             use_cache = False
         if inputs_embeds is None:
             inputs_embeds = self.wte(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         if position_ids is None:
-            past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past_seen = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen
             position_ids = position_ids.unsqueeze(0)
 
         # An empty dynamic cache says nothing about the mask; leaving it out lets transformers detect packed
         # documents from `position_ids` (block-diagonal causal mask).
-        cache_is_empty = isinstance(past_key_values, DynamicCache) and past_key_values.get_seq_length() == 0
+        cache_is_empty = isinstance(cache, DynamicCache) and cache.get_seq_length() == 0
         causal_mask = create_causal_mask(
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            past_key_values=None if cache_is_empty else past_key_values,
+            cache=None if cache_is_empty else cache,
             position_ids=position_ids,
         )
 
@@ -443,7 +442,7 @@ class CapacityGPT2Model(CapacityGPT2PreTrainedModel):
                 hidden_states,
                 attention_mask=causal_mask,
                 position_embeddings=position_embeddings,
-                past_key_values=past_key_values,
+                cache=cache,
                 **kwargs,
             )
             if output_attentions:
@@ -461,7 +460,7 @@ class CapacityGPT2Model(CapacityGPT2PreTrainedModel):
             )
         return CapacityGPT2ModelOutput(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values,
+            cache=cache,
             hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
             attentions=tuple(all_attentions) if output_attentions else None,
             aux_loss=aux_loss,
@@ -490,7 +489,7 @@ class CapacityGPT2ForCausalLM(CapacityGPT2PreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -505,7 +504,7 @@ class CapacityGPT2ForCausalLM(CapacityGPT2PreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
@@ -526,7 +525,7 @@ class CapacityGPT2ForCausalLM(CapacityGPT2PreTrainedModel, GenerationMixin):
             loss=loss,
             aux_loss=outputs.aux_loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             router_logits=outputs.router_logits,

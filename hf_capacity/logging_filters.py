@@ -1,0 +1,34 @@
+"""Narrow filters for third-party log lines that read like errors but are known harmless (installed on import).
+
+Each filter drops one exact message from one logger and nothing else, so a real problem still shows.
+"""
+
+from __future__ import annotations
+
+import logging
+
+# bitsandbytes >= 0.50 on CPUs with AVX512-BF16 tries to fetch an optional 4-bit GEMM kernel from the Hub
+# through the `kernels` package on import; without it, it logs this warning and uses its own CPU path, which
+# is what hf-capacity measures with (4-bit forward, generate and save work; see tests/test_quantization.py).
+_KNOWN_HARMLESS = {
+    "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward from kernels-community",),
+}
+
+
+class _DropMessages(logging.Filter):
+    """Drops records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def install() -> None:
+    """Attach the filters (idempotent). Call before bitsandbytes is imported, as ``import hf_capacity`` does."""
+    for name, prefixes in _KNOWN_HARMLESS.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(prefixes))
