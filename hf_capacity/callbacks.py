@@ -183,11 +183,19 @@ class ExposureCallback(_TrainerBoundCallback):
     step × per-device batch × gradient accumulation × processes × context length. Logged as ``exposures``.
     """
 
-    def __init__(self, data: KnowledgeData, context_length: int, target_exposures: float | None = None):
+    def __init__(
+        self,
+        data: KnowledgeData,
+        context_length: int,
+        target_exposures: float | None = None,
+        stream_exposures: int | None = None,
+    ):
         if target_exposures is not None and target_exposures <= 0:
             raise ValueError(f"target_exposures must be > 0, got {target_exposures}")
         self.context_length = context_length
         self.target_exposures = target_exposures
+        self.stream_exposures = stream_exposures
+        self.exact_exposures: int | None = None  # set at the end when training covered whole passes
         useful = 1.0 - (data.junk.fraction if data.junk else 0.0)
         self.tokens_per_exposure = data.population.n_people * data.renderer.mean_tokens_per_biography() / useful
         self.exposures = 0.0
@@ -210,6 +218,19 @@ class ExposureCallback(_TrainerBoundCallback):
             control.should_log = True
         if control.should_log:
             self._log(state, control, {"exposures": round(self.exposures, 3)})
+
+    def on_train_end(self, args, state, control, train_dataloader=None, **kwargs):
+        # a map-style stream of E exposures trained for exactly k whole passes showed every person k·E times
+        passes = state.epoch or 0.0
+        whole = round(passes)
+        if self.stream_exposures is not None and whole >= 1 and abs(passes - whole) < 1e-6:
+            self.exact_exposures = whole * self.stream_exposures
+
+    def describe(self) -> str:
+        """The exposures for a card: the exact count of every person, or the average with what it means."""
+        if self.exact_exposures is not None:
+            return f"{self.exact_exposures} (every person exactly)"
+        return f"≈ {self.exposures:.1f} (average: tokens trained on / tokens in one exposure of every person)"
 
 
 class QuantizedCapacityCallback(_TrainerBoundCallback):
@@ -296,8 +317,10 @@ class CapacityReportCallback(_TrainerBoundCallback):
             raise RuntimeError("no knowledge report was measured: is KnowledgeCapacityCallback on the trainer?")
         out = Path(output_dir)
         exposures = self.exposure_callback.exposures if self.exposure_callback else None
+        exact = self.exposure_callback.exact_exposures if self.exposure_callback else None
         quantized = self.quantized_callback.summary() if self.quantized_callback else None
-        extra = {"history": self.knowledge_callback.history, "exposures": exposures, "quantized": quantized}
+        extra = {"history": self.knowledge_callback.history, "exposures": exact if exact is not None else exposures,
+                 "exposures_exact": exact is not None, "quantized": quantized}
         if model is not None and hasattr(model, "config"):
             extra["model_type"] = getattr(model.config, "model_type", None)
         results = write_results(out, report, **extra)
@@ -307,15 +330,16 @@ class CapacityReportCallback(_TrainerBoundCallback):
         if args is not None and state is not None:
             summary = (
                 f"{state.global_step} steps, per-device batch {args.per_device_train_batch_size}, learning rate "
-                f"{args.learning_rate}, weight decay {args.weight_decay}, schedule {args.lr_scheduler_type}"
-                + (f", {exposures:.1f} exposures" if exposures is not None else "")
+                f"{args.learning_rate}, weight decay {args.weight_decay}, schedule "
+                f"{getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)}"
+                + (f", {self.exposure_callback.describe()} exposures" if self.exposure_callback else "")
                 + "."
             )
         card = model_card(
             report,
             model_name=name,
             model_type=extra.get("model_type") or "causal",
-            exposures=f"{exposures:.1f}" if exposures is not None else "n/a",
+            exposures=self.exposure_callback.describe() if self.exposure_callback else "n/a",
             training_summary=summary,
             quantized=quantized,
             repo_hint=getattr(args, "hub_model_id", None) or str(output_dir),
@@ -355,12 +379,15 @@ def add_capacity_callbacks(
     report: bool = True,
     max_people: int | None = None,
     divergence: bool = True,
+    stream_exposures: int | None = None,
 ) -> dict[str, TrainerCallback]:
     """Attach the capacity callbacks to ``trainer`` in one call; returns them by name.
 
     ``exposures``: stop at this many exposures (ExposureCallback); ``quantized``: schemes to measure at the
     end, e.g. ("int8", "nf4"); ``report``: write results.json, plot and model card into the output dir;
-    ``divergence``: stop with ``TrainingDivergedError`` when the loss or gradients turn non-finite.
+    ``divergence``: stop with ``TrainingDivergedError`` when the loss or gradients turn non-finite;
+    ``stream_exposures``: the E the training set was built with (``data.stream(E, ...)``), so that a run over
+    whole passes reports every person's exact exposure count instead of the token-based average.
     """
     callbacks: dict[str, TrainerCallback] = {}
     if divergence:
@@ -372,7 +399,7 @@ def add_capacity_callbacks(
     if context is None:
         sample = trainer.train_dataset[0] if hasattr(trainer.train_dataset, "__getitem__") else None
         context = len(sample["input_ids"]) if sample is not None else 512
-    callbacks["exposures"] = ExposureCallback(data, context, exposures).attach(trainer)
+    callbacks["exposures"] = ExposureCallback(data, context, exposures, stream_exposures).attach(trainer)
     if quantized:
         callbacks["quantized"] = QuantizedCapacityCallback(
             data, tuple(quantized), knowledge, max_people=max_people

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -133,10 +134,14 @@ def build_model(config: CapacityTrainingConfig, tokenizer):
     return MemoryLlamaForCausalLM(MemoryLlamaConfig(**llama))
 
 
-def steps_for_exposures(config: CapacityTrainingConfig, data: KnowledgeData) -> int:
-    """ceil(E · N · tokens per biography / (batch · context)), junk windows included."""
-    stream = data.stream(config.exposures, config.context_length)
-    return math.ceil(stream.estimated_windows() / (config.batch_size * config.gradient_accumulation_steps))
+def steps_for_exposures(config: CapacityTrainingConfig, data: KnowledgeData, windows: int | None = None) -> int:
+    """Optimizer steps for one pass over the stream of ``config.exposures`` exposures: ceil(windows / (batch ·
+    accumulation · processes)). ``windows``: the packed stream's exact window count when it is materialised;
+    otherwise estimated as E · N · mean tokens per biography / context (junk windows included)."""
+    if windows is None:
+        windows = data.stream(config.exposures, config.context_length).estimated_windows()
+    processes = max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+    return math.ceil(windows / (config.batch_size * config.gradient_accumulation_steps * processes))
 
 
 def train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None = None, model=None):
@@ -167,7 +172,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
     model = model or build_model(config, data.tokenizer)
     stream = data.stream(config.exposures, config.context_length, block_diagonal=config.block_diagonal)
     train_dataset = stream.to_iterable_dataset() if config.streaming else stream.to_dataset(progress=config.progress)
-    max_steps = config.max_steps or steps_for_exposures(config, data)
+    max_steps = config.max_steps or steps_for_exposures(config, data, windows=None if config.streaming else len(train_dataset))
     args = TrainingArguments(
         output_dir=config.output_dir,
         per_device_train_batch_size=config.batch_size,
@@ -205,6 +210,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         quantized=config.quantized,
         report=False,
         max_people=config.eval_max_people,
+        stream_exposures=None if config.streaming or config.max_steps else config.exposures,
     )
     out = Path(config.output_dir)
     try:

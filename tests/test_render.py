@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hf_capacity.data import KnowledgeData, evaluation_exposure, load_templates
+from hf_capacity.data import BioDPopulation, BioSPopulation, KnowledgeData, evaluation_exposure, load_templates
 from hf_capacity.data.population import BIOS_ATTRIBUTES
 
 
@@ -108,3 +108,25 @@ def test_bad_tokenizer_is_rejected(bios_data):
     plain = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")), unk_token="[UNK]")
     with pytest.raises(ValueError, match="train_tokenizer"):
         KnowledgeData(bios_data.population, plain).renderer
+
+
+def ids_of_every_rendering(data: KnowledgeData, exposures: int) -> set[int]:
+    people = np.arange(data.population.n_people)
+    batch = data.renderer.render(np.repeat(people, exposures), np.tile(np.arange(exposures), len(people)))
+    return set(np.unique(batch.tokens).tolist())
+
+
+@pytest.mark.parametrize("n_people, simple, exposures", [(3, False, 1500), (40, False, 200), (5, True, 1), (100, True, 1)])
+def test_used_tokens_equal_the_ids_of_every_bios_rendering(n_people, simple, exposures):
+    # bioS draws its templates afresh per exposure (3000+ renderings reach every one of the ~50 templates of
+    # each attribute); bioS-simple renders each person one way, so only those templates count
+    data = KnowledgeData.create(BioSPopulation(n_people=n_people, seed=n_people), simple=simple, vocab_size=600)
+    assert set(data.renderer.used_token_ids().tolist()) == ids_of_every_rendering(data, exposures)
+
+
+@pytest.mark.parametrize("K, C, D, L, T", [(1, 16, 50, 1, 60), (1, 2, 10, 3, 12), (2, 1, 5, 2, 8), (4, 2, 30, 3, 12)])
+def test_used_tokens_equal_the_ids_of_every_biod_rendering(K, C, D, L, T):
+    population = BioDPopulation(n_people=25, n_attributes=K, chunks_per_value=C, diversity=D, chunk_length=L,
+                                alphabet=T, seed=K + C)
+    data = KnowledgeData.create(population, vocab_size=600)
+    assert set(data.renderer.used_token_ids().tolist()) == ids_of_every_rendering(data, exposures=6)

@@ -60,6 +60,23 @@ def test_train_capacity_writes_model_report_curve_and_card(tmp_path, capsys):
     assert losses[-1] < losses[0]  # it trained
 
 
+def test_a_run_over_the_whole_stream_reports_exact_exposures_and_a_readable_schedule(tmp_path):
+    report, trainer = train_capacity(tiny_config(tmp_path, exposures=3))
+    out = tmp_path / "run"
+    results = json.loads((out / "results.json").read_text())
+    assert results["exposures"] == 3 and results["exposures_exact"] is True
+    card = (out / "README.md").read_text()
+    assert "| exposures per person | 3 (every person exactly) |" in card
+    assert "schedule cosine_with_min_lr" in card and "SchedulerType" not in card
+
+
+def test_a_run_cut_short_reports_the_average_and_says_so(tmp_path):
+    report, trainer = train_capacity(tiny_config(tmp_path, exposures=3, max_steps=5))
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["exposures_exact"] is False and 0 < results["exposures"] < 3
+    assert "≈" in (tmp_path / "run" / "README.md").read_text()
+
+
 def report_tokens_per_bio(trainer, out):
     from hf_capacity.data import KnowledgeData
 

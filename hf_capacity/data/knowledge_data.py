@@ -120,8 +120,11 @@ class KnowledgeData:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> KnowledgeData:
-        """Load what ``save`` wrote (a data folder, or a model folder trained with hf-capacity)."""
-        from transformers import AutoTokenizer
+        """Load what ``save`` wrote (a data folder, or a model folder trained with hf-capacity).
+
+        Reads only ``knowledge_data.json`` and the tokenizer files: never the model's ``config.json`` (so a
+        model folder with remote code loads without a ``trust_remote_code`` prompt or model-type warnings)."""
+        from transformers import PreTrainedTokenizerFast
 
         path = Path(directory)
         config_file = path / CONFIG_NAME
@@ -133,6 +136,6 @@ class KnowledgeData:
         config = json.loads(config_file.read_text())
         population = population_from_config(config.pop("population"))
         junk = config.pop("junk", None)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
         simple, domain = config.pop("simple", False), config.pop("domain_token", False)
         return cls(population, tokenizer, simple, domain, JunkConfig(**junk) if junk else None, extra=config)

@@ -223,11 +223,13 @@ class Renderer:
 
     # ------------------------------------------------------------------ public
     def used_token_ids(self) -> np.ndarray:
-        """Sorted ids of every token occurring in this population's biographies (for the paper's P).
+        """Sorted ids of every token this population's biographies can contain (for the paper's P).
 
         Exact: names and values are those of the actual people (a small N uses few of the 1000 last names);
-        every template piece counts, since each is used with overwhelming probability over many exposures.
-        Above ``_EXACT_USED_LIMIT`` people (e.g. a 100M-person junk population) every pool item occurs with
+        template pieces are those the renderings can select (bioS: every template of every attribute, since
+        each exposure draws afresh; bioS-simple: only each person's one fixed template per attribute); bioD's
+        spaced first names only where a biography has a second sentence (K >= 2). Above
+        ``_EXACT_USED_LIMIT`` people (e.g. a 100M-person junk population) every pool item occurs with
         overwhelming probability, so every piece counts.
         """
         pieces = self._used_pieces()
@@ -246,13 +248,15 @@ class Renderer:
             names = pop.names()
             used += list(book["prefix"]) + list(book["period"])
             used += list(book["first"][np.unique(names["first"])])
-            used += list(book["first_spaced"][np.unique(names["first"])])
+            if pop.n_attributes >= 2:  # later sentences open with the spaced first name
+                used += list(book["first_spaced"][np.unique(names["first"])])
             chunk_ids = np.unique(pop.chunks[np.arange(pop.n_attributes)[None, :, None], pop.values()])
             used += list(book["alphabet"][chunk_ids])
         else:
             names = a = pop.attributes()
-            for attribute in BIOS_ATTRIBUTES:
-                used += list(book[f"prefix:{attribute}"]) + list(book[f"suffix:{attribute}"])
+            chosen = self._selectable_templates()
+            for i, attribute in enumerate(BIOS_ATTRIBUTES):
+                used += list(book[f"prefix:{attribute}"][chosen[i]]) + list(book[f"suffix:{attribute}"][chosen[i]])
             used += list(book["first"][np.unique(a["first"])]) + list(book["pronoun"][np.unique(a["gender"])])
             used += list(book["month"][np.unique(a["month"])]) + list(book["day"][np.unique(a["day"]) - 1])
             used += list(book["comma"]) + list(book["year"][np.unique(a["year"]) - FIRST_BIRTH_YEAR])
@@ -261,6 +265,20 @@ class Renderer:
             used += list(book["working_city"][np.unique(a["employer"])])
         used += list(book["middle"][np.unique(names["middle"])]) + list(book["last"][np.unique(names["last"])])
         return [int(p) for p in used]
+
+    def _selectable_templates(self, chunk: int = 1 << 20) -> list[np.ndarray]:
+        """Per bioS attribute, the template indices the renderings can select: all of them, or for bioS-simple
+        those of the people's fixed renderings."""
+        n_templates = [len(self.book[f"prefix:{attr}"]) for attr in BIOS_ATTRIBUTES]
+        if not self.simple:
+            return [np.arange(n) for n in n_templates]
+        seen = [np.zeros(n, dtype=bool) for n in n_templates]
+        for start in range(0, self.population.n_people, chunk):
+            people = np.arange(start, min(start + chunk, self.population.n_people), dtype=np.int64)
+            templates, _ = self._choices(people, np.zeros_like(people), n_templates)
+            for i in range(len(n_templates)):
+                seen[i][templates[:, i]] = True
+        return [np.flatnonzero(s) for s in seen]
 
     def render(self, people: np.ndarray, exposures: np.ndarray | int) -> RenderedBatch:
         """Token ids and spans of ``people`` at ``exposures`` (an int or one per person)."""
