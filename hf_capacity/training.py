@@ -21,6 +21,23 @@ from .data import BioDPopulation, BioSPopulation, JunkConfig, KnowledgeData
 MODEL_NAME = re.compile(r"^(gpt2|llama|memory-llama)-(\d+)-(\d+)$")
 
 
+def check_model_name(name: str) -> tuple[str, int, int]:
+    """``(family, layers, heads)`` of a model name like the paper's (``gpt2-6-4``: 6 layers, 4 heads of head_dim);
+    raises ValueError for a name that is not one, or that asks for no layer or no head."""
+    match = MODEL_NAME.match(str(name))
+    if match is None:
+        raise ValueError(
+            f"unknown model {name!r}: use gpt2-<layers>-<heads>, llama-<layers>-<heads> or "
+            "memory-llama-<layers>-<heads>, e.g. gpt2-6-4"
+        )
+    family, layers, heads = match.group(1), int(match.group(2)), int(match.group(3))
+    if layers < 1 or heads < 1:
+        raise ValueError(
+            f"{name}: a model needs at least 1 layer and 1 head ({family}-ℓ-h: ℓ layers, h heads of head_dim)"
+        )
+    return family, layers, heads
+
+
 @dataclass
 class CapacityTrainingConfig:
     """A knowledge-capacity training run (data, model, optimisation, evaluation)."""
@@ -69,11 +86,7 @@ class CapacityTrainingConfig:
     def __post_init__(self) -> None:
         if self.dataset not in ("bioS", "bioS-simple", "bioD"):
             raise ValueError(f"dataset must be bioS, bioS-simple or bioD, got {self.dataset!r}")
-        if not MODEL_NAME.match(self.model):
-            raise ValueError(
-                f"unknown model {self.model!r}: use gpt2-<layers>-<heads>, llama-<layers>-<heads> or "
-                "memory-llama-<layers>-<heads> (heads of head_dim=64), e.g. gpt2-6-4"
-            )
+        check_model_name(self.model)
         for name in ("n_people", "exposures", "context_length", "batch_size", "head_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -1,11 +1,14 @@
-"""The `hf-capacity` command line: budget, data generate, data inspect, and clear errors."""
+"""The `hf-capacity` command line: budget, data generate, data inspect, train's checks, help, and clear errors."""
 
+import argparse
 import json
 
 import datasets
 import pytest
 
-from hf_capacity.cli import main
+import hf_capacity.training
+from hf_capacity.callbacks import TrainingDivergedError
+from hf_capacity.cli import build_parser, main
 from hf_capacity.data import KnowledgeData
 
 
@@ -49,3 +52,64 @@ def test_data_inspect_marks_spans(capsys):
 def test_data_inspect_missing_folder(tmp_path, capsys):
     assert main(["data", "inspect", str(tmp_path / "missing")]) == 2
     assert "knowledge_data.json" in capsys.readouterr().err
+
+
+def test_data_inspect_needs_at_least_one_person(capsys):
+    assert main(["data", "inspect", "--N", "10", "--n", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "hf-capacity: error: --n must be positive, got 0"
+
+
+def test_counts_accept_scientific_notation_when_whole(capsys):
+    assert main(["budget", "--N", "1e6", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_people"] == 1_000_000
+    assert main(["predict", "--params", "1e6", "--N", "1e5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["capacity"][0]["params"] == 1_000_000
+
+
+@pytest.mark.parametrize("argv", [["budget", "--N", "1.5"], ["predict", "--params", "1.5"],
+                                  ["predict", "--params", "1e6", "--tokens", "2.5e-3"], ["budget", "--N", "lots"]])
+def test_counts_reject_fractions_and_words(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "expects a whole number, such as 1000 or 1e6" in err
+
+
+@pytest.mark.parametrize("model", ["gpt2-0-0", "gpt2-2-0", "llama-0-2", "memory-llama-0-1"])
+def test_train_refuses_a_model_without_layers_or_heads(model, tmp_path, capsys):
+    assert main(["train", "--model", model, "-o", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {model}: a model needs at least 1 layer and 1 head" in err and "hidden_size" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_diverged_run_is_one_line_and_exit_status_1(monkeypatch, tmp_path, capsys):
+    def diverging(config, *args, **kwargs):
+        raise TrainingDivergedError("the loss became nan at step 12; lower --lr (last checkpoint: none)", step=12)
+
+    monkeypatch.setattr(hf_capacity.training, "train_capacity", diverging)
+    assert main(["train", "--N", "10", "-o", str(tmp_path / "run"), "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == "hf-capacity: error: the loss became nan at step 12; lower --lr (last checkpoint: none)\n"
+
+
+def _subcommands(parser, prefix=()):
+    """(command words, parser) for every leaf subcommand of ``parser``."""
+    subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subparsers:
+        yield prefix, parser
+    for action in subparsers:
+        for name, sub in action.choices.items():
+            yield from _subcommands(sub, (*prefix, name))
+
+
+def test_every_subcommand_help_shows_the_defaults(capsys):
+    commands = list(_subcommands(build_parser()))
+    assert {" ".join(c) for c, _ in commands} >= {"budget", "data generate", "train", "sweep", "fit", "predict"}
+    for command, parser in commands:
+        with pytest.raises(SystemExit) as exit_:
+            main([*command, "--help"])
+        assert exit_.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+        for action in parser._actions:
+            if action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS):
+                assert f"(default: {action.default})" in text, f"{' '.join(command)} {action.option_strings[0]}"

@@ -19,3 +19,48 @@ def test_every_source_package_is_listed_in_pyproject():
 
 def test_model_card_template_is_found():
     assert _template_path(CARD_TEMPLATE).read_text().startswith("# {model_name}")
+
+
+def _relative_imports(package: Path) -> dict[str, set[str]]:
+    """module → the modules of ``package`` it imports (at the top or inside functions), from its source."""
+    import ast
+
+    modules = {p.stem: p for p in package.glob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    targets.add(node.module.split(".")[0])
+                else:
+                    targets.update(alias.name for alias in node.names)
+        graph[name] = {t for t in targets if t in modules} | ({"__init__"} if name == "__main__" else set())
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: finished
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path + [node, nxt]
+            if nxt not in state and (found := visit(nxt, path + [node])):
+                return found
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node, [])):
+            return found
+    return None
+
+
+def test_cli_and_sweep_modules_import_no_cycle():
+    for package in ("cli", "sweep"):
+        graph = _relative_imports(ROOT / "hf_capacity" / package)
+        assert len(graph) > 3
+        cycle = _cycle(graph)
+        assert cycle is None, f"hf_capacity.{package}: import cycle {' → '.join(cycle)}"

@@ -87,3 +87,20 @@ def test_knowledge_data_round_trip(bios_data, tmp_path):
     assert loaded.renderer.render(np.arange(5), 1).tokens.tolist() == bios_data.renderer.render(np.arange(5), 1).tokens.tolist()
     with pytest.raises(FileNotFoundError, match="knowledge_data.json"):
         KnowledgeData.load(tmp_path / "nothing")
+
+
+def test_packing_progress_bar_ends_at_its_total(bios_data, monkeypatch):
+    import tqdm.auto
+
+    bars = []
+
+    class RecordedBar(tqdm.auto.tqdm):
+        def close(self):
+            bars.append((self.n, self.total))
+            super().close()
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", RecordedBar)
+    stream = bios_data.stream(exposures=3, context_length=100)
+    dataset = stream.to_dataset(progress=True)
+    assert stream.estimated_windows() != len(dataset)  # the bar starts from an estimate...
+    assert bars[0] == (len(dataset), len(dataset))  # ...and ends at the windows actually packed

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-import hf_capacity.sweep as sweep_module
-from hf_capacity.cli import CLIError
-from hf_capacity.cli_sweep import build_sweep_parser
+import hf_capacity.sweep.runner as sweep_module
+from hf_capacity.callbacks import TrainingDivergedError
+from hf_capacity.cli import CLIError, build_parser, main
 from hf_capacity.training import build_data, steps_for_exposures
 from hf_capacity.sweep import (
     SweepConfigError,
@@ -34,7 +34,7 @@ def tiny_config(output_dir, **extra) -> dict:
 
 
 def cli(argv: list[str]) -> None:
-    args = build_sweep_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.func(args)
 
 
@@ -176,6 +176,64 @@ def test_dry_run_lists_runs_without_training(tmp_path, monkeypatch, capsys):
     assert parse_shard("1/2") == (1, 2)
     with pytest.raises(ValueError, match="0 <= i < n"):
         parse_shard("2/2")
+
+
+INVALID_RUNS = [  # each accepted by CapacityTrainingConfig, each refused by train_capacity before its first step
+    ({"model": "gpt2-0-0"}, "gpt2-0-0: a model needs at least 1 layer and 1 head"),
+    ({"vocab_size": 100}, "vocab_size must be >= 300"),
+    ({"context_length": 4}, "context_length must be >= 8"),
+    ({"eval_steps": 0}, "eval_steps must be >= 1"),
+    ({"quantized": ["int4"]}, "unknown quantization scheme 'int4'"),
+]
+
+
+@pytest.fixture(scope="module")
+def failed_sweep(tmp_path_factory):
+    """A sweep of INVALID_RUNS, run for real: every run failed."""
+    out = tmp_path_factory.mktemp("sweep") / "failed"
+    table = run_sweep(tiny_config(out, runs=[run for run, _ in INVALID_RUNS]), log=lambda line: None)
+    return out, table
+
+
+def test_dry_run_rejects_every_run_the_real_run_rejects(failed_sweep, tmp_path, capsys):
+    _, real = failed_sweep
+    config = tiny_config(tmp_path / "dry", runs=[{"seed": 0}] + [run for run, _ in INVALID_RUNS])
+    listing = run_sweep(config, dry_run=True, log=lambda line: None)
+    assert list(listing["status"]) == ["would run"] + ["invalid"] * len(INVALID_RUNS)
+    assert list(real["status"]) == ["failed"] * len(INVALID_RUNS)
+    for (_, reason), dry_error, real_error in zip(INVALID_RUNS, listing["error"][1:], real["error"]):
+        assert reason in dry_error and reason in real_error
+    path = tmp_path / "dry.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["sweep", str(path), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}: 5 of 6 runs would fail before training (gpt2-0-0_" in err
+    assert "a model needs at least 1 layer and 1 head" in err and not (tmp_path / "dry").exists()
+
+
+@pytest.mark.parametrize("command", ["fit", "plot"])
+def test_fit_and_plot_say_when_no_run_finished(failed_sweep, command, capsys):
+    out, table = failed_sweep
+    for source in (out, out / "results.csv"):
+        assert main([command, str(source)]) == 2
+        err = capsys.readouterr().err
+        first = out / "runs" / table["run_id"][0] / "error.json"
+        assert err.startswith(f"hf-capacity: error: no finished run in {source}; 5 failed, see {first} (ValueError: ")
+        assert err.count("\n") == 1
+
+
+def test_a_diverged_sweep_run_exits_with_status_1(tmp_path, monkeypatch, capsys):
+    def diverging(config, *args, **kwargs):
+        raise TrainingDivergedError("the loss became nan at step 3", step=3)
+
+    monkeypatch.setattr(sweep_module, "train_capacity", diverging)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tmp_path / "diverged")))
+    assert main(["sweep", str(path), "--fail-fast"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "failed (TrainingDivergedError: the loss became nan at step 3)" in err
+    assert main(["sweep", str(path)]) == 1
+    assert "1 of 1 runs failed" in capsys.readouterr().err
 
 
 def synthetic_results(path, n_runs=12, ratio=2.0):

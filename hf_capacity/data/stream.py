@@ -213,9 +213,13 @@ class PackedStream:
         from tqdm.auto import tqdm
 
         columns: dict[str, list] = {k: [] for k in self.features()}
-        for item in tqdm(self, total=self.estimated_windows(), desc="packing windows", disable=not progress, unit="win"):
-            for k in columns:
-                columns[k].append(item[k])
+        with tqdm(total=self.estimated_windows(), desc="packing windows", disable=not progress, unit="win") as bar:
+            for item in self:
+                for k in columns:
+                    columns[k].append(item[k])
+                bar.update()
+            bar.total = bar.n  # the total was an estimate: end the bar at the windows actually packed
+            bar.refresh()
         return datasets.Dataset.from_dict(columns, features=self.features())
 
     def to_iterable_dataset(self):

@@ -1,0 +1,110 @@
+"""What the `hf-capacity` command groups share: the user-facing error, the help layout, whole-number options and
+the population flags."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from decimal import Decimal, InvalidOperation
+from typing import Callable
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line; exit status ``exit_code`` (2: fix the input, 1: a run failed)."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (a multi-line message has its lines joined)."""
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
+def is_divergence(err: BaseException | None) -> bool:
+    """Whether ``err`` is ``hf_capacity.callbacks.TrainingDivergedError``: a run stopped on a non-finite loss."""
+    if err is None:
+        return False
+    from ..callbacks import TrainingDivergedError
+
+    return isinstance(err, TrainingDivergedError)
+
+
+# --------------------------------------------------------------------------------------------------- help
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's help with "(default: ...)" after every option that has one (not after off-by-default flags or
+    unset options, whose help says what happens without them)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default == []:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def add_command(subparsers, name: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` shows the defaults."""
+    return subparsers.add_parser(name, formatter_class=HelpFormatter, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- counts
+def count(flag: str, minimum: int = 1) -> Callable[[str], int]:
+    """An argparse ``type`` for a whole-number option: "1000", "1_000", "1e6" and "2.5e3" all read as integers.
+
+    "1.5", "abc" or a value under ``minimum`` raise ``CLIError`` naming ``flag``; argparse lets that error through
+    (it only rewrites ArgumentTypeError, TypeError and ValueError), and ``main`` prints it as one line.
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = Decimal(text)
+        except InvalidOperation:
+            value = None
+        if value is None or not value.is_finite() or value != value.to_integral_value():
+            raise CLIError(f"{flag} expects a whole number, such as 1000 or 1e6; got {text!r}")
+        number = int(value)
+        if number < minimum:
+            raise CLIError(f"{flag} must be positive, got {text}" if minimum == 1 else
+                           f"{flag} must be >= {minimum}, got {text}")
+        return number
+
+    parse.__name__ = "count"
+    return parse
+
+
+def add_count(parser: argparse.ArgumentParser, flag: str, *, minimum: int = 1, **kwargs) -> None:
+    """``parser.add_argument(flag, type=count(flag, minimum), **kwargs)``: every count-like option goes through it."""
+    parser.add_argument(flag, type=count(flag, minimum), **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ populations
+def add_population_args(p: argparse.ArgumentParser, with_seed: bool = True) -> None:
+    """--dataset, --N and the bioD shape --K --C --D --L --T (and --seed)."""
+    p.add_argument("--dataset", choices=["bioS", "bioS-simple", "bioD"], default="bioS", help="data family")
+    add_count(p, "--N", default=1000, help="number of people")
+    for flag, default, text in (
+        ("--K", 4, "bioD: attributes per person"),
+        ("--C", 2, "bioD: chunks per value"),
+        ("--D", 100, "bioD: distinct chunks per attribute"),
+        ("--L", 2, "bioD: tokens per chunk"),
+        ("--T", 20, "bioD: alphabet size (tokens)"),
+    ):
+        add_count(p, flag, default=default, help=text)
+    if with_seed:
+        add_count(p, "--seed", minimum=0, default=0, help="population and rendering seed")
+
+
+def population(args):
+    """The population the population flags describe."""
+    from ..data import BioDPopulation, BioSPopulation
+
+    if args.dataset == "bioD":
+        return BioDPopulation(args.N, args.K, args.C, args.D, args.L, args.T, seed=args.seed)
+    return BioSPopulation(args.N, seed=args.seed)
+
+
+def format_ci(low, high) -> str:
+    """A 95% interval as "[low, high]", or "n/a"."""
+    if low is None or high is None or (isinstance(low, float) and math.isnan(low)):
+        return "n/a"
+    return f"[{low:.3f}, {high:.3f}]"

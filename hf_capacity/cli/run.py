@@ -1,0 +1,197 @@
+"""`hf-capacity train`, `demo` and `eval`: one capacity run end to end (``training.train_capacity``), the laptop
+demo, and re-measuring the knowledge a saved model stores.
+
+    hf-capacity train --dataset bioS --N 1000 --model gpt2-2-2 --exposures 100 -o runs/gpt2-2-2
+    hf-capacity demo
+    hf-capacity eval runs/gpt2-2-2 [--max-people 500] [--quantized int8 nf4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ._common import CLIError, add_command, add_count, add_population_args
+
+DEMO = {
+    "N": 100, "model": "gpt2-2-2", "head_dim": 32, "exposures": 300, "context_length": 256, "lr": 5e-3,
+    "batch_size": 8, "warmup_steps": 20, "vocab_size": 4096, "eval_steps": 250, "weight_decay": 0.02,
+}
+"""Defaults of `hf-capacity demo`: ~1000 steps, 2-3 minutes on a 2-core CPU, ending with ~95% of the facts
+learned (at 150 exposures the same model has learned under half: knowledge needs many exposures)."""
+
+
+# --------------------------------------------------------------------------------------- arguments
+def _add_training_args(p: argparse.ArgumentParser, defaults) -> None:
+    """The CapacityTrainingConfig flags, with ``defaults`` (a CapacityTrainingConfig) as their defaults."""
+    p.add_argument("--model", default=defaults.model, help="gpt2-<layers>-<heads>, llama-<l>-<h> or memory-llama-<l>-<h>")
+    add_count(p, "--head-dim", default=defaults.head_dim, help="width of each attention head")
+    p.add_argument("--mlp-type", default=None, help="gpt2: standard|gated|quarter|none; llama: gated|standard")
+    add_count(p, "--num-experts", minimum=0, default=0, help="gpt2: MoE experts per layer (0 = dense)")
+    add_count(p, "--exposures", default=defaults.exposures, help="times every person's biography is seen")
+    add_count(p, "--context-length", default=defaults.context_length, help="tokens per training window")
+    p.add_argument("--lr", type=float, default=defaults.learning_rate, help="peak learning rate (AdamW, cosine decay)")
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
+    add_count(p, "--batch-size", default=defaults.batch_size, help="windows per step")
+    add_count(p, "--warmup-steps", minimum=0, default=defaults.warmup_steps,
+              help="learning-rate warm-up (at most a tenth of the steps)")
+    add_count(p, "--max-steps", default=None, help="override the steps computed from --exposures")
+    add_count(p, "--vocab-size", default=defaults.vocab_size, help="tokenizer vocabulary size")
+    p.add_argument("--junk-fraction", type=float, default=0.0, help="fraction of windows from junk bioS(N')")
+    add_count(p, "--junk-N", default=100_000_000, help="junk population size N'")
+    p.add_argument("--domain-token", action="store_true", help="start useful biographies with a domain token")
+    add_count(p, "--eval-steps", default=defaults.eval_steps,
+              help="measure knowledge every this many steps (default: only at the end)")
+    add_count(p, "--eval-max-people", default=None, help="evaluate a subsample (default: everybody)")
+    p.add_argument("--quantized", nargs="*", default=[], choices=["int8", "nf4", "fp4"], help="schemes measured at the end")
+    p.add_argument("--bf16", action="store_true", help="train in bfloat16 mixed precision")
+    p.add_argument("--streaming", action="store_true", help="generate training windows on the fly")
+    p.add_argument("--report-to", nargs="*", default=[], help="Trainer report_to backends (e.g. tensorboard)")
+    p.add_argument("--push-to-hub", action="store_true", help="push the model, its card and results to the Hub")
+    p.add_argument("--hub-model-id", default=None, help="the Hub repository (default: the output folder's name)")
+    p.add_argument("--output", "-o", default=defaults.output_dir, help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _training_config(args):
+    from ..training import CapacityTrainingConfig
+
+    return CapacityTrainingConfig(
+        output_dir=args.output,
+        dataset=args.dataset,
+        n_people=args.N,
+        biod={"n_attributes": args.K, "chunks_per_value": args.C, "diversity": args.D, "chunk_length": args.L, "alphabet": args.T},
+        junk_fraction=args.junk_fraction,
+        junk_n_people=args.junk_N,
+        domain_token=args.domain_token,
+        vocab_size=args.vocab_size,
+        model=args.model,
+        head_dim=args.head_dim,
+        mlp_type=args.mlp_type,
+        num_experts=args.num_experts,
+        exposures=args.exposures,
+        context_length=args.context_length,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        warmup_steps=args.warmup_steps,
+        max_steps=args.max_steps,
+        eval_steps=args.eval_steps,
+        eval_max_people=args.eval_max_people,
+        quantized=tuple(args.quantized),
+        bf16=args.bf16,
+        seed=args.seed,
+        streaming=args.streaming,
+        report_to=args.report_to,
+        push_to_hub=args.push_to_hub,
+        hub_model_id=args.hub_model_id,
+        progress=not args.quiet,
+    )
+
+
+def _checked_config(args):
+    """The run's CapacityTrainingConfig, with its model name checked before any data is built."""
+    from ..training import check_model_name
+
+    config = _training_config(args)
+    check_model_name(config.model)
+    return config
+
+
+def cmd_train(args) -> None:
+    from ..training import train_capacity
+
+    config = _checked_config(args)
+    report, _ = train_capacity(config)
+    print(report.table())
+    print(f"\nwrote {config.output_dir}: model, tokenizer, knowledge_data.json, results.json, knowledge_curve.png, README.md")
+
+
+def cmd_demo(args) -> None:
+    """The README's main command: a small bioS run that a laptop CPU finishes in a few minutes."""
+    from ..training import train_capacity
+
+    config = _checked_config(args)
+    print(f"hf-capacity demo: bioS(N={config.n_people}) × {config.exposures} exposures, model {config.model} "
+          f"(head dim {config.head_dim}), on {'GPU' if _cuda() else 'CPU'}; output in {config.output_dir}\n")
+    report, trainer = train_capacity(config)
+    print()
+    print(report.table())
+    print(f"\n{trainer.state.global_step} steps. Wrote {config.output_dir}/: results.json, knowledge_curve.png, "
+          "README.md (model card), the model and its tokenizer.")
+    print(f"Re-measure it with: hf-capacity eval {config.output_dir}")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cmd_eval(args) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from .. import models  # noqa: F401 - registers the model families
+    from ..data import KnowledgeData
+    from ..evaluation import evaluate_knowledge
+
+    path = Path(args.model_dir)
+    if not (path / "config.json").is_file():
+        raise CLIError(f"{path} is not a saved model folder (no config.json): pass the output dir of `hf-capacity train`")
+    data = KnowledgeData.load(args.data or path)
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
+    report = evaluate_knowledge(
+        model, data, max_people=args.max_people, renderings=args.renderings, batch_size=args.batch_size,
+        progress=not args.json,
+    )
+    if args.quantized:
+        from ..quantization import quantized_capacity
+
+        results = quantized_capacity(path, data, tuple(args.quantized), full_precision=report,
+                                     max_people=args.max_people, batch_size=args.batch_size, progress=False)
+        report.extra["quantized"] = {
+            s: {"bits": q.report.bits.total, "bits_per_param": q.bits_per_param,
+                "ratio_to_full_precision": q.ratio_to_full_precision} for s, q in results.items()
+        }
+    if args.json:
+        print(json.dumps(report.to_dict(), default=float))
+        return
+    print(report.table())
+    for scheme, q in report.extra.get("quantized", {}).items():
+        print(f"  {scheme:<6} bits/param {q['bits_per_param']:.4f}  ratio to full precision {q['ratio_to_full_precision']:.3f}")
+
+
+# ------------------------------------------------------------------------------------------------ parsers
+def add_commands(subparsers) -> None:
+    """Add `train`, `demo` and `eval` to `hf-capacity`'s subparsers."""
+    from ..training import CapacityTrainingConfig
+
+    t = add_command(subparsers, "train", help="train a model on synthetic knowledge with the capacity callbacks")
+    add_population_args(t)
+    _add_training_args(t, CapacityTrainingConfig())
+    t.set_defaults(func=cmd_train)
+
+    demo_defaults = CapacityTrainingConfig(
+        output_dir="hf_capacity_demo", n_people=DEMO["N"], model=DEMO["model"], head_dim=DEMO["head_dim"],
+        exposures=DEMO["exposures"], context_length=DEMO["context_length"], learning_rate=DEMO["lr"],
+        batch_size=DEMO["batch_size"], warmup_steps=DEMO["warmup_steps"], vocab_size=DEMO["vocab_size"],
+        eval_steps=DEMO["eval_steps"], weight_decay=DEMO["weight_decay"],
+    )
+    d = add_command(subparsers, "demo",
+                    help="the laptop demo: generate bioS, train a tiny CapacityGPT2, report (minutes)")
+    add_population_args(d)
+    d.set_defaults(N=DEMO["N"])
+    _add_training_args(d, demo_defaults)
+    d.set_defaults(func=cmd_demo)
+
+    e = add_command(subparsers, "eval", help="measure the knowledge a trained model stores (bits, bits/param)")
+    e.add_argument("model_dir", help="a folder written by `hf-capacity train` (model + knowledge_data.json)")
+    e.add_argument("--data", default=None, help="the data folder, if not the model folder")
+    add_count(e, "--max-people", default=None, help="evaluate a subsample (adds a 95%% CI)")
+    add_count(e, "--renderings", default=1, help="evaluation renderings averaged per person")
+    add_count(e, "--batch-size", default=64, help="biographies per forward pass")
+    e.add_argument("--quantized", nargs="*", default=[], choices=["int8", "nf4", "fp4"],
+                   help="also measure after quantization with these schemes")
+    e.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    e.set_defaults(func=cmd_eval)

@@ -1,0 +1,47 @@
+"""Checks that a training run can start, without training it: the model name, the data settings, the model's own
+config (built on the meta device: no weights, no memory) and the evaluation options.
+
+``train_capacity`` finds the same problems, but only after it has built the data; ``hf-capacity train`` and
+``hf-capacity sweep --dry-run`` call these first, so a run that cannot start says why, in the user's words.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .data import JunkConfig, KnowledgeData
+from .training import CapacityTrainingConfig, build_data, build_model, check_model_name
+
+SAMPLE_PEOPLE = 1000
+"""People in ``sample_data``: enough for the run's tokenizer and mean biography length, quick to build."""
+
+
+def sample_data(config: CapacityTrainingConfig) -> KnowledgeData:
+    """The run's data settings on at most ``SAMPLE_PEOPLE`` people and without junk: the same tokenizer options,
+    so its biographies have the run's lengths (exactly up to 1000 people, within a few percent above)."""
+    sample = dataclasses.replace(config, n_people=min(config.n_people, SAMPLE_PEOPLE), junk_fraction=0.0)
+    return build_data(sample)
+
+
+def check_run(config: CapacityTrainingConfig, data: KnowledgeData | None = None) -> None:
+    """Raise ValueError if ``config`` could not start training; trains nothing.
+
+    Checks what ``train_capacity`` checks before its first step: the model name, the data settings (on ``data``,
+    by default ``sample_data(config)``), the junk options, the training stream, the model's config, eval_steps
+    and the quantization schemes.
+    """
+    import torch
+
+    from .quantization import quantization_config
+
+    check_model_name(config.model)
+    if config.junk_fraction > 0:
+        JunkConfig(config.junk_fraction, config.junk_n_people)
+    data = data if data is not None else sample_data(config)
+    data.stream(config.exposures, config.context_length, block_diagonal=config.block_diagonal)
+    with torch.device("meta"):
+        build_model(config, data.tokenizer)
+    if config.eval_steps is not None and config.eval_steps < 1:
+        raise ValueError(f"eval_steps must be >= 1 (or None: only at the end), got {config.eval_steps}")
+    for scheme in config.quantized:
+        quantization_config(scheme)

@@ -1,0 +1,234 @@
+"""Running a sweep: each planned run trains in its own folder, one after another; finished runs are skipped,
+unfinished folders deleted and restarted, failures recorded; ``--shard i/n`` splits the runs between processes.
+
+A run is finished when its folder holds ``results.json`` and the ``DONE`` marker (written last). On a machine with
+several GPUs launch one ``hf-capacity sweep --shard i/n`` per GPU: the shards share the sweep folder. The dry run
+checks every run as the real run would before training (``preflight.check_run``) and estimates its steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import math
+import os
+import shutil
+import time
+import traceback
+from typing import Any, Callable, Mapping
+
+import pandas as pd
+
+from ..preflight import check_run, sample_data
+from ..training import check_model_name
+from ..training import train_capacity
+from .config import Sweep, SweepRun, load_sweep
+from .folders import DONE, ERROR_FILE, LOG_FILE, PLAN_FILE, RUN_FILE, TABLE_CSV, read_json, write_json
+from .table import flatten_config, rebuild_table
+
+
+class SweepRunFailed(RuntimeError):
+    """A run failed and the sweep was stopped (``fail_fast``); the run's exception is the ``__cause__``."""
+
+
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``"i/n"`` → (i, n) with 0 <= i < n; None stays None."""
+    if shard is None:
+        return None
+    if isinstance(shard, str):
+        try:
+            i, n = (int(x) for x in shard.split("/"))
+        except ValueError:
+            raise ValueError(f"shard must look like i/n (e.g. 0/4), got {shard!r}") from None
+    else:
+        i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"shard i/n needs 0 <= i < n, got {i}/{n}")
+    return i, n
+
+
+
+
+def _release_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _execute(run: SweepRun, sweep_name: str) -> dict:
+    """Train one run into its (fresh) folder; returns {"status", "error", "wall_time_s", "bits_per_param"}."""
+    folder = run.output_dir
+    folder.mkdir(parents=True)
+    write_json(folder / RUN_FILE, {"sweep": sweep_name, "index": run.index, "run_id": run.run_id,
+                                    "overrides": run.overrides, "config": run.config})
+    start = time.time()
+    trainer = None
+    try:
+        config = run.training_config()
+        check_model_name(config.model)
+        with open(folder / LOG_FILE, "w", buffering=1) as log, contextlib.redirect_stdout(log):
+            report, trainer = train_capacity(config)
+        if not (folder / "results.json").is_file():
+            raise RuntimeError(f"train_capacity finished without writing {folder / 'results.json'}")
+        trainer.state.save_to_json(str(folder / "trainer_state.json"))
+        args = trainer.args
+        tokens_per_step = (args.train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+                           * config.context_length)
+        wall = time.time() - start
+        write_json(folder / DONE, {"wall_time_s": wall, "steps": trainer.state.global_step,
+                                    "tokens_per_step": tokens_per_step, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        return {"status": "done", "error": None, "wall_time_s": wall, "bits_per_param": report.bits_per_param}
+    except Exception as err:  # noqa: BLE001 - one run's crash is recorded, the sweep goes on
+        wall = time.time() - start
+        message = f"{type(err).__name__}: {err}"
+        write_json(folder / ERROR_FILE, {"error": message, "traceback": traceback.format_exc(), "wall_time_s": wall})
+        err = err.with_traceback(None)  # drop the frames (and the model they hold) before freeing memory
+        return {"status": "failed", "error": message, "wall_time_s": wall, "bits_per_param": None, "exception": err}
+    finally:
+        del trainer
+        _release_memory()
+
+
+# -------------------------------------------------------------------------------------------------- dry run
+def _data_key(config) -> str:
+    """Runs with the same key share ``sample_data``: the settings that change the tokenizer and the renderings."""
+    return json.dumps([config.dataset, config.vocab_size, config.domain_token,
+                       config.biod if config.dataset == "bioD" else None, min(config.n_people, 1000)], sort_keys=True)
+
+
+def _estimate_steps(config, data) -> int:
+    """Training steps of a run: ``max_steps`` or ceil(E·N·tokens per biography / context / (1 − junk) / batch).
+
+    Tokens per biography are measured on ``data``, the run's ``sample_data`` (exact for N ≤ 1000, within a few
+    percent above).
+    """
+    if config.max_steps:
+        return int(config.max_steps)
+    windows = math.ceil(config.exposures * config.n_people * data.renderer.mean_tokens_per_biography()
+                        / config.context_length / (1.0 - config.junk_fraction))
+    return math.ceil(windows / (config.batch_size * config.gradient_accumulation_steps))
+
+
+def _check(run: SweepRun, cache: dict) -> tuple[int | None, str | None]:
+    """(estimated steps, None) for a run that can start, or (None, why not): what the real run would reject."""
+    try:
+        config = run.training_config()
+        key = _data_key(config)
+        if key not in cache:
+            cache[key] = sample_data(config)
+        check_run(config, cache[key])
+        return _estimate_steps(config, cache[key]), None
+    except ValueError as err:
+        return None, str(err)
+
+
+def _format_status(result: dict) -> str:
+    if result["status"] == "failed":
+        return f"failed: {result['error']}"
+    r = result.get("bits_per_param")
+    text = result["status"]
+    if r is not None and not (isinstance(r, float) and math.isnan(r)):
+        text += f"  {r:.4f} bits/param"
+    if result.get("wall_time_s"):
+        text += f"  ({result['wall_time_s']:.0f} s)"
+    return text
+
+
+def _dry_run(sweep: Sweep, selected: list[SweepRun], log: Callable[[str], None]) -> pd.DataFrame:
+    cache: dict = {}
+    rows = []
+    for k, run in enumerate(selected, 1):
+        row = {"index": run.index, "run_id": run.run_id, "status": "would run", "estimated_steps": None,
+               "error": None, **flatten_config(run.config)}
+        steps, error = _check(run, cache)
+        if run.done:  # skipped by the real run, so never rejected by it
+            row["status"] = "done (skip)"
+        elif error is not None:
+            row.update(status="invalid", error=error)
+        elif run.output_dir.exists():
+            row["status"] = "incomplete (restart)"
+        row["estimated_steps"] = steps
+        log(f"[{k}/{len(selected)}] {run.run_id}  {row['status']}"
+            + (f": {error}" if row["status"] == "invalid" else f"  ~{steps:,} steps" if steps is not None else ""))
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    todo = df[df["status"].isin(["would run", "incomplete (restart)"])]
+    total = int(todo["estimated_steps"].fillna(0).sum()) if len(todo) else 0
+    invalid = int((df["status"] == "invalid").sum()) if len(df) else 0
+    log(f"dry run: {len(selected)} runs in {sweep.output_dir} ({len(todo)} to train, ~{total:,} steps in all"
+        + (f"; {invalid} invalid" if invalid else "") + "); nothing was trained")
+    return df
+
+
+def run_sweep(
+    config: str | os.PathLike | Mapping[str, Any] | Sweep,
+    *,
+    dry_run: bool = False,
+    fail_fast: bool = False,
+    max_runs: int | None = None,
+    shard: str | tuple[int, int] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """Run (or resume) a sweep and return its results table (also written to ``<output_dir>/results.csv``).
+
+    ``dry_run``: list the runs with their estimated steps and status, train nothing, write nothing (returns the
+    listing; a run the real run would reject before training has status "invalid" and the reason in ``error``).
+    ``fail_fast``: stop at the first failed run (raises ``SweepRunFailed`` after writing the table); otherwise
+    failed runs are recorded (status "failed", ``error``) and the sweep goes on. ``max_runs``: train at
+    most this many runs in this call (finished runs, which are skipped, do not count). ``shard="i/n"``: only the
+    runs whose index % n == i (one process per GPU; they share the sweep folder). ``log``: progress lines
+    (default ``print``).
+    """
+    log = log or (lambda line: print(line, flush=True))
+    sweep = config if isinstance(config, Sweep) else load_sweep(config)
+    if max_runs is not None and max_runs < 0:
+        raise ValueError(f"max_runs must be >= 0, got {max_runs}")
+    shard_ = parse_shard(shard)
+    plan = sweep.plan()
+    selected = [r for r in plan if shard_ is None or r.index % shard_[1] == shard_[0]]
+    where = f" (shard {shard_[0]}/{shard_[1]}: {len(selected)} of {len(plan)})" if shard_ else ""
+    if dry_run:
+        log(f"sweep {sweep.name!r}: {len(plan)} runs{where}")
+        return _dry_run(sweep, selected, log)
+
+    out = sweep.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / PLAN_FILE, {**sweep.to_dict(), "runs": [
+        {"index": r.index, "run_id": r.run_id, "overrides": r.overrides, "config": r.config} for r in plan]})
+    log(f"sweep {sweep.name!r}: {len(plan)} runs in {out}{where}")
+    trained = 0
+    failure: tuple[SweepRun, Exception] | None = None
+    for k, run in enumerate(selected, 1):
+        prefix = f"[{k}/{len(selected)}] {run.run_id}"
+        if run.done:
+            r = (read_json(run.output_dir / "results.json") or {}).get("bits_per_param")
+            log(f"{prefix}  skipped (done)" + (f"  {r:.4f} bits/param" if isinstance(r, (int, float)) else ""))
+            continue
+        if max_runs is not None and trained >= max_runs:
+            log(f"stopping: trained {trained} run(s) (--max-runs {max_runs}); run the sweep again to continue")
+            break
+        if run.output_dir.exists():  # a crashed (or failed) earlier attempt: start over
+            shutil.rmtree(run.output_dir)
+        trained += 1
+        result = _execute(run, sweep.name)
+        log(f"{prefix}  {_format_status(result)}")
+        rebuild_table(out)
+        if result["status"] == "failed" and fail_fast:
+            failure = (run, result["exception"])
+            break
+    table = rebuild_table(out)
+    if failure is not None:
+        run, err = failure
+        raise SweepRunFailed(f"run {run.run_id} failed ({type(err).__name__}: {err}); stopped (fail_fast). "
+                             f"Traceback: {run.output_dir / ERROR_FILE}") from err
+    counts = table["status"].value_counts().to_dict() if len(table) else {}
+    log(f"sweep {sweep.name!r}: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + f"; table: {out / TABLE_CSV}")
+    return table
+
+
