@@ -2,12 +2,11 @@
 
 import argparse
 import json
+import re
 
 import datasets
 import pytest
 
-import hf_capacity.training
-from hf_capacity.callbacks import TrainingDivergedError
 from hf_capacity.cli import build_parser, main
 from hf_capacity.data import KnowledgeData
 
@@ -82,14 +81,15 @@ def test_train_refuses_a_model_without_layers_or_heads(model, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_diverged_run_is_one_line_and_exit_status_1(monkeypatch, tmp_path, capsys):
-    def diverging(config, *args, **kwargs):
-        raise TrainingDivergedError("the loss became nan at step 12; lower --lr (last checkpoint: none)", step=12)
-
-    monkeypatch.setattr(hf_capacity.training, "train_capacity", diverging)
-    assert main(["train", "--N", "10", "-o", str(tmp_path / "run"), "--quiet"]) == 1
-    captured = capsys.readouterr()
-    assert captured.err == "hf-capacity: error: the loss became nan at step 12; lower --lr (last checkpoint: none)\n"
+def test_a_diverged_run_is_one_line_and_exit_status_1(tmp_path, capsys):
+    argv = ["train", "--dataset", "bioS", "--N", "50", "--model", "gpt2-1-1", "--head-dim", "16", "--exposures",
+            "20", "--context-length", "128", "--batch-size", "8", "--lr", "1e3", "--vocab-size", "400",
+            "-o", str(tmp_path / "run")]
+    assert main(argv) == 1
+    last_line = capsys.readouterr().err.rstrip("\n").split("\n")[-1]
+    assert re.fullmatch(r"hf-capacity: error: training diverged at step \d+ \(grad norm nan\); "
+                        r"lower the learning rate \(now 1000\)", last_line), last_line
+    assert (tmp_path / "run" / "diverged.json").is_file()
 
 
 def _subcommands(parser, prefix=()):
