@@ -35,17 +35,13 @@ def quantization_config(scheme: str):
     raise ValueError(f"unknown quantization scheme {scheme!r}: choose from {', '.join(SCHEMES)}")
 
 
-def load_quantized(model_dir: str | os.PathLike, scheme: str, *, trust_remote_code: bool = True):
-    """Load a saved causal LM quantized with ``scheme`` (CPU-safe settings applied)."""
-    from transformers import AutoModelForCausalLM
+def load_quantized(model_dir: str | os.PathLike, scheme: str, *, code: str = "installed"):
+    """Load a saved causal LM quantized with ``scheme`` (CPU-safe settings applied); ``code``: whose modeling
+    code runs it, "installed" or the "folder"'s own (see ``hf_capacity.models.registration.load_causal_lm``)."""
+    from .models.registration import load_causal_lm
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir,
-        quantization_config=quantization_config(scheme),
-        dtype=torch.bfloat16,
-        trust_remote_code=trust_remote_code,
-    )
+    model = load_causal_lm(model_dir, code=code, quantization_config=quantization_config(scheme), dtype=torch.bfloat16)
     try:
         import bitsandbytes as bnb
 
@@ -76,12 +72,14 @@ def quantized_capacity(
     schemes: tuple[str, ...] = SCHEMES,
     *,
     full_precision: KnowledgeReport | None = None,
+    code: str = "installed",
     **eval_kwargs,
 ) -> dict[str, QuantizedCapacity]:
     """Measure bits after each quantization scheme; ``model`` is a loaded model or a saved model folder.
 
     ``full_precision``: the unquantized report (measured here if not given). Bits per parameter keep the
     paper's P (the parameter count, not the storage bytes), so int8 vs 4-bit compare knowledge per weight.
+    ``code``: for a folder, whose modeling code runs it ("installed" or the "folder"'s own).
     """
     for scheme in schemes:
         quantization_config(scheme)  # validate names before any work
@@ -91,18 +89,19 @@ def quantized_capacity(
             if not (model_dir / "config.json").is_file():
                 raise FileNotFoundError(f"{model_dir} is not a saved model folder (no config.json)")
             if full_precision is None:
-                from transformers import AutoModelForCausalLM
+                from .models.registration import load_causal_lm
 
-                fp = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True)
+                fp = load_causal_lm(model_dir, code=code)
                 full_precision = evaluate_knowledge(fp, data, **eval_kwargs)
         else:
             model_dir = Path(tmp)
             model.save_pretrained(model_dir)
+            code = "installed"  # the caller's model, saved by the classes it was built with
             if full_precision is None:
                 full_precision = evaluate_knowledge(model, data, **eval_kwargs)
         results = {}
         for scheme in schemes:
-            qmodel = load_quantized(model_dir, scheme)
+            qmodel = load_quantized(model_dir, scheme, code=code)
             report = evaluate_knowledge(qmodel, data, **eval_kwargs)
             # P is the parameter count of the unquantized model (bitsandbytes packs 4-bit weights two per byte)
             report.num_params = full_precision.num_params

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -35,6 +35,7 @@ __all__ = [
     "chinchilla_loss",
     "compute_optimal_allocation",
     "fit_chinchilla",
+    "bootstrap_chinchilla",
     # Hitchhiker's guide
     "LawEvaluation",
     "drop_early_checkpoints",
@@ -398,7 +399,16 @@ class ChinchillaLaw:
 
 
 HOFFMANN_2022 = ChinchillaLaw(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
-BESIROGLU_2024 = ChinchillaLaw(E=1.82, A=482.0, B=2085.0, alpha=0.348, beta=0.366)
+"""Hoffmann et al. 2022, approach 3, as printed in the paper: their Huber-loss fit (δ = 1e-3 on log loss, L-BFGS
+from a grid of starts; what `fit_chinchilla` implements) on their ~400 runs. These are the rounded digits of the
+text; the TeX source holds E = 1.6934, α = 0.3392, β = 0.2849, and Besiroglu et al. 2024 found the fit stopped
+before convergence, so treat them as the published reference, not as that objective's optimum."""
+
+BESIROGLU_2024 = ChinchillaLaw(E=1.8172, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658)
+"""Besiroglu et al. 2024 (Epoch AI, "Chinchilla Scaling: A replication attempt", arXiv 2404.10102), at the
+published digits: their maximum-likelihood estimate under a Huber error distribution (δ = 1e-3) on the 240
+points they digitised from Hoffmann's Figure 4. It is not the Huber-loss grid fit that `fit_chinchilla`
+implements, so refitting their points with `fit_chinchilla` need not reproduce these digits."""
 
 
 def chinchilla_loss(n_params: Any, n_tokens: Any, law: ChinchillaLaw = HOFFMANN_2022) -> float | np.ndarray:
@@ -427,10 +437,13 @@ def compute_optimal_allocation(compute_flops: Any, law: ChinchillaLaw = HOFFMANN
 
 @dataclass
 class ChinchillaFit:
-    """A fitted Chinchilla law with fit diagnostics and optional bootstrap intervals.
+    """A fitted Chinchilla law, reached as `fit.law` (`fit.law.E`, `fit.law.alpha`), with fit diagnostics.
 
-    `ci` maps "E", "A", "B", "alpha", "beta" to (low, high) when bootstrapped; `bootstrap_params` holds the
-    refits as rows of (E, A, B, alpha, beta).
+    The fit keeps its points (`n_params`, `n_tokens`, `loss_nats`), settings and the distinct local optima the
+    start grid found (`local_optima`, rows θ = (a, b, e, α, β), best first), so `bootstrap_chinchilla(fit)` can
+    resample it without re-running the grid. After a bootstrap, `ci` maps "E", "A", "B", "alpha", "beta" to
+    (low, high) and `bootstrap` is a DataFrame with one row per resample: E, A, B, alpha, beta, objective,
+    converged; `bootstrap_counts[i, j]` is how often point j is in resample i.
     """
 
     law: ChinchillaLaw
@@ -440,7 +453,22 @@ class ChinchillaFit:
     n_starts: int
     fixed: dict[str, float]
     ci: dict[str, tuple[float, float]] | None = None
-    bootstrap_params: np.ndarray | None = field(default=None, repr=False)
+    ci_level: float | None = None
+    ci_method: str | None = None
+    bootstrap: Any = field(default=None, repr=False)
+    bootstrap_counts: np.ndarray | None = field(default=None, repr=False)
+    huber_delta: float = 1e-3
+    expectile: float = 0.05
+    n_params: np.ndarray | None = field(default=None, repr=False)
+    n_tokens: np.ndarray | None = field(default=None, repr=False)
+    loss_nats: np.ndarray | None = field(default=None, repr=False)
+    run_ids: np.ndarray | None = field(default=None, repr=False)
+    local_optima: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def bootstrap_params(self) -> np.ndarray | None:
+        """The bootstrap refits as rows of (E, A, B, alpha, beta), or None before a bootstrap."""
+        return None if self.bootstrap is None else self.bootstrap[list(_PARAM_NAMES)].to_numpy()
 
     def predict(self, n_params: Any, n_tokens: Any) -> float | np.ndarray:
         """Fitted loss in nats/token."""
@@ -453,6 +481,7 @@ class ChinchillaFit:
 
 # Internal parameter vector θ = (a, b, e, α, β) with A = e^a, B = e^b, E = e^e.
 _THETA_INDEX = {"A": 0, "B": 1, "E": 2, "alpha": 3, "beta": 4}
+_PARAM_NAMES = ("E", "A", "B", "alpha", "beta")
 _START_GRID = (
     np.arange(0.0, 26.0, 5.0),  # a
     np.arange(0.0, 26.0, 5.0),  # b
@@ -607,6 +636,72 @@ def _theta_to_law(theta: np.ndarray) -> ChinchillaLaw:
     return ChinchillaLaw(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta)
 
 
+@dataclass(frozen=True)
+class _Problem:
+    """The Chinchilla objective as a function of the free entries of θ; fixed entries stay at `template`."""
+
+    data: _LawData
+    free: list[int]
+    template: np.ndarray
+
+    def full(self, x_free: np.ndarray) -> np.ndarray:
+        theta = np.broadcast_to(self.template, (x_free.shape[0], 5)).copy()
+        theta[:, self.free] = x_free
+        return theta
+
+    def batch_fun(self, weights: np.ndarray | None = None
+                  ) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """fun(x_free, rows) → (objective, gradient); `weights` (members, points) gives member j row rows[j]."""
+        data = self.data if weights is None else replace(self.data, weights=weights)
+        chunk = max(1, 2 ** 17 // data.log_n.size)
+
+        def fun(x_free: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            fs, gs = [], []
+            for lo in range(0, x_free.shape[0], chunk):
+                f_c, g_c = _objective(self.full(x_free[lo:lo + chunk]), data, rows[lo:lo + chunk])
+                fs.append(f_c)
+                gs.append(g_c[:, self.free])
+            return np.concatenate(fs), np.concatenate(gs)
+
+        return fun
+
+
+def _problem(n: np.ndarray, d: np.ndarray, ell: np.ndarray, loss_fn: str, huber_delta: float, expectile: float,
+             fixed: Mapping[str, float] | None) -> _Problem:
+    fixed_theta = _fixed_theta(fixed)
+    template = np.zeros(5)
+    for i, v in fixed_theta.items():
+        template[i] = v
+    data = _LawData(np.log(n), np.log(d), ell, np.log(ell), np.ones(n.size), loss_fn, float(huber_delta),
+                    float(expectile))
+    return _Problem(data, [i for i in range(5) if i not in fixed_theta], template)
+
+
+_POLISH_RTOL = 1e-10
+_POLISH_MAX_ITER = 2000
+
+
+def _polish(fun: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]], x_start: np.ndarray,
+            row: int = 0) -> tuple[np.ndarray, float, bool]:
+    """Refine batch member `row` from x_start with scipy's L-BFGS-B: (x, objective, converged).
+
+    Converged: a second L-BFGS-B run, restarted from the first one's result with a fresh history, lowers the
+    objective by no more than `_POLISH_RTOL` relative. (A gradient test does not work here: the fit is so
+    ill-conditioned, α against a, β against b, that a gradient far from zero can sit at the optimum.)
+    """
+    rows = np.array([row])
+
+    def run(x: np.ndarray):
+        return minimize(lambda v: tuple(a[0] for a in fun(v[None, :], rows)), x, jac=True, method="L-BFGS-B",
+                        options={"maxiter": _POLISH_MAX_ITER, "ftol": 1e-15, "gtol": 1e-12})
+
+    first = run(x_start)
+    second = run(first.x)
+    f1, f2 = float(first.fun), float(second.fun)
+    converged = bool(np.isfinite(f2) and f1 - f2 <= _POLISH_RTOL * abs(f2) and second.nit < _POLISH_MAX_ITER)
+    return (second.x, f2, converged) if f2 <= f1 else (first.x, f1, converged)
+
+
 def fit_chinchilla(
     n_params: Any,
     n_tokens: Any,
@@ -622,8 +717,12 @@ def fit_chinchilla(
     run_ids: Any = None,
     seed: int = 0,
     ci_level: float = 0.95,
+    ci_method: str = "percentile",
 ) -> ChinchillaFit:
-    """Fit L(N, D) = E + A/N^α + B/D^β as in Hoffmann et al. (approach 3).
+    """Fit L(N, D) = E + A/N^α + B/D^β as in Hoffmann et al. (approach 3): `fit = fit_chinchilla(N, D, L)`.
+
+    The result is a `ChinchillaFit`; its law is `fit.law` (`fit.law.E`, `fit.law.alpha`), and
+    `fit.predict(N, D)` gives the fitted loss in nats/token.
 
     Parameters θ = (a, b, e, α, β), A = e^a, B = e^b, E = e^e, and the law in log space
     log L̂ = logsumexp(a − α log N, b − β log D, e). `loss_fn`:
@@ -636,12 +735,13 @@ def fit_chinchilla(
     Optimiser: L-BFGS from every point of Hoffmann's grid (α, β ∈ {0, 0.5, …, 2}, e ∈ {−1, −0.5, …, 1},
     a, b ∈ {0, 5, …, 25}; 4500 starts, fewer when parameters are fixed) with the analytic gradient.
     **decision:** the grid is run as one vectorised batch (an L-BFGS with Armijo backtracking over all
-    starts at once, a second or two), then the best `n_polish` distinct results are refined with
-    scipy's L-BFGS-B; one scipy call per start would take ~20 s. `starts` may also be an int M (the M grid
+    starts at once), then the best `n_polish` distinct results are refined with scipy's L-BFGS-B, instead of
+    one scipy L-BFGS-B call per start. `benchmarks/bench_chinchilla_fit.py` times the two side by side on the
+    same grid and objective (measured: see benchmarks/RESULTS.md). `starts` may also be an int M (the M grid
     points with the lowest initial objective) or an array of θ rows (a, b, e, α, β).
 
-    Bootstrap (`n_bootstrap` > 0): resample points, or whole runs when `run_ids` are given, and refit each
-    resample from the full-data optimum (not the whole grid); percentile intervals at `ci_level`.
+    Bootstrap (`n_bootstrap` > 0): `bootstrap_chinchilla(fit, n_bootstrap, ...)` on the result (see there);
+    `ci_method` is "percentile" (default) or "basic".
     """
     n, d, ell = _vectors(n_params=(n_params, True), n_tokens=(n_tokens, True), loss=(loss, True))
     if loss_fn not in _LOSSES:
@@ -652,36 +752,13 @@ def fit_chinchilla(
         raise ValueError(f"expectile must be in (0, 1); got {expectile!r}")
     if int(n_polish) != n_polish or n_polish < 0:
         raise ValueError(f"n_polish must be a non-negative integer; got {n_polish!r}")
-    _check_ci_args(n_bootstrap, ci_level, "percentile")
-    fixed_theta = _fixed_theta(fixed)
-    free = [i for i in range(5) if i not in fixed_theta]
+    _check_ci_args(n_bootstrap, ci_level, ci_method)
+    runs = _point_run_ids(run_ids, n.size)
+    problem = _problem(n, d, ell, loss_fn, huber_delta, expectile, fixed)
+    free = problem.free
     if n.size < len(free):
         raise ValueError(f"need at least {len(free)} points to fit {len(free)} free parameters; got {n.size}")
-    data = _LawData(np.log(n), np.log(d), ell, np.log(ell), np.ones(n.size), loss_fn, float(huber_delta),
-                    float(expectile))
-    template = np.zeros(5)
-    for i, v in fixed_theta.items():
-        template[i] = v
-
-    def full(x_free: np.ndarray) -> np.ndarray:
-        theta = np.broadcast_to(template, (x_free.shape[0], 5)).copy()
-        theta[:, free] = x_free
-        return theta
-
-    def batch_fun(dat: _LawData) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-        chunk = max(1, 2 ** 17 // dat.log_n.size)
-
-        def fun(x_free: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            fs, gs = [], []
-            for lo in range(0, x_free.shape[0], chunk):
-                f_c, g_c = _objective(full(x_free[lo:lo + chunk]), dat, rows[lo:lo + chunk])
-                fs.append(f_c)
-                gs.append(g_c[:, free])
-            return np.concatenate(fs), np.concatenate(gs)
-
-        return fun
-
-    fun = batch_fun(data)
+    fun = problem.batch_fun()
     grid = np.array(list(itertools.product(*[_START_GRID[i] for i in free])))
     if isinstance(starts, str):
         if starts != "full":
@@ -700,13 +777,7 @@ def fit_chinchilla(
         x0 = given[:, free]
     x, f = _batched_lbfgs(fun, x0)
 
-    def scipy_refine(x_start: np.ndarray) -> tuple[np.ndarray, float]:
-        one = np.zeros(1, int)
-        res = minimize(lambda v: tuple(a[0] for a in fun(v[None, :], one)), x_start, jac=True,
-                       method="L-BFGS-B", options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-12})
-        return res.x, float(res.fun)
-
-    best_x, best_f = x[np.argmin(f)], float(np.min(f))
+    optima: list[tuple[float, np.ndarray]] = [(float(np.min(f)), x[np.argmin(f)])]
     seen: list[np.ndarray] = []
     for i in np.argsort(f, kind="stable"):
         if len(seen) >= n_polish or not np.isfinite(f[i]):
@@ -714,36 +785,91 @@ def fit_chinchilla(
         if any(np.allclose(x[i], s, rtol=1e-2, atol=1e-3) for s in seen):  # same basin as one already refined
             continue
         seen.append(x[i])
-        xr, fr = scipy_refine(x[i])
-        if fr < best_f:
-            best_x, best_f = xr, fr
+        xr, fr, _ = _polish(fun, x[i])
+        optima.append((fr, xr))
+    optima.sort(key=lambda item: item[0])
+    best_f, best_x = optima[0]
     if not np.isfinite(best_f):
         raise ValueError("the fit diverged from every start; check that losses are in nats and N, D are counts")
-    theta = full(best_x[None, :])[0]
-    law = _theta_to_law(theta)
-
-    ci, boot_params = None, None
+    distinct: list[np.ndarray] = []
+    for fo, xo in optima:
+        if np.isfinite(fo) and not any(np.allclose(xo, s, rtol=1e-4, atol=1e-6) for s in distinct):
+            distinct.append(xo)
+    fit = ChinchillaFit(
+        law=_theta_to_law(problem.full(best_x[None, :])[0]), loss=loss_fn, objective=best_f, n_points=int(n.size),
+        n_starts=int(len(x0)), fixed={key: float(v) for key, v in (fixed or {}).items()},
+        huber_delta=float(huber_delta), expectile=float(expectile), n_params=n, n_tokens=d, loss_nats=ell,
+        run_ids=runs, local_optima=problem.full(np.array(distinct)),
+    )
     if n_bootstrap:
-        if run_ids is not None and np.shape(run_ids) != n.shape:
-            raise ValueError(f"run_ids must have one id per point ({n.size}); got shape {np.shape(run_ids)}")
-        groups = _run_groups(np.arange(n.size) if run_ids is None else np.asarray(run_ids))
-        rng = np.random.default_rng(seed)
-        counts = np.zeros((int(n_bootstrap), n.size))
-        for i in range(int(n_bootstrap)):
-            for k in rng.integers(len(groups), size=len(groups)):
-                counts[i, groups[k]] += 1.0
-        boot_data = _LawData(data.log_n, data.log_d, ell, data.log_loss, counts, loss_fn, data.delta,
-                             data.expectile)
-        xb, _ = _batched_lbfgs(batch_fun(boot_data), np.repeat(best_x[None, :], int(n_bootstrap), axis=0),
-                               max_iter=300, gtol=1e-10, ftol=1e-10)
-        tb = full(xb)
-        boot_params = np.column_stack([np.exp(tb[:, 2]), np.exp(tb[:, 0]), np.exp(tb[:, 1]), tb[:, 3], tb[:, 4]])
-        estimate = {"E": law.E, "A": law.A, "B": law.B, "alpha": law.alpha, "beta": law.beta}
-        ci = {name: _bootstrap_ci(estimate[name], boot_params[:, j], ci_level, "percentile")
-              for j, name in enumerate(("E", "A", "B", "alpha", "beta"))}
-    fixed_out = {key: float(v) for key, v in (fixed or {}).items()}
-    return ChinchillaFit(law=law, loss=loss_fn, objective=best_f, n_points=int(n.size), n_starts=int(len(x0)),
-                         fixed=fixed_out, ci=ci, bootstrap_params=boot_params)
+        return bootstrap_chinchilla(fit, int(n_bootstrap), seed=seed, ci_level=ci_level, ci_method=ci_method)
+    return fit
+
+
+def _point_run_ids(run_ids: Any, n_points: int) -> np.ndarray | None:
+    if run_ids is None:
+        return None
+    runs = np.asarray(run_ids)
+    if runs.shape != (n_points,):
+        raise ValueError(f"run_ids must have one id per point ({n_points}); got shape {runs.shape}")
+    return runs
+
+
+def bootstrap_chinchilla(
+    fit: ChinchillaFit,
+    n_bootstrap: int = 1000,
+    *,
+    run_ids: Any = None,
+    seed: int = 0,
+    ci_level: float = 0.95,
+    ci_method: str = "percentile",
+) -> ChinchillaFit:
+    """Bootstrap intervals for an existing Chinchilla fit, without re-running its start grid.
+
+    Resamples the fit's points, or whole runs when `run_ids` are given (default: the fit's own), and refits
+    each resample to convergence: a batched L-BFGS from each of the fit's distinct local optima (the full
+    data's optimum first), then scipy's L-BFGS-B from the best. Each row of the returned `bootstrap` says
+    whether its refit `converged` (a restarted L-BFGS-B lowers its objective by at most 1e-10 relative);
+    the intervals at `ci_level` use the converged rows only.
+    `ci_method`: "percentile" (default) or "basic" (reverse percentile, 2·θ̂ − the percentile bounds).
+    Returns a copy of `fit` with `ci`, `ci_level`, `ci_method`, `bootstrap` and `bootstrap_counts` set.
+    """
+    import pandas as pd
+
+    _check_ci_args(n_bootstrap, ci_level, ci_method)
+    if n_bootstrap < 1:
+        raise ValueError(f"n_bootstrap must be >= 1; got {n_bootstrap!r}")
+    if fit.n_params is None or fit.local_optima is None:
+        raise ValueError("this ChinchillaFit holds no data to resample; make it with fit_chinchilla")
+    runs = fit.run_ids if run_ids is None else _point_run_ids(run_ids, fit.n_points)
+    groups = _run_groups(np.arange(fit.n_points) if runs is None else runs)
+    rng = np.random.default_rng(seed)
+    n_boot = int(n_bootstrap)
+    counts = np.zeros((n_boot, fit.n_points))
+    for i in range(n_boot):
+        for k in rng.integers(len(groups), size=len(groups)):
+            counts[i, groups[k]] += 1.0
+
+    problem = _problem(fit.n_params, fit.n_tokens, fit.loss_nats, fit.loss, fit.huber_delta, fit.expectile,
+                       fit.fixed)
+    starts = fit.local_optima[:, problem.free]
+    n_starts = len(starts)
+    xb, fb = _batched_lbfgs(problem.batch_fun(np.repeat(counts, n_starts, axis=0)),
+                            np.tile(starts, (n_boot, 1)), max_iter=300, gtol=1e-10, ftol=1e-12)
+    fb = np.where(np.isfinite(fb), fb, np.inf).reshape(n_boot, n_starts)
+    xb = xb.reshape(n_boot, n_starts, -1)[np.arange(n_boot), np.argmin(fb, axis=1)]
+    fun = problem.batch_fun(counts)
+    objective, converged = np.empty(n_boot), np.empty(n_boot, bool)
+    for i in range(n_boot):
+        xb[i], objective[i], converged[i] = _polish(fun, xb[i], i)
+    tb = problem.full(xb)
+    table = pd.DataFrame({"E": np.exp(tb[:, 2]), "A": np.exp(tb[:, 0]), "B": np.exp(tb[:, 1]), "alpha": tb[:, 3],
+                          "beta": tb[:, 4], "objective": objective, "converged": converged})
+    estimate = {name: getattr(fit.law, name) for name in _PARAM_NAMES}
+    ci = {name: _bootstrap_ci(estimate[name], table.loc[converged, name].to_numpy(), ci_level, ci_method)
+          for name in _PARAM_NAMES}
+    return replace(fit, ci=ci, ci_level=float(ci_level), ci_method=ci_method, bootstrap=table,
+                   bootstrap_counts=counts, run_ids=runs)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

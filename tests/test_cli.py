@@ -113,3 +113,23 @@ def test_every_subcommand_help_shows_the_defaults(capsys):
         for action in parser._actions:
             if action.option_strings and action.default not in (None, False, [], argparse.SUPPRESS):
                 assert f"(default: {action.default})" in text, f"{' '.join(command)} {action.option_strings[0]}"
+
+
+def test_eval_runs_the_installed_code_by_default_and_the_folders_own_code_on_request(tmp_path, capsys, bios_data):
+    import hf_capacity.models  # noqa: F401
+    from hf_capacity.models.registration import load_causal_lm
+    from hf_capacity.training import CapacityTrainingConfig, build_model
+
+    build_model(CapacityTrainingConfig(model="gpt2-1-1", head_dim=16), bios_data.tokenizer).save_pretrained(tmp_path)
+    bios_data.save(tmp_path)
+    assert type(load_causal_lm(tmp_path)).__module__.startswith("hf_capacity.models")
+    assert type(load_causal_lm(tmp_path, code="folder")).__module__.startswith("transformers_modules")
+    reports = {}
+    for code in ("installed", "folder"):
+        assert main(["eval", str(tmp_path), "--code", code, "--max-people", "20", "--json"]) == 0
+        reports[code] = json.loads(capsys.readouterr().out)
+    assert reports["folder"]["p1"] == pytest.approx(reports["installed"]["p1"], rel=1e-5)
+    (tmp_path / "config.json").write_text(json.dumps({**json.loads((tmp_path / "config.json").read_text()),
+                                                      "auto_map": {}}))
+    assert main(["eval", str(tmp_path), "--code", "folder"]) == 2
+    assert "carries no model code of its own" in capsys.readouterr().err

@@ -130,17 +130,19 @@ def _cuda() -> bool:
 
 
 def cmd_eval(args) -> None:
-    from transformers import AutoModelForCausalLM
-
     from .. import models  # noqa: F401 - registers the model families
     from ..data import KnowledgeData
+    from ..models.registration import load_causal_lm
     from ..evaluation import evaluate_knowledge
 
     path = Path(args.model_dir)
     if not (path / "config.json").is_file():
         raise CLIError(f"{path} is not a saved model folder (no config.json): pass the output dir of `hf-capacity train`")
     data = KnowledgeData.load(args.data or path)
-    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
+    try:
+        model = load_causal_lm(path, code=args.code)
+    except ValueError as err:
+        raise CLIError(f"{err} (--code installed)") from err
     report = evaluate_knowledge(
         model, data, max_people=args.max_people, renderings=args.renderings, batch_size=args.batch_size,
         progress=not args.json,
@@ -148,7 +150,7 @@ def cmd_eval(args) -> None:
     if args.quantized:
         from ..quantization import quantized_capacity
 
-        results = quantized_capacity(path, data, tuple(args.quantized), full_precision=report,
+        results = quantized_capacity(path, data, tuple(args.quantized), full_precision=report, code=args.code,
                                      max_people=args.max_people, batch_size=args.batch_size, progress=False)
         report.extra["quantized"] = {
             s: {"bits": q.report.bits.total, "bits_per_param": q.bits_per_param,
@@ -193,5 +195,8 @@ def add_commands(subparsers) -> None:
     add_count(e, "--batch-size", default=64, help="biographies per forward pass")
     e.add_argument("--quantized", nargs="*", default=[], choices=["int8", "nf4", "fp4"],
                    help="also measure after quantization with these schemes")
+    e.add_argument("--code", choices=["installed", "folder"], default="installed",
+                   help="whose model code runs the evaluation: the installed hf-capacity classes, or the modeling "
+                        "files saved in the folder (what a Hub user runs with trust_remote_code=True)")
     e.add_argument("--json", action="store_true", help="print the report as one JSON object")
     e.set_defaults(func=cmd_eval)
