@@ -86,6 +86,14 @@ class KnowledgeCapacityCallback(_TrainerBoundCallback):
         self.last_report: KnowledgeReport | None = None
         self._measured_step = -1
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        # resumed from a checkpoint: the measurements made before it are in the restored log history
+        if state.global_step > 0 and not self.history:
+            for entry in state.log_history:
+                if "knowledge_bits" in entry and entry.get("step", 0) <= state.global_step:
+                    self.history.append({k: v for k, v in entry.items() if k != "epoch"})
+            self._measured_step = self.history[-1]["step"] if self.history else -1
+
     def measure(self, model, step: int) -> KnowledgeReport:
         report = evaluate_knowledge(model, self.data, **self.eval_kwargs)
         self.last_report, self._measured_step = report, step

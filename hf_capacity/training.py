@@ -73,6 +73,9 @@ class CapacityTrainingConfig:
     seed: int = 0
     max_steps: int | None = None  # None: the steps for `exposures`
     streaming: bool = False  # iterable dataset (constant memory) instead of a materialised one
+    save_steps: int | None = None  # checkpoint every this many steps (None: no checkpoints)
+    save_total_limit: int = 2  # checkpoints kept (the newest ones)
+    resume: bool = True  # continue from the newest checkpoint in output_dir, if there is one
     # evaluation
     eval_steps: int | None = None
     eval_max_people: int | None = None
@@ -87,6 +90,10 @@ class CapacityTrainingConfig:
         if self.dataset not in ("bioS", "bioS-simple", "bioD"):
             raise ValueError(f"dataset must be bioS, bioS-simple or bioD, got {self.dataset!r}")
         check_model_name(self.model)
+        if self.save_steps is not None and self.save_steps < 1:
+            raise ValueError(f"save_steps must be >= 1 (or None: no checkpoints), got {self.save_steps}")
+        if self.save_total_limit < 1:
+            raise ValueError(f"save_total_limit must be >= 1, got {self.save_total_limit}")
         for name in ("n_people", "exposures", "context_length", "batch_size", "head_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -157,8 +164,28 @@ def steps_for_exposures(config: CapacityTrainingConfig, data: KnowledgeData, win
     return math.ceil(windows / (config.batch_size * config.gradient_accumulation_steps * processes))
 
 
+def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest complete ``checkpoint-<step>`` folder in ``output_dir`` (None if there is none).
+
+    A checkpoint counts once its ``trainer_state.json`` is written: the Trainer writes it after the weights and
+    the optimizer state, so a run killed while saving leaves a folder without it, which is skipped."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    steps = []
+    for path in folder.glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if suffix.isdigit() and (path / "trainer_state.json").is_file():
+            steps.append((int(suffix), path))
+    return str(max(steps)[1]) if steps else None
+
+
 def train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None = None, model=None):
     """Run one training run; returns ``(report, trainer)`` with the final ``KnowledgeReport``.
+
+    With ``config.save_steps`` the run checkpoints periodically; started again on the same ``output_dir`` (after
+    a kill or a crash) it resumes from its newest checkpoint: same data order (the stream is rebuilt
+    deterministically and the Trainer skips the windows already trained on), same schedule and optimizer state.
 
     With ``config.progress`` False, transformers' own progress bars (saving and loading weights) are off too
     while the run lasts, so sweep logs hold one line a run."""
@@ -199,7 +226,9 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         warmup_steps=min(config.warmup_steps, max(max_steps // 10, 1)),
         max_steps=max_steps,
         logging_steps=config.logging_steps,
-        save_strategy="no",
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=config.save_total_limit,
         report_to=config.report_to,
         bf16=config.bf16,
         use_cpu=not torch.cuda.is_available(),
@@ -226,8 +255,9 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         stream_exposures=None if config.streaming or config.max_steps else config.exposures,
     )
     out = Path(config.output_dir)
+    checkpoint = last_checkpoint(out) if config.resume else None
     try:
-        trainer.train()
+        trainer.train(resume_from_checkpoint=checkpoint)
     except TrainingDivergedError as err:
         if trainer.is_world_process_zero():  # keep what the run had: its config, its log and why it stopped
             out.mkdir(parents=True, exist_ok=True)

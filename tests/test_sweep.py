@@ -102,6 +102,26 @@ def test_crashed_run_is_cleaned_and_rerun(sweep_copy, monkeypatch):
     assert list(table["status"]) == ["done", "done"] and (first / "DONE").is_file()
 
 
+def test_an_unfinished_run_with_a_checkpoint_resumes_from_it(tmp_path):
+    config = tiny_config(tmp_path / "ckpt", base={**TINY, "save_steps": 2})
+    run_sweep(config, log=lambda line: None)
+    folder = next((tmp_path / "ckpt" / "runs").iterdir())
+    finished = json.loads((folder / "results.json").read_text())
+    assert sorted(p.name for p in folder.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    # as if the process had been killed after its step-2 checkpoint
+    shutil.rmtree(folder / "checkpoint-4")
+    for name in ("DONE", "results.json", "model.safetensors"):
+        (folder / name).unlink()
+    listing = run_sweep(config, dry_run=True, log=lambda line: None)
+    assert list(listing["status"]) == ["incomplete (resume from checkpoint-2)"]
+    lines = []
+    table = run_sweep(config, log=lines.append)
+    assert any("resuming from checkpoint-2" in line for line in lines)
+    resumed = json.loads((folder / "results.json").read_text())
+    assert list(table["status"]) == ["done"]
+    assert (resumed["p1"], resumed["p2"], resumed["history"]) == (finished["p1"], finished["p2"], finished["history"])
+
+
 def test_failed_run_is_recorded_and_the_sweep_goes_on(sweep_copy, capsys):
     runs = sorted((sweep_copy / "runs").iterdir())
     shutil.rmtree(runs[1])  # seed 1 must train again, after the failing run

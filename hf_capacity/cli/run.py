@@ -50,6 +50,10 @@ def _add_training_args(p: argparse.ArgumentParser, defaults) -> None:
     p.add_argument("--report-to", nargs="*", default=[], help="Trainer report_to backends (e.g. tensorboard)")
     p.add_argument("--push-to-hub", action="store_true", help="push the model, its card and results to the Hub")
     p.add_argument("--hub-model-id", default=None, help="the Hub repository (default: the output folder's name)")
+    add_count(p, "--save-steps", default=defaults.save_steps,
+              help="checkpoint every this many steps; the same command run again resumes from the newest")
+    p.add_argument("--no-resume", action="store_true",
+                   help="ignore checkpoints already in the output folder and start from step 0")
     p.add_argument("--output", "-o", default=defaults.output_dir, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -87,6 +91,8 @@ def _training_config(args):
         push_to_hub=args.push_to_hub,
         hub_model_id=args.hub_model_id,
         progress=not args.quiet,
+        save_steps=args.save_steps,
+        resume=not args.no_resume,
     )
 
 
@@ -100,9 +106,12 @@ def _checked_config(args):
 
 
 def cmd_train(args) -> None:
-    from ..training import train_capacity
+    from ..training import last_checkpoint, train_capacity
 
     config = _checked_config(args)
+    checkpoint = last_checkpoint(config.output_dir) if config.resume else None
+    if checkpoint:
+        print(f"resuming from {checkpoint} (--no-resume starts from step 0)", flush=True)
     report, _ = train_capacity(config)
     print(report.table())
     print(f"\nwrote {config.output_dir}: model, tokenizer, knowledge_data.json, results.json, knowledge_curve.png, README.md")

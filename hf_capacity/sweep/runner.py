@@ -1,5 +1,6 @@
 """Running a sweep: each planned run trains in its own folder, one after another; finished runs are skipped,
-unfinished folders deleted and restarted, failures recorded; ``--shard i/n`` splits the runs between processes.
+unfinished runs resume from their newest checkpoint (``save_steps``; restart when they have none), failures
+recorded; ``--shard i/n`` splits the runs between processes.
 
 A run is finished when its folder holds ``results.json`` and the ``DONE`` marker (written last). On a machine with
 several GPUs launch one ``hf-capacity sweep --shard i/n`` per GPU: the shards share the sweep folder. The dry run
@@ -21,8 +22,7 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from ..preflight import check_run, sample_data
-from ..training import check_model_name
-from ..training import train_capacity
+from ..training import check_model_name, last_checkpoint, train_capacity
 from .config import Sweep, SweepRun, load_sweep
 from .folders import DONE, ERROR_FILE, LOG_FILE, PLAN_FILE, RUN_FILE, TABLE_CSV, read_json, write_json
 from .table import flatten_config, rebuild_table
@@ -62,9 +62,11 @@ def _release_memory() -> None:
 
 
 def _execute(run: SweepRun, sweep_name: str) -> dict:
-    """Train one run into its (fresh) folder; returns {"status", "error", "wall_time_s", "bits_per_param"}."""
+    """Train one run into its folder (fresh, or resuming from its newest checkpoint; the log is appended then);
+    returns {"status", "error", "wall_time_s", "bits_per_param"} (wall time of this attempt)."""
     folder = run.output_dir
-    folder.mkdir(parents=True)
+    resuming = folder.is_dir()  # the caller keeps a folder only when it holds a checkpoint to resume from
+    folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / RUN_FILE, {"sweep": sweep_name, "index": run.index, "run_id": run.run_id,
                                     "overrides": run.overrides, "config": run.config})
     start = time.time()
@@ -72,7 +74,7 @@ def _execute(run: SweepRun, sweep_name: str) -> dict:
     try:
         config = run.training_config()
         check_model_name(config.model)
-        with open(folder / LOG_FILE, "w", buffering=1) as log, contextlib.redirect_stdout(log):
+        with open(folder / LOG_FILE, "a" if resuming else "w", buffering=1) as log, contextlib.redirect_stdout(log):
             report, trainer = train_capacity(config)
         if not (folder / "results.json").is_file():
             raise RuntimeError(f"train_capacity finished without writing {folder / 'results.json'}")
@@ -152,13 +154,14 @@ def _dry_run(sweep: Sweep, selected: list[SweepRun], log: Callable[[str], None])
         elif error is not None:
             row.update(status="invalid", error=error)
         elif run.output_dir.exists():
-            row["status"] = "incomplete (restart)"
+            checkpoint = last_checkpoint(run.output_dir)
+            row["status"] = f"incomplete (resume from {os.path.basename(checkpoint)})" if checkpoint else "incomplete (restart)"
         row["estimated_steps"] = steps
         log(f"[{k}/{len(selected)}] {run.run_id}  {row['status']}"
             + (f": {error}" if row["status"] == "invalid" else f"  ~{steps:,} steps" if steps is not None else ""))
         rows.append(row)
     df = pd.DataFrame(rows)
-    todo = df[df["status"].isin(["would run", "incomplete (restart)"])]
+    todo = df[df["status"].isin(["would run"]) | df["status"].str.startswith("incomplete")]
     total = int(todo["estimated_steps"].fillna(0).sum()) if len(todo) else 0
     invalid = int((df["status"] == "invalid").sum()) if len(df) else 0
     log(f"dry run: {len(selected)} runs in {sweep.output_dir} ({len(todo)} to train, ~{total:,} steps in all"
@@ -213,8 +216,12 @@ def run_sweep(
         if max_runs is not None and trained >= max_runs:
             log(f"stopping: trained {trained} run(s) (--max-runs {max_runs}); run the sweep again to continue")
             break
-        if run.output_dir.exists():  # a crashed (or failed) earlier attempt: start over
+        resumable = run.output_dir.exists() and last_checkpoint(run.output_dir) is not None
+        if run.output_dir.exists() and not resumable:  # a crashed (or failed) attempt with no checkpoint
             shutil.rmtree(run.output_dir)
+        if resumable:
+            log(f"{prefix}  resuming from {os.path.basename(last_checkpoint(run.output_dir))}")
+            (run.output_dir / ERROR_FILE).unlink(missing_ok=True)
         trained += 1
         result = _execute(run, sweep.name)
         log(f"{prefix}  {_format_status(result)}")
