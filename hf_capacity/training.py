@@ -70,6 +70,8 @@ class CapacityTrainingConfig:
     adam_beta2: float = 0.98
     adam_epsilon: float = 1e-6
     bf16: bool = False
+    torch_compile: bool = False  # compile the model with torch.compile (TrainingArguments.torch_compile)
+    dataloader_num_workers: int = 0
     seed: int = 0
     max_steps: int | None = None  # None: the steps for `exposures`
     streaming: bool = False  # iterable dataset (constant memory) instead of a materialised one
@@ -231,6 +233,8 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         save_total_limit=config.save_total_limit,
         report_to=config.report_to,
         bf16=config.bf16,
+        torch_compile=config.torch_compile,
+        dataloader_num_workers=config.dataloader_num_workers,
         use_cpu=not torch.cuda.is_available(),
         seed=config.seed,
         disable_tqdm=not config.progress,

@@ -58,3 +58,31 @@ def test_accelerate_example_on_two_cpu_processes_matches_one_process(tmp_path):
         assert check["sharded"][key] == pytest.approx(check["single_process"][key], rel=1e-6, abs=1e-9)
         assert check["callback"][key] == pytest.approx(check["single_process"][key], rel=1e-6, abs=1e-9)
     assert check["match"] is True
+
+
+def test_the_slurm_array_task_plans_its_shard_through_accelerate_launch(tmp_path):
+    import yaml
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "tiny", "output_dir": str(tmp_path / "sweep"),
+        "base": {"n_people": 8, "model": "gpt2-1-1", "head_dim": 16, "context_length": 64, "vocab_size": 300,
+                 "exposures": 1, "batch_size": 2},
+        "grid": {"seed": [0, 1, 2, 3]},
+    }))
+    result = run_script(["bash", str(EXAMPLES / "slurm" / "sweep.sbatch"), str(config)], tmp_path, timeout=300,
+                        SLURM_ARRAY_TASK_ID="1", SLURM_ARRAY_TASK_COUNT="2", HF_CAPACITY_DRY_RUN="1")
+    assert "(shard 1/2: 2 of 4)" in result.stdout
+    assert "dry run: 2 runs" in result.stdout and "nothing was trained" in result.stdout
+    assert not (tmp_path / "sweep").exists()
+    missing = subprocess.run(["bash", str(EXAMPLES / "slurm" / "sweep.sbatch"), str(config)], cwd=tmp_path,
+                             capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                                   if not k.startswith("SLURM_")})
+    assert missing.returncode != 0 and "job array" in missing.stderr
+
+
+def test_the_gpu_recipe_refuses_to_run_without_a_gpu(tmp_path):
+    result = subprocess.run(["bash", str(EXAMPLES / "gpu" / "calibrate.sh")], cwd=tmp_path, capture_output=True,
+                            text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=120)
+    assert result.returncode != 0 and "no CUDA device" in result.stderr
+    assert not (EXAMPLES.parent / "sweeps" / "gpu_calibration").exists()

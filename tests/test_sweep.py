@@ -382,3 +382,14 @@ def test_architecture_labels():
     assert architecture_label("gpt2-4-4", None, 32) == "gpt2-moe32"
     assert architecture_label("llama-2-2", "gated") == "llama"
     assert architecture_label("llama-2-2", "standard") == "llama-standard"
+
+
+def test_precision_table_has_a_row_per_run_and_precision(tmp_path):
+    from hf_capacity.sweep import precision_table
+
+    table = run_sweep(tiny_config(tmp_path / "q", base={**TINY, "quantized": ["int8"]}), log=lambda line: None)
+    rows = precision_table(table)
+    assert list(rows["precision"]) == ["fp32", "int8"]
+    assert rows["P"].nunique() == 1 and (rows["mlp_type"] == "standard").all() and (rows["exposures"] == 1).all()
+    assert rows["R_max"].iloc[0] == pytest.approx(table["bits_max"].iloc[0] / table["num_params"].iloc[0])
+    assert rows["bits_per_param"].tolist() == pytest.approx((rows["bits"] / rows["P"]).tolist())

@@ -46,6 +46,7 @@ def _add_training_args(p: argparse.ArgumentParser, defaults) -> None:
     add_count(p, "--eval-max-people", default=None, help="evaluate a subsample (default: everybody)")
     p.add_argument("--quantized", nargs="*", default=[], choices=["int8", "nf4", "fp4"], help="schemes measured at the end")
     p.add_argument("--bf16", action="store_true", help="train in bfloat16 mixed precision")
+    p.add_argument("--torch-compile", action="store_true", help="compile the model with torch.compile")
     p.add_argument("--streaming", action="store_true", help="generate training windows on the fly")
     p.add_argument("--report-to", nargs="*", default=[], help="Trainer report_to backends (e.g. tensorboard)")
     p.add_argument("--push-to-hub", action="store_true", help="push the model, its card and results to the Hub")
@@ -85,6 +86,7 @@ def _training_config(args):
         eval_max_people=args.eval_max_people,
         quantized=tuple(args.quantized),
         bf16=args.bf16,
+        torch_compile=args.torch_compile,
         seed=args.seed,
         streaming=args.streaming,
         report_to=args.report_to,

@@ -238,3 +238,34 @@ def plot_sweep(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
             written.append(Path(plot_capacity_ratio(part, out / f"capacity_ratio_precision{suffix}.png",
                                                     by="precision", title=f"Capacity ratio by precision{title}")))
     return written
+
+
+PRECISION_COLUMNS = ["model", "mlp_type", "seed", "exposures", "precision", "N", "P", "P_non_embedding", "R_max",
+                     "bits", "bits_per_param", "run_id"]
+
+
+def precision_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per finished run and precision (the trained one, then each quantized scheme measured).
+
+    Columns ``PRECISION_COLUMNS``: P is the paper's parameter count (the same for every precision), R_max =
+    bits_max / P (above ~2.5 the data is not what limits a model), bits in bits, bits_per_param = bits / P."""
+    rows = []
+    for _, run in df[df["status"] == "done"].iterrows():
+        mlp = run.get("mlp_type")
+        if not isinstance(mlp, str) or not mlp:
+            match = MODEL_NAME.match(str(run["model"]))
+            mlp = DEFAULT_MLP.get(match.group(1) if match else "", "standard")
+        common = {
+            "model": run["model"], "mlp_type": mlp, "seed": int(run["seed"]),
+            "exposures": int(run["exposures"]), "N": int(run["n_people"]), "P": int(run["num_params"]),
+            "P_non_embedding": int(run["num_params_non_embedding"]),
+            "R_max": float(run["bits_max"]) / float(run["num_params"]), "run_id": run["run_id"],
+        }
+        trained = "bf16" if bool(run.get("bf16")) else "fp32"
+        rows.append({**common, "precision": trained, "bits": float(run["bits"]),
+                     "bits_per_param": float(run["bits_per_param"])})
+        for scheme in _quantized_schemes(df):
+            if pd.notna(run.get(f"bits_{scheme}")):
+                rows.append({**common, "precision": scheme, "bits": float(run[f"bits_{scheme}"]),
+                             "bits_per_param": float(run[f"bits_per_param_{scheme}"])})
+    return pd.DataFrame(rows, columns=PRECISION_COLUMNS)
