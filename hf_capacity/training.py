@@ -57,6 +57,7 @@ class CapacityTrainingConfig:
     head_dim: int = 64
     mlp_type: str | None = None  # gpt2: standard|gated|quarter|none; llama: gated|standard
     num_experts: int = 0
+    fused_loss: bool = False  # gpt2: head + cross-entropy fused chunk by chunk (same loss, faster training step)
     memory: dict = field(default_factory=lambda: {"memory_n_keys": 32, "memory_heads": 2, "memory_topk": 8, "memory_key_dim": 64})
     # training
     exposures: int = 100
@@ -92,6 +93,8 @@ class CapacityTrainingConfig:
         if self.dataset not in ("bioS", "bioS-simple", "bioD"):
             raise ValueError(f"dataset must be bioS, bioS-simple or bioD, got {self.dataset!r}")
         check_model_name(self.model)
+        if self.fused_loss and not self.model.startswith("gpt2-"):
+            raise ValueError(f"fused_loss is implemented for the gpt2 family, not {self.model!r}")
         if self.save_steps is not None and self.save_steps < 1:
             raise ValueError(f"save_steps must be >= 1 (or None: no checkpoints), got {self.save_steps}")
         if self.save_total_limit < 1:
@@ -145,6 +148,8 @@ def build_model(config: CapacityTrainingConfig, tokenizer):
     )
     if family == "gpt2":
         extra = {"mlp_type": config.mlp_type} if config.mlp_type else {}
+        if config.fused_loss:
+            extra["fused_loss"] = True
         if config.num_experts:
             extra["num_experts"] = config.num_experts
         return CapacityGPT2ForCausalLM(CapacityGPT2Config(**common, **extra))

@@ -363,3 +363,28 @@ def test_quantized_loading_runs_a_forward_pass(saved_tiny_model, quantization):
         expected = reference(ids).logits
     assert torch.isfinite(logits).all()
     assert torch.nn.functional.cosine_similarity(logits.flatten(), expected.flatten(), dim=0) > 0.95
+
+
+@pytest.mark.parametrize("accumulated_items", [None, 37])
+def test_fused_loss_gives_the_plain_loss_and_gradients(accumulated_items):
+    labels = random_ids(3, 12, seed=6)
+    labels[0, :4] = -100  # ignored positions (padding)
+    results = []
+    for fused in (False, True):
+        model = tiny_model(seed=2, fused_loss=fused).train()
+        kwargs = {} if accumulated_items is None else {"num_items_in_batch": torch.tensor(accumulated_items)}
+        out = model(random_ids(3, 12, seed=5), labels=labels, **kwargs)
+        out.loss.backward()
+        results.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}, out.logits))
+    (plain_loss, plain_grads, plain_logits), (fused_loss, fused_grads, fused_logits) = results
+    torch.testing.assert_close(fused_loss, plain_loss, rtol=1e-5, atol=1e-6)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert plain_logits is not None and fused_logits is None  # the fused path never builds the logits
+
+
+def test_fused_loss_applies_only_in_training():
+    model = tiny_model(fused_loss=True).eval()
+    ids = random_ids()
+    out = model(ids, labels=ids)
+    assert out.logits is not None and torch.isfinite(out.loss)

@@ -161,3 +161,12 @@ def test_push_uploads_the_capacity_files(tmp_path, monkeypatch):
     monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
     push_capacity_files(tmp_path, "someone/model")
     assert uploaded["repo_id"] == "someone/model" and "results.json" in uploaded["patterns"]
+
+
+def test_a_run_with_the_fused_loss_trains_like_the_plain_one(tmp_path):
+    plain, _ = train_capacity(tiny_config(tmp_path / "plain", max_steps=10, learning_rate=3e-3))
+    fused, trainer = train_capacity(tiny_config(tmp_path / "fused", max_steps=10, learning_rate=3e-3, fused_loss=True))
+    assert trainer.model.config.fused_loss
+    assert fused.p1 == pytest.approx(plain.p1, rel=1e-4) and fused.p2 == pytest.approx(plain.p2, rel=1e-4)
+    with pytest.raises(ValueError, match="fused_loss is implemented for the gpt2 family"):
+        tiny_config(tmp_path, model="llama-1-2", fused_loss=True)

@@ -47,6 +47,9 @@ def _add_training_args(p: argparse.ArgumentParser, defaults) -> None:
     p.add_argument("--quantized", nargs="*", default=[], choices=["int8", "nf4", "fp4"], help="schemes measured at the end")
     p.add_argument("--bf16", action="store_true", help="train in bfloat16 mixed precision")
     p.add_argument("--torch-compile", action="store_true", help="compile the model with torch.compile")
+    p.add_argument("--fused-loss", action="store_true",
+                   help="gpt2: compute the head and cross-entropy chunk by chunk, gradients in the same pass "
+                        "(same loss, no tokens × vocabulary logits; see benchmarks/RESULTS.md)")
     p.add_argument("--streaming", action="store_true", help="generate training windows on the fly")
     p.add_argument("--report-to", nargs="*", default=[], help="Trainer report_to backends (e.g. tensorboard)")
     p.add_argument("--push-to-hub", action="store_true", help="push the model, its card and results to the Hub")
@@ -87,6 +90,7 @@ def _training_config(args):
         quantized=tuple(args.quantized),
         bf16=args.bf16,
         torch_compile=args.torch_compile,
+        fused_loss=args.fused_loss,
         seed=args.seed,
         streaming=args.streaming,
         report_to=args.report_to,

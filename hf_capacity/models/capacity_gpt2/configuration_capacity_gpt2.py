@@ -33,6 +33,9 @@ class CapacityGPT2Config(PreTrainedConfig):
       `router_aux_loss_coef` (0.01) scales the Switch load-balancing loss added to `loss`.
     - `resid_pdrop`, `embd_pdrop`, `attn_pdrop` (all 0.0), `layer_norm_epsilon` (1e-5), `initializer_range` (0.02),
       `tie_word_embeddings` (True).
+    - `fused_loss` (False): in training with labels, compute the head and the cross-entropy chunk by chunk with
+      the gradients in the same pass, never materialising the (tokens × vocabulary) logits; the output then has
+      `logits=None`. Same loss and gradients as the plain path (to float rounding), faster where the head dominates.
 
     Example:
 
@@ -45,7 +48,7 @@ class CapacityGPT2Config(PreTrainedConfig):
     """
 
     model_type = "capacity_gpt2"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache"]
     attribute_map = {
         "n_embd": "hidden_size",
         "n_layer": "num_hidden_layers",
@@ -80,6 +83,7 @@ class CapacityGPT2Config(PreTrainedConfig):
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
     tie_word_embeddings: bool = True
+    fused_loss: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)  # applies aliases (n_embd, ...) and fills `rope_parameters`

@@ -468,6 +468,56 @@ class CapacityGPT2Model(CapacityGPT2PreTrainedModel):
         )
 
 
+class FusedLinearCrossEntropy(torch.autograd.Function):
+    """Summed next-token cross-entropy of `hidden @ weight.T` against `labels` (-100 ignored), chunk by chunk.
+
+    The forward pass also computes the gradients of `hidden` and `weight`, so neither pass ever holds the
+    (tokens × vocabulary) logits: each chunk's logits are made, turned into probabilities in place and used for
+    both gradients while they are in cache. The backward pass only scales the stored gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, chunk_size: int):
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for start in range(0, hidden.shape[0], chunk_size):
+            h, y = hidden[start : start + chunk_size], labels[start : start + chunk_size]
+            logits = (h @ weight.T).float()
+            valid = y != -100
+            target = torch.where(valid, y, 0)
+            top = logits.amax(dim=1, keepdim=True)
+            picked = logits.gather(1, target[:, None]) - top
+            logits.sub_(top).exp_()
+            norm = logits.sum(dim=1, keepdim=True)
+            total += ((norm.log() - picked) * valid[:, None]).sum()
+            probs = logits.div_(norm)  # softmax in place
+            probs.scatter_add_(1, target[:, None], -valid[:, None].float())
+            probs.mul_(valid[:, None])
+            probs = probs.to(h.dtype)
+            grad_hidden[start : start + chunk_size] = probs @ weight
+            grad_weight.addmm_(probs.T.float(), h.float())
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_output.to(grad_hidden.dtype), grad_weight * grad_output.to(grad_weight.dtype), None, None
+
+
+def fused_causal_lm_loss(hidden_states, weight, labels, num_items_in_batch=None, chunk_size: int = 128, **kwargs):
+    """The causal-LM loss of `ForCausalLMLoss` (shifted labels, mean over counted tokens, or sum divided by
+    `num_items_in_batch` under gradient accumulation) computed by `FusedLinearCrossEntropy`."""
+    hidden = hidden_states[:, :-1, :].reshape(-1, hidden_states.shape[-1])
+    targets = labels[:, 1:].reshape(-1).to(hidden.device)
+    total = FusedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size)
+    count = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
+    if torch.is_tensor(count):
+        count = count.to(total.device)
+    return total / count
+
+
 class CapacityGPT2ForCausalLM(CapacityGPT2PreTrainedModel, GenerationMixin):
     """CapacityGPT2 with a language-modelling head tied to the input embeddings (unless `tie_word_embeddings=False`).
 
@@ -513,12 +563,15 @@ class CapacityGPT2ForCausalLM(CapacityGPT2PreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
-
-        loss = None
-        if labels is not None:
+        loss = logits = None
+        if labels is not None and self.config.fused_loss and self.training and torch.is_grad_enabled():
+            loss = fused_causal_lm_loss(hidden_states, self.lm_head.weight, labels, **kwargs)
+        else:
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = self.lm_head(hidden_states[:, keep, :])
+        if labels is not None and loss is None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        if labels is not None:
             if outputs.aux_loss is not None:
                 loss = loss + self.config.router_aux_loss_coef * outputs.aux_loss.to(loss.device)
         return MoeCausalLMOutputWithPast(

@@ -54,7 +54,7 @@ class MemoryLlamaConfig(PreTrainedConfig):
     """
 
     model_type = "memory_llama"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache"]
 
     vocab_size: int = 32000
     hidden_size: int = 4096

@@ -1,0 +1,137 @@
+"""Training throughput of a capacity run in the Trainer path, today's loss next to the fused one, and the fraction
+of the machine's matmul peak (measured in the same run).
+
+    python benchmarks/bench_train_step.py [--quick] [--threads 1] [--head-dim 32] [--batch 4] [--compile]
+
+The calibration config (bioD(1500, K=1, C=16, D=1000, L=1, T=1000), GPT2-1-1, context 512, AdamW, fp32) trains
+with the stock ``transformers.Trainer`` exactly as ``hf-capacity train`` builds it, once with the plain head +
+cross-entropy and once with ``--fused-loss``, in interleaved rounds of ``--steps`` steps after a warm-up round;
+a round's time runs from the end of its 5th step to its last (a callback stamps the steps), so start-up and the
+first steps' allocations are not counted. Tokens/s are medians over the rounds; the ratio is the median of the
+paired per-round ratios.
+
+Model FLOPs per token: 6 × (linear weights: 12·d² per layer + the head's vocabulary × d) + 12 · layers · context · d
+(attention scores and values, forward and backward, the usual convention that counts the full causal square).
+The matmul peak is the best of several fp32 ``torch.mm`` of 1024 × 1024 matrices with the same thread count,
+timed in the same run; the fraction of peak is model FLOP/s divided by it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from hf_capacity.training import CapacityTrainingConfig, build_data, build_model  # noqa: E402  (first: quiet bnb)
+from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+
+SKIP = 5
+
+
+def matmul_peak_gflops(threads: int, size: int = 1024, repeats: int = 10) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+class StepClock(TrainerCallback):
+    """Stamps the wall time at the end of every optimizer step."""
+
+    def __init__(self):
+        self.stamps: list[float] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.stamps.append(time.perf_counter())
+
+
+def flops_per_token(model, context: int) -> float:
+    c = model.config
+    d, layers = c.hidden_size, c.num_hidden_layers
+    linear = sum(m.weight.numel() for n, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head"))
+    head = c.vocab_size * d
+    return 6 * (linear + head) + 12 * layers * context * d
+
+
+def make_trainer(config, data, dataset, steps: int, fused: bool, compile_: bool, out: str) -> tuple[Trainer, StepClock]:
+    torch.manual_seed(0)
+    model = build_model(CapacityTrainingConfig(**{**config.__dict__, "fused_loss": fused}), data.tokenizer)
+    args = TrainingArguments(
+        output_dir=out, per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay, adam_beta2=config.adam_beta2, adam_epsilon=config.adam_epsilon,
+        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1}, warmup_steps=10,
+        max_steps=steps, logging_steps=10_000, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
+        torch_compile=compile_, seed=0,
+    )
+    clock = StepClock()
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[clock])
+    return trainer, clock
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--head-dim", type=int, default=32)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--steps", type=int, default=60, help="steps per round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--compile", action="store_true", help="also time torch.compile of each variant")
+    p.add_argument("--quick", action="store_true", help="2 rounds of 20 steps")
+    args = p.parse_args()
+    if args.quick:
+        args.steps, args.rounds = 20, 2
+    torch.set_num_threads(args.threads)
+    config = CapacityTrainingConfig(
+        dataset="bioD", n_people=1500, model="gpt2-1-1", head_dim=args.head_dim, context_length=512,
+        biod={"n_attributes": 1, "chunks_per_value": 16, "diversity": 1000, "chunk_length": 1, "alphabet": 1000},
+        batch_size=args.batch, learning_rate=1e-2, progress=False,
+    )
+    data = build_data(config)
+    dataset = data.stream(40, 512).to_dataset(progress=False)
+    variants = [("plain loss", False, False), ("fused loss", True, False)]
+    if args.compile:
+        variants += [("plain loss, compiled", False, True), ("fused loss, compiled", True, True)]
+    tokens_per_step = args.batch * 512
+    rates: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+    per_token = None
+    peaks = []
+    with tempfile.TemporaryDirectory() as out:
+        for round_ in range(args.rounds + 1):  # round 0 warms up (and compiles)
+            peaks.append(matmul_peak_gflops(args.threads))
+            for name, fused, compile_ in variants:
+                trainer, clock = make_trainer(config, data, dataset, args.steps, fused, compile_, out)
+                per_token = flops_per_token(trainer.model, 512)
+                trainer.train()
+                if round_ == 0:
+                    continue
+                seconds = clock.stamps[-1] - clock.stamps[SKIP - 1]
+                rates[name].append((len(clock.stamps) - SKIP) * tokens_per_step / seconds)
+    peak = max(peaks)
+    base = rates["plain loss"]
+    print(f"GPT2-1-1 head dim {args.head_dim} (vocabulary {trainer.model.config.vocab_size}), batch {args.batch} × 512, "
+          f"{args.threads} thread(s); {per_token / 1e6:.3f} MFLOP a token; matmul peak {peak:.1f} GFLOP/s; "
+          f"{args.rounds} rounds of {args.steps} steps")
+    print("| path | tokens/s (median) | ratio vs plain | model GFLOP/s | fraction of matmul peak |")
+    print("|---|---:|---:|---:|---:|")
+    for name, values in rates.items():
+        median = statistics.median(values)
+        ratio = statistics.median(v / b for v, b in zip(values, base))
+        gflops = median * per_token / 1e9
+        print(f"| {name} | {median:,.0f} | {ratio:.2f}× | {gflops:.1f} | {gflops / peak:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
