@@ -221,7 +221,7 @@ def span_losses(
     pop = data.population
     people = np.arange(pop.n_people) if people is None else np.asarray(people, dtype=np.int64)
     device = next(model.parameters()).device
-    pad_id = data.tokenizer.pad_token_id
+    pad_id = data.pad_token_id
     max_positions = _learned_positions(model)
     was_training = model.training
     model.eval()

@@ -104,3 +104,20 @@ def test_packing_progress_bar_ends_at_its_total(bios_data, monkeypatch):
     dataset = stream.to_dataset(progress=True)
     assert stream.estimated_windows() != len(dataset)  # the bar starts from an estimate...
     assert bars[0] == (len(dataset), len(dataset))  # ...and ends at the windows actually packed
+
+
+def test_mixing_knowledge_into_a_users_corpus_keeps_every_window_once(bios_data):
+    import datasets
+
+    from hf_capacity.data import mix_knowledge
+
+    knowledge = bios_data.stream(3, 64).to_dataset(progress=False)
+    corpus = datasets.Dataset.from_dict({"input_ids": [[7] * 64 for _ in range(50)]})
+    mixed = mix_knowledge(corpus, knowledge, seed=1)
+    assert len(mixed) == 50 + len(knowledge) and sum(mixed["knowledge"]) == len(knowledge)
+    ours = sorted(map(tuple, (r["input_ids"] for r in mixed if r["knowledge"])))
+    assert ours == sorted(map(tuple, knowledge["input_ids"]))  # each knowledge window exactly once
+    theirs = [r for r in mixed if not r["knowledge"]]
+    assert all(r["labels"] == r["input_ids"] and r["attention_mask"] == [1] * 64 for r in theirs)
+    with pytest.raises(ValueError, match="same context length"):
+        mix_knowledge(datasets.Dataset.from_dict({"input_ids": [[7] * 32]}), knowledge)

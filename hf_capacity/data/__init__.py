@@ -3,7 +3,7 @@
 from .knowledge_data import KnowledgeData
 from .population import BioDPopulation, BioSPopulation, load_pools, population_from_config
 from .render import RenderedBatch, Renderer, evaluation_exposure, load_templates
-from .stream import JunkConfig, PackedStream, exposure_rounds
+from .stream import JunkConfig, PackedStream, exposure_rounds, mix_knowledge
 from .tokenizer import train_tokenizer
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "exposure_rounds",
     "load_pools",
     "load_templates",
+    "mix_knowledge",
     "population_from_config",
     "train_tokenizer",
 ]

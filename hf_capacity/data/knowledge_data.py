@@ -15,11 +15,19 @@ from pathlib import Path
 
 from ..bits import KnowledgeBits, biod_bits_max, bios_bits_max
 from .population import BioDPopulation, BioSPopulation, Population, population_from_config
-from .render import Renderer
+from .offset_spans import OffsetRenderer
+from .render import EOS_TOKEN, Renderer
 from .stream import JunkConfig, PackedStream, junk_renderer_for
 from .tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
 
 CONFIG_NAME = "knowledge_data.json"
+
+
+def is_project_tokenizer(tokenizer) -> bool:
+    """Whether ``tokenizer`` is hf-capacity's corpus tokenizer (it has the ``<|endoftext|>`` special token whose
+    pieces compose exactly), as opposed to a user's tokenizer."""
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    return EOS_TOKEN in vocab and tokenizer.eos_token == EOS_TOKEN
 
 
 @dataclass
@@ -46,16 +54,32 @@ class KnowledgeData:
         domain_token: bool = False,
         junk: JunkConfig | None = None,
         vocab_size: int = DEFAULT_VOCAB_SIZE,
+        tokenizer=None,
     ) -> KnowledgeData:
-        """Train a tokenizer on ``population`` and bundle them."""
+        """Bundle ``population`` with a tokenizer: by default one trained on the population (the project
+        tokenizer: composed rendering, exact spans, fastest); or ``tokenizer``, any ``PreTrainedTokenizerFast``
+        (a user's model's own, e.g. GPT-2's or Llama's), whose spans come from offset mappings
+        (``hf_capacity.data.offset_spans``: a span is every token overlapping the value's characters)."""
         if junk is not None and not isinstance(population, BioSPopulation):
             raise ValueError("junk mixing is defined for bioS populations only")
-        return cls(population, train_tokenizer(population, vocab_size), simple, domain_token, junk)
+        if tokenizer is None:
+            tokenizer = train_tokenizer(population, vocab_size)
+        elif not is_project_tokenizer(tokenizer) and junk is not None:
+            raise ValueError("junk mixing needs the project tokenizer (leave tokenizer=None)")
+        return cls(population, tokenizer, simple, domain_token, junk)
 
     # ------------------------------------------------------------------ derived
     @cached_property
     def renderer(self) -> Renderer:
-        return Renderer(self.population, self.tokenizer, simple=self.simple, domain_token=self.domain_token)
+        """The composed renderer for the project tokenizer, the offset-mapping one for any other tokenizer."""
+        kind = Renderer if is_project_tokenizer(self.tokenizer) else OffsetRenderer
+        return kind(self.population, self.tokenizer, simple=self.simple, domain_token=self.domain_token)
+
+    @property
+    def pad_token_id(self) -> int:
+        """Id used to pad windows and evaluation batches: the tokenizer's pad token, else its EOS token."""
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.renderer.eos_token_id
 
     @cached_property
     def junk_renderer(self) -> Renderer | None:
@@ -96,7 +120,7 @@ class KnowledgeData:
             seed=self.population.seed,
             junk=self.junk,
             junk_renderer=self.junk_renderer,
-            pad_token_id=self.tokenizer.pad_token_id,
+            pad_token_id=self.pad_token_id,
             **kwargs,
         )
 

@@ -240,3 +240,40 @@ def junk_renderer_for(renderer: Renderer, tokenizer, junk: JunkConfig) -> Render
         raise ValueError("junk mixing is defined for bioS populations")
     junk_pop = BioSPopulation(n_people=junk.n_people, seed=pop.seed, name_offset=pop.name_offset + pop.n_people)
     return Renderer(junk_pop, tokenizer, simple=False, domain_token=False)
+
+
+KNOWLEDGE_COLUMN = "knowledge"
+
+
+def mix_knowledge(corpus, knowledge, *, seed: int = 0):
+    """The windows of a user's corpus and of a knowledge stream in one shuffled ``datasets.Dataset``.
+
+    ``corpus``: packed windows of the user's text (``input_ids``, optionally ``attention_mask`` and ``labels``;
+    missing ones are filled as ones and a copy of the input ids), tokenized with the tokenizer ``knowledge`` was
+    rendered with and of the same length; ``knowledge``: ``data.stream(E, context).to_dataset()``. Every window of
+    both appears exactly once, so one epoch shows every person exactly E times. The ``knowledge`` column (1 for
+    knowledge windows) tells the capacity callbacks which share of the tokens is knowledge; the Trainer drops it
+    before the model.
+    """
+    import datasets
+
+    columns = ["input_ids", "attention_mask", "labels"]
+    if "input_ids" not in corpus.column_names:
+        raise ValueError(f"the corpus needs an input_ids column (packed windows); it has {corpus.column_names}")
+    width = len(knowledge[0]["input_ids"])
+    lengths = set(corpus.select(range(min(len(corpus), 1000))).map(
+        lambda row: {"n": len(row["input_ids"])}, remove_columns=corpus.column_names)["n"])
+    if lengths != {width}:
+        raise ValueError(f"corpus windows have {sorted(lengths)[:5]} tokens, the knowledge windows {width}: pack the "
+                         f"corpus to the same context length")
+
+    def complete(row):
+        ids = row["input_ids"]
+        return {"input_ids": ids, "attention_mask": row.get("attention_mask") or [1] * len(ids),
+                "labels": row.get("labels") or list(ids), KNOWLEDGE_COLUMN: 0}
+
+    features = knowledge.select_columns(columns).features.copy()
+    features[KNOWLEDGE_COLUMN] = datasets.Value("int8")
+    user = corpus.map(complete, remove_columns=corpus.column_names, features=features)
+    ours = knowledge.select_columns(columns).map(lambda row: {KNOWLEDGE_COLUMN: 1}, features=features)
+    return datasets.concatenate_datasets([user, ours]).shuffle(seed=seed).flatten_indices()
