@@ -1,7 +1,11 @@
-"""Data pipeline throughput: composed pre-tokenized pieces vs. the naive path (render text, then tokenize).
+"""Data pipeline throughput: composed pre-tokenized pieces vs. the naive path (render text, then tokenize), and
+the stream of a user's own tokenizer (spans from offset mappings) next to them.
 
-Both sides produce the same packed training windows (asserted), from the same population and exposures,
-on one core (tokenizers' thread pool is limited to 1 thread). Repetitions are interleaved; medians reported.
+The composed and naive sides produce the same packed training windows (asserted), from the same population and
+exposures, on one core (tokenizers' thread pool is limited to 1 thread). The foreign side streams the same
+people and exposures through ``OffsetRenderer`` with a GPT-2-style byte-level BPE (vocabulary 4096) trained here
+on English text (Python's module docs), so its token counts differ: compare biographies/s. Repetitions are
+interleaved; medians reported.
 
     python benchmarks/bench_data.py            # N = 20,000 people, 5 exposures
     python benchmarks/bench_data.py --quick
@@ -54,6 +58,23 @@ def naive(data: KnowledgeData, exposures: int, context: int) -> tuple[int, np.nd
     return n_tokens, last
 
 
+def foreign_tokenizer():
+    """A byte-level BPE trained on ordinary English text, as a user's model would bring (GPT-2 style)."""
+    import email
+    import json
+    import logging
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    text = [line for m in (email, json, logging, os, np, argparse) for line in (m.__doc__ or "").splitlines()]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tok.train_from_iterator(text * 5, trainers.BpeTrainer(vocab_size=4096, special_tokens=["</s>"],
+                                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--N", type=int, default=20_000)
@@ -66,26 +87,34 @@ def main() -> None:
         args.N, args.exposures, args.repeats = 2000, 2, 2
 
     data = KnowledgeData.create(BioSPopulation(args.N, seed=0))
+    foreign = KnowledgeData.create(BioSPopulation(args.N, seed=0), tokenizer=foreign_tokenizer())
     tokens_a, last_a = composed(data, 1, args.context)  # warm-up, and a correctness check of both paths
     tokens_b, last_b = naive(data, 1, args.context)
     assert tokens_a == tokens_b and np.array_equal(last_a, last_b), "the two paths disagree"
 
-    times: dict[str, list[float]] = {"composed": [], "naive": []}
+    times: dict[str, list[float]] = {"composed": [], "naive": [], "foreign": []}
     counts = {}
+    paths = (("composed", composed, data), ("naive", naive, data), ("foreign", composed, foreign))
     for _ in range(args.repeats):
-        for name, fn in (("composed", composed), ("naive", naive)):
+        for name, fn, source in paths:
             t0 = time.perf_counter()
-            counts[name], _ = fn(data, args.exposures, args.context)
+            counts[name], _ = fn(source, args.exposures, args.context)
             times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     rate = {k: counts[k] / med[k] for k in med}
+    bios = args.N * args.exposures
     print(f"bioS(N={args.N:,}), {args.exposures} exposures, context {args.context}, "
-          f"{counts['composed']:,} tokens; {platform.processor() or platform.machine()}, 1 thread\n")
-    print("| path | median s | tokens/s |")
-    print("|---|---:|---:|")
-    for k in ("composed", "naive"):
-        print(f"| {k} | {med[k]:.3f} | {rate[k] / 1e6:.2f} M |")
-    print(f"\nratio composed / naive: **{rate['composed'] / rate['naive']:.1f}x**")
+          f"{counts['composed']:,} tokens ({counts['foreign']:,} with the foreign tokenizer); "
+          f"{platform.processor() or platform.machine()}, 1 thread\n")
+    print("| path | median s | tokens/s | biographies/s |")
+    print("|---|---:|---:|---:|")
+    labels = {"composed": "composed pre-tokenized pieces (project tokenizer)",
+              "naive": "naive: render string → fast tokenizer → pack (project tokenizer)",
+              "foreign": "a user's byte-level BPE: render → tokenize with offsets → spans → pack"}
+    for k in ("composed", "naive", "foreign"):
+        print(f"| {labels[k]} | {med[k]:.3f} | {rate[k] / 1e6:.2f} M | {bios / med[k]:,.0f} |")
+    print(f"\nratio composed / naive: **{rate['composed'] / rate['naive']:.1f}x**; "
+          f"composed / foreign (biographies/s): **{med['foreign'] / med['composed']:.1f}x**")
 
 
 if __name__ == "__main__":

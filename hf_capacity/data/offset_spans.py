@@ -15,6 +15,8 @@ that carry the value). Every biography starts with the tokenizer's EOS token, as
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from .population import BioDPopulation, Population
@@ -45,6 +47,7 @@ class OffsetRenderer(Renderer):
         self.book = piece_book(population)
         self.piece_chars = np.array([len(s) for s in self.book.strings], dtype=np.int64)
         self.piece_chars[:_HEAD_SLOTS + 1] = 0  # empty, EOS and domain pieces are not part of the text
+        self.spaced = np.array([s.startswith(" ") for s in self.book.strings], dtype=np.int64)
         self.eos_token_id = tokenizer.eos_token_id
         self.domain_token_id = None
         self._used: np.ndarray | None = None
@@ -55,50 +58,48 @@ class OffsetRenderer(Renderer):
         people = np.asarray(people, dtype=np.int64)
         exposures = np.broadcast_to(np.asarray(exposures, dtype=np.int64), people.shape)
         slots, order = self._piece_slots(people, exposures)
-        texts = self._texts(slots)
-        encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
-        ids, offsets_map = encoded["input_ids"], encoded["offset_mapping"]
-        char_start = np.cumsum(self.piece_chars[slots], axis=1) - self.piece_chars[slots]  # (B, S)
-        char_end = char_start + self.piece_chars[slots]
+        encoded = self.tokenizer(self._texts(slots), add_special_tokens=False, return_offsets_mapping=True)
+        ids, offset_lists = encoded["input_ids"], encoded["offset_mapping"]
         n = len(people)
+        counts = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
+        lengths = counts + 1  # + the leading EOS
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        tokens = np.full(int(offsets[-1]), self.eos_token_id, dtype=np.int32)
+        body = np.ones(len(tokens), dtype=bool)
+        body[offsets[:-1]] = False
+        tokens[body] = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(counts.sum()))
+
+        # characters of every slot, and of every token, on one axis: biography b's text starts at text_base[b]
+        chars = self.piece_chars[slots]
+        char_end = np.cumsum(chars, axis=1)
+        text_base = np.concatenate([[0], np.cumsum(char_end[:, -1])[:-1]])
+        char_start = char_end - chars + text_base[:, None]
+        char_end = char_end + text_base[:, None]
+        token_chars = np.fromiter(itertools.chain.from_iterable(itertools.chain.from_iterable(offset_lists)),
+                                  dtype=np.int64, count=2 * int(counts.sum())).reshape(-1, 2)
+        token_chars += np.repeat(text_base, counts)[:, None]
+        token_base = np.concatenate([[0], np.cumsum(counts)[:-1]])
+
+        def span(rows, first_slot, last_slot):
+            start = char_start[rows, first_slot] + self.spaced[slots[rows, first_slot]]
+            return _overlap(token_chars, token_base[rows], start, char_end[rows, last_slot])
+
         biod = isinstance(self.population, BioDPopulation)
         if biod:
-            K, CL = self.population.n_attributes, self.population.chunks_per_value * self.population.chunk_length
+            CL = self.population.chunks_per_value * self.population.chunk_length
             width, parts = _SUBJECT_SLOTS + 1 + CL + 1, CL
         else:
-            K, width, parts = 6, _SUBJECT_SLOTS + 1 + _BIOS_VALUE_PARTS + 1, _BIOS_VALUE_PARTS
-        position_of = np.argsort(order, axis=1)
-        value_slot = _HEAD_SLOTS + position_of * width + _SUBJECT_SLOTS + 1  # (n, K) first value part
-        rows = np.arange(n)[:, None]
-        name_chars = self._trimmed(slots[:, _HEAD_SLOTS], char_start[:, _HEAD_SLOTS],
-                                   char_end[:, _HEAD_SLOTS + _SUBJECT_SLOTS - 1])
-        last_part = value_slot + parts - 1
-        value_chars = self._trimmed(slots[rows, value_slot], char_start[rows, value_slot], char_end[rows, last_part])
-        lengths = np.array([len(x) + 1 for x in ids], dtype=np.int64)  # + the leading EOS
-        tokens = np.empty(int(lengths.sum()), dtype=np.int32)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        name = np.empty((n, 2), np.int64)
-        values = np.empty((n, K, 2), np.int64)
-        pronoun = None if biod else np.empty((n, 2), np.int64)
-        first_chunk = np.empty((n, K, 2), np.int64) if biod else None
-        if not biod:
-            second = _HEAD_SLOTS + width
-            pronoun_chars = self._trimmed(slots[:, second], char_start[:, second], char_end[:, second])
+            width, parts = _SUBJECT_SLOTS + 1 + _BIOS_VALUE_PARTS + 1, _BIOS_VALUE_PARTS
+        every = np.arange(n)
+        rows = every[:, None]
+        value_slot = _HEAD_SLOTS + np.argsort(order, axis=1) * width + _SUBJECT_SLOTS + 1  # first value part
+        name = span(every, _HEAD_SLOTS, _HEAD_SLOTS + _SUBJECT_SLOTS - 1)
+        values = span(rows, value_slot, value_slot + parts - 1)
         if biod:
-            L = self.population.chunk_length
-            chunk_end = char_end[rows, value_slot + L - 1]
-        for b in range(n):
-            tokens[offsets[b]] = self.eos_token_id
-            tokens[offsets[b] + 1 : offsets[b + 1]] = ids[b]
-            spans = np.asarray(offsets_map[b], dtype=np.int64).reshape(-1, 2)
-            name[b] = _overlap(spans, *name_chars[b])
-            for k in range(K):
-                values[b, k] = _overlap(spans, *value_chars[b, k])
-                if biod:
-                    first_chunk[b, k] = _overlap(spans, value_chars[b, k, 0], chunk_end[b, k])
-            if not biod:
-                pronoun[b] = _overlap(spans, *pronoun_chars[b])
-        return RenderedBatch(people, tokens, offsets, name, values, pronoun=pronoun, first_chunk=first_chunk)
+            first_chunk = span(rows, value_slot, value_slot + self.population.chunk_length - 1)
+            return RenderedBatch(people, tokens, offsets, name, values, first_chunk=first_chunk)
+        second = _HEAD_SLOTS + width  # the first pronoun opens the second sentence
+        return RenderedBatch(people, tokens, offsets, name, values, pronoun=span(every, second, second))
 
     def render_text(self, people: np.ndarray, exposures: np.ndarray | int) -> list[str]:
         """The biographies' text (without the EOS token, which is added as a token id)."""
@@ -129,16 +130,16 @@ class OffsetRenderer(Renderer):
         strings = self.book.strings
         return ["".join(strings[i] for i in row[_HEAD_SLOTS:]) for row in slots]
 
-    def _trimmed(self, first_piece: np.ndarray, start: np.ndarray, end: np.ndarray):
-        """(start, end) characters of a span, without the space that opens its first piece."""
-        spaced = np.vectorize(lambda p: self.book.strings[p].startswith(" "), otypes=[bool])(first_piece)
-        return np.stack([start + spaced, end], axis=-1)
 
+def _overlap(token_chars: np.ndarray, token_base: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """(first token, count) of the tokens overlapping characters [start, end) (on the batch's common character
+    axis), the first token counted from its biography's start, which is one EOS token; shape start.shape + (2,).
 
-def _overlap(token_chars: np.ndarray, start: int, end: int) -> tuple[int, int]:
-    """(first token, count) of the tokens overlapping characters [start, end), relative to a biography that
-    starts with one EOS token."""
-    overlaps = np.flatnonzero((token_chars[:, 0] < end) & (token_chars[:, 1] > start))
-    if len(overlaps) == 0:
-        raise ValueError(f"no token covers characters {start}-{end}: the tokenizer dropped them")
-    return int(overlaps[0]) + 1, int(overlaps[-1] - overlaps[0] + 1)
+    Token character ranges are non-decreasing along the batch, so the first overlapping token is the first whose
+    end lies after ``start`` and the last is the last whose start lies before ``end``."""
+    first = np.searchsorted(token_chars[:, 1], start, side="right")
+    last = np.searchsorted(token_chars[:, 0], end, side="left") - 1
+    if (last < first).any():
+        raise ValueError("no token covers the characters of a span: the tokenizer dropped them")
+    return np.stack([first - token_base.reshape(start.shape[:1] + (1,) * (start.ndim - 1)) + 1, last - first + 1],
+                    axis=-1)
