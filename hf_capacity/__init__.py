@@ -31,9 +31,15 @@ _EXPORTS = {
     "ExposureCallback": "hf_capacity.callbacks",
     "QuantizedCapacityCallback": "hf_capacity.callbacks",
     "CapacityReportCallback": "hf_capacity.callbacks",
+    "DivergenceCallback": "hf_capacity.callbacks",
+    "TrainingDivergedError": "hf_capacity.callbacks",
+    "KnowledgeOnlyEvalSet": "hf_capacity.callbacks",
+    "mix_knowledge": "hf_capacity.data",
     "CapacityTrainingConfig": "hf_capacity.training",
     "train_capacity": "hf_capacity.training",
     "load_metric": "hf_capacity.metrics",
+    "metric_inputs": "hf_capacity.metrics",
+    "num_params_for_metric": "hf_capacity.metrics",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -8,14 +8,22 @@ Without a trainer reference the metrics still land in ``trainer.state.log_histor
     trainer = Trainer(model=model, args=args, train_dataset=data.stream(100).to_dataset())
     add_capacity_callbacks(trainer, data, exposures=100)   # the one added line
     trainer.train()
+    trainer.evaluate()   # no eval_dataset needed: eval_knowledge_bits, eval_bits_per_param, ...
+
+Attaching ``KnowledgeCapacityCallback`` lets ``trainer.evaluate()`` run without an eval dataset (see
+``allow_knowledge_only_evaluate``); for the Trainer's periodic evaluation (``eval_strategy="steps"``, e.g. with
+``metric_for_best_model="eval_bits_per_param"``), whose check at construction demands an eval dataset, pass
+``eval_dataset=KnowledgeOnlyEvalSet()``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from pathlib import Path
 
+from torch.utils.data import Dataset
 from transformers import TrainerCallback
 
 from .data.knowledge_data import KnowledgeData
@@ -56,13 +64,59 @@ class _TrainerBoundCallback(TrainerCallback):
         control.should_log, control.should_evaluate, control.should_save = saved
 
 
+class KnowledgeOnlyEvalSet(Dataset):
+    """An empty stand-in eval dataset: ``trainer.evaluate()`` then measures knowledge only.
+
+    ``Trainer`` refuses ``eval_strategy="steps"``/``"epoch"`` without an eval dataset (checked when it is built).
+    Pass ``eval_dataset=KnowledgeOnlyEvalSet()`` to evaluate on the capacity metrics alone: once
+    ``KnowledgeCapacityCallback`` is attached (``add_capacity_callbacks``), such an evaluation skips the
+    Trainer's loss loop and returns ``eval_knowledge_bits``, ``eval_bits_per_param``, ... (so that
+    ``metric_for_best_model="eval_bits_per_param"`` and ``load_best_model_at_end`` work).
+    """
+
+    def __len__(self) -> int:
+        return 0
+
+    def __getitem__(self, index):
+        raise IndexError("KnowledgeOnlyEvalSet holds no examples: the capacity callbacks measure knowledge instead")
+
+
+def allow_knowledge_only_evaluate(trainer) -> None:
+    """Let ``trainer.evaluate()`` run without an eval dataset, measuring only what the callbacks measure.
+
+    Wraps the instance's ``evaluate`` (once; the class is untouched): when no eval dataset is given and the
+    trainer has none (or has a ``KnowledgeOnlyEvalSet``), the Trainer's loss loop is skipped and the callbacks'
+    ``on_evaluate`` fill the metrics (``KnowledgeCapacityCallback`` adds ``eval_knowledge_bits``, ...), which it
+    returns and which drive ``metric_for_best_model`` as usual. With a real eval dataset nothing changes.
+    Called by ``KnowledgeCapacityCallback.attach``.
+    """
+    original = trainer.evaluate
+    if getattr(original, "_knowledge_only", False):
+        return
+
+    @functools.wraps(original)
+    def evaluate(eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        chosen = trainer.eval_dataset if eval_dataset is None else eval_dataset
+        if chosen is not None and not isinstance(chosen, KnowledgeOnlyEvalSet):
+            return original(eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        metrics: dict[str, float] = {}
+        trainer.control = trainer.callback_handler.on_evaluate(trainer.args, trainer.state, trainer.control, metrics)
+        return metrics
+
+    evaluate._knowledge_only = True
+    trainer.evaluate = evaluate
+
+
 class KnowledgeCapacityCallback(_TrainerBoundCallback):
-    """Measures knowledge bits and bits/param every ``eval_steps`` steps, on every evaluate(), and at the end.
+    """Measures knowledge bits and bits/param at step 0, every ``eval_steps`` steps, on every evaluate(), and at
+    the end.
 
     Logged: ``knowledge_bits``, ``bits_per_param``, ``fraction_learned``, ``p1_name_loss``, ``p2_value_loss``
     and ``accuracy_<attribute>``; in ``evaluate()`` results with the ``eval_`` prefix (usable as
-    ``metric_for_best_model="eval_bits_per_param"``). ``history`` keeps every measurement; ``last_report``
-    the latest ``KnowledgeReport``.
+    ``metric_for_best_model="eval_bits_per_param"``), also logged to the ``report_to`` backends when attached.
+    ``history`` keeps every measurement (from step 0 unless ``measure_at_start=False`` or resumed); ``last_report``
+    the latest ``KnowledgeReport``. Attaching it (``attach``) also lets ``trainer.evaluate()`` run without an
+    eval dataset (``allow_knowledge_only_evaluate``).
     """
 
     def __init__(
@@ -75,6 +129,7 @@ class KnowledgeCapacityCallback(_TrainerBoundCallback):
         renderings: int = 1,
         on_evaluate: bool = True,
         progress: bool = False,
+        measure_at_start: bool = True,
     ):
         if eval_steps is not None and eval_steps < 1:
             raise ValueError(f"eval_steps must be >= 1 (or None: only at the end), got {eval_steps}")
@@ -82,17 +137,26 @@ class KnowledgeCapacityCallback(_TrainerBoundCallback):
         self.eval_steps = eval_steps
         self.eval_kwargs = dict(max_people=max_people, batch_size=batch_size, renderings=renderings, progress=progress)
         self.measure_on_evaluate = on_evaluate
+        self.measure_at_start = measure_at_start
         self.history: list[dict] = []
         self.last_report: KnowledgeReport | None = None
         self._measured_step = -1
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def attach(self, trainer):
+        """Add this callback to ``trainer`` (logging through it) and let ``trainer.evaluate()`` run without an
+        eval dataset. Returns ``self``."""
+        allow_knowledge_only_evaluate(trainer)
+        return super().attach(trainer)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
         # resumed from a checkpoint: the measurements made before it are in the restored log history
         if state.global_step > 0 and not self.history:
             for entry in state.log_history:
                 if "knowledge_bits" in entry and entry.get("step", 0) <= state.global_step:
                     self.history.append({k: v for k, v in entry.items() if k != "epoch"})
             self._measured_step = self.history[-1]["step"] if self.history else -1
+        elif state.global_step == 0 and self.measure_at_start and self._measured_step != 0:
+            self._log(state, control, self.measure(model, 0).log_metrics())  # the curve's first point
 
     def measure(self, model, step: int) -> KnowledgeReport:
         report = evaluate_knowledge(model, self.data, **self.eval_kwargs)
@@ -103,19 +167,23 @@ class KnowledgeCapacityCallback(_TrainerBoundCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step = state.global_step
         due = self.eval_steps is not None and step % self.eval_steps == 0
-        if (due or step >= state.max_steps) and step != self._measured_step:
+        # the last step: max_steps reached, or a stop asked by a callback before this one (ExposureCallback)
+        last = step >= state.max_steps or control.should_training_stop
+        if (due or last) and step != self._measured_step:
             self._log(state, control, self.measure(model, step).log_metrics())
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
         if not self.measure_on_evaluate or metrics is None:
             return
         report = self.last_report if self._measured_step == state.global_step else self.measure(model, state.global_step)
-        metrics.update(report.log_metrics(prefix="eval_"))
+        measured = report.log_metrics(prefix="eval_")
+        metrics.update(measured)  # evaluate()'s return value and metric_for_best_model
+        if self.trainer is not None:  # the Trainer logged its own eval metrics before on_evaluate: log ours
+            self._log(state, control, measured)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if self._measured_step != state.global_step:  # stopped early (e.g. by ExposureCallback)
-            self.measure(model, state.global_step)
-            state.log_history.append({**self.last_report.log_metrics(), "step": state.global_step})
+        if self._measured_step != state.global_step:  # stopped after on_step_end (e.g. by early stopping)
+            self._log(state, control, self.measure(model, state.global_step).log_metrics())
 
 
 class DivergenceCallback(TrainerCallback):
@@ -187,8 +255,10 @@ def _last_checkpoint_before(output_dir, step: int) -> str | None:
 class ExposureCallback(_TrainerBoundCallback):
     """Counts exposures (times each person has been seen, on average) and optionally stops at a target.
 
-    exposures = tokens trained on × useful fraction / (N × mean tokens per biography); tokens trained on =
-    step × per-device batch × gradient accumulation × processes × context length. Logged as ``exposures``.
+    exposures = tokens trained on × useful fraction × knowledge fraction / (N × mean tokens per biography);
+    tokens trained on = step × per-device batch × gradient accumulation × processes × context length; the useful
+    fraction leaves out junk windows, the knowledge fraction a user's own corpus mixed in (``mix_knowledge``:
+    the share of windows that are knowledge). Logged as ``exposures``.
     """
 
     def __init__(
@@ -197,15 +267,19 @@ class ExposureCallback(_TrainerBoundCallback):
         context_length: int,
         target_exposures: float | None = None,
         stream_exposures: int | None = None,
+        knowledge_fraction: float = 1.0,
     ):
         if target_exposures is not None and target_exposures <= 0:
             raise ValueError(f"target_exposures must be > 0, got {target_exposures}")
+        if not 0 < knowledge_fraction <= 1:
+            raise ValueError(f"knowledge_fraction must lie in (0, 1], got {knowledge_fraction}")
         self.context_length = context_length
         self.target_exposures = target_exposures
         self.stream_exposures = stream_exposures
         self.exact_exposures: int | None = None  # set at the end when training covered whole passes
         useful = 1.0 - (data.junk.fraction if data.junk else 0.0)
-        self.tokens_per_exposure = data.population.n_people * data.renderer.mean_tokens_per_biography() / useful
+        self.tokens_per_exposure = (data.population.n_people * data.renderer.mean_tokens_per_biography()
+                                    / (useful * knowledge_fraction))
         self.exposures = 0.0
 
     def _tokens_per_step(self, args) -> int:
@@ -244,8 +318,10 @@ class ExposureCallback(_TrainerBoundCallback):
 class QuantizedCapacityCallback(_TrainerBoundCallback):
     """At the end of training, measures bits after int8 and 4-bit (nf4, fp4) quantization with bitsandbytes.
 
-    Logs ``bits_per_param_<scheme>`` and ``quantized_ratio_<scheme>`` (bits after / bits before); ``results``
-    holds the ``QuantizedCapacity`` objects.
+    Logs ``bits_per_param_<scheme>`` and ``quantized_ratio_<scheme>`` (bits after / bits before) at the last
+    step, while the ``report_to`` backends are still open (or at ``on_train_end`` when training stopped after
+    its last ``on_step_end``); ``results`` holds the ``QuantizedCapacity`` objects. Attach it after
+    ``knowledge_callback`` so that the full-precision report of the last step is measured first.
     """
 
     def __init__(
@@ -262,19 +338,31 @@ class QuantizedCapacityCallback(_TrainerBoundCallback):
         self.data, self.schemes, self.knowledge_callback = data, tuple(schemes), knowledge_callback
         self.eval_kwargs = {"progress": False, "distributed": False, **eval_kwargs}  # runs on rank 0 only
         self.results: dict = {}
+        self._measured_step = -1
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step >= state.max_steps or control.should_training_stop:
+            self._measure(state, control, model)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self._measured_step != state.global_step:
+            self._measure(state, control, model)
+
+    def _measure(self, state, control, model) -> None:
         from .quantization import quantized_capacity
 
+        self._measured_step = state.global_step
         if not state.is_world_process_zero:
             return
         full = self.knowledge_callback.last_report if self.knowledge_callback else None
+        if full is not None and self.knowledge_callback._measured_step != state.global_step:
+            full = None  # an older report: quantized_capacity measures the full-precision model itself
         self.results = quantized_capacity(model, self.data, self.schemes, full_precision=full, **self.eval_kwargs)
         metrics = {}
         for scheme, q in self.results.items():
             metrics[f"bits_per_param_{scheme}"] = q.bits_per_param
             metrics[f"quantized_ratio_{scheme}"] = q.ratio_to_full_precision
-        state.log_history.append({**metrics, "step": state.global_step})
+        self._log(state, control, metrics)
         logger.info("quantized capacity: %s", metrics)
 
     def summary(self) -> dict[str, dict]:
@@ -327,13 +415,22 @@ class CapacityReportCallback(_TrainerBoundCallback):
         exposures = self.exposure_callback.exposures if self.exposure_callback else None
         exact = self.exposure_callback.exact_exposures if self.exposure_callback else None
         quantized = self.quantized_callback.summary() if self.quantized_callback else None
-        extra = {"history": self.knowledge_callback.history, "exposures": exact if exact is not None else exposures,
+        per_step = self.exposure_callback.exposures_at(args, 1) if self.exposure_callback and args else None
+        history = [dict(h) for h in self.knowledge_callback.history]
+        if per_step is not None:
+            for h in history:
+                h.setdefault("exposures", round(h["step"] * per_step, 4))
+        extra = {"history": history, "exposures": exact if exact is not None else exposures,
                  "exposures_exact": exact is not None, "quantized": quantized}
         if model is not None and hasattr(model, "config"):
             extra["model_type"] = getattr(model.config, "model_type", None)
         results = write_results(out, report, **extra)
-        plot = plot_training_curve(self.knowledge_callback.history, report.bits_max.total, out / "knowledge_curve.png")
         name = self.model_name or Path(output_dir).name
+        plot = plot_training_curve(
+            history, report.bits_max.total, out / "knowledge_curve.png", num_params=report.num_params.capacity,
+            exposures_per_step=per_step, data=f"{report.family}(N={report.n_people:,})",
+            model=f"{name} ({extra.get('model_type') or 'causal LM'}, P = {report.num_params.capacity:,})",
+        )
         summary = ""
         if args is not None and state is not None:
             summary = (
@@ -351,6 +448,7 @@ class CapacityReportCallback(_TrainerBoundCallback):
             training_summary=summary,
             quantized=quantized,
             repo_hint=getattr(args, "hub_model_id", None) or str(output_dir),
+            curve_png=plot.name,
         )
         card_path = out / "README.md"
         card.save(card_path)
@@ -376,6 +474,17 @@ def push_capacity_files(output_dir, repo_id: str, token: str | None = None):
         ) from err
 
 
+def _knowledge_fraction(dataset) -> float:
+    """The share of knowledge windows in a ``mix_knowledge`` dataset (its ``knowledge`` column), else 1."""
+    from .data.stream import KNOWLEDGE_COLUMN
+
+    columns = getattr(dataset, "column_names", None) or []
+    if KNOWLEDGE_COLUMN not in columns or not len(dataset):
+        return 1.0
+    flags = dataset[KNOWLEDGE_COLUMN]
+    return max(sum(flags) / len(flags), 1e-12)
+
+
 def add_capacity_callbacks(
     trainer,
     data: KnowledgeData,
@@ -391,6 +500,11 @@ def add_capacity_callbacks(
 ) -> dict[str, TrainerCallback]:
     """Attach the capacity callbacks to ``trainer`` in one call; returns them by name.
 
+    Every metric they measure reaches the ``report_to`` backends and ``trainer.state.log_history``: knowledge
+    (at step 0, every ``eval_steps`` and at the end), ``exposures``, the quantized ``bits_per_param_<scheme>``
+    and, on ``trainer.evaluate()``, the ``eval_*`` ones, which ``evaluate()`` also returns. ``evaluate()`` needs
+    no eval dataset (``allow_knowledge_only_evaluate``).
+
     ``exposures``: stop at this many exposures (ExposureCallback); ``quantized``: schemes to measure at the
     end, e.g. ("int8", "nf4"); ``report``: write results.json, plot and model card into the output dir;
     ``divergence``: stop with ``TrainingDivergedError`` when the loss or gradients turn non-finite;
@@ -401,13 +515,16 @@ def add_capacity_callbacks(
     if divergence:
         callbacks["divergence"] = DivergenceCallback()
         trainer.add_callback(callbacks["divergence"])
-    knowledge = KnowledgeCapacityCallback(data, eval_steps, max_people=max_people).attach(trainer)
-    callbacks["knowledge"] = knowledge
     context = context_length
     if context is None:
         sample = trainer.train_dataset[0] if hasattr(trainer.train_dataset, "__getitem__") else None
         context = len(sample["input_ids"]) if sample is not None else 512
-    callbacks["exposures"] = ExposureCallback(data, context, exposures, stream_exposures).attach(trainer)
+    # before the knowledge callback, so that a stop at the target exposures is measured at that very step
+    callbacks["exposures"] = ExposureCallback(
+        data, context, exposures, stream_exposures, knowledge_fraction=_knowledge_fraction(trainer.train_dataset)
+    ).attach(trainer)
+    knowledge = KnowledgeCapacityCallback(data, eval_steps, max_people=max_people).attach(trainer)
+    callbacks["knowledge"] = knowledge
     if quantized:
         callbacks["quantized"] = QuantizedCapacityCallback(
             data, tuple(quantized), knowledge, max_people=max_people

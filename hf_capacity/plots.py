@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["plot_capacity", "plot_capacity_ratio", "plot_knowledge_curves", "plot_loss_law"]
+__all__ = ["plot_capacity", "plot_capacity_ratio", "plot_knowledge_curves", "plot_loss_law", "training_curve_figure"]
 
 
 def _column(data: Any, name: str, *, required: bool = True) -> np.ndarray | None:
@@ -152,6 +152,62 @@ def plot_knowledge_curves(curves: Mapping[str, tuple[Any, Any]], out_png: str | 
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, out_png)
+
+
+def training_curve_figure(history: Sequence[Mapping[str, Any]], bits_max: float, *, num_params: int | None = None,
+                          exposures_per_step: float | None = None, model: str | None = None,
+                          data: str | None = None, title: str | None = None) -> Figure:
+    """One run's knowledge curve as a `Figure`: bits learned against exposures, read at a glance.
+
+    `history`: the knowledge callback's measurements, dicts with ``step`` and ``knowledge_bits`` (and
+    optionally ``exposures``, ``bits_per_param``), from step 0. x: exposures per person (an entry's
+    ``exposures``, else ``step * exposures_per_step``; training steps when neither is known), with training
+    steps on the top axis; y: bits from 0, with `bits_max` dashed and, when P is known (`num_params`, or
+    bits / bits_per_param of the history), bits per parameter on the right axis. The title names `model` and
+    `data` (e.g. "gpt2-2-2, P = 1.2M" and "bioS(N=10,000)") unless `title` is given; the last point is labelled.
+    """
+    if not history:
+        raise ValueError("history is empty: nothing to plot (the knowledge callback measured nothing)")
+    order = sorted(range(len(history)), key=lambda i: history[i]["step"])
+    steps = np.array([history[i]["step"] for i in order], dtype=float)
+    bits = np.array([history[i]["knowledge_bits"] for i in order], dtype=float)
+    if all("exposures" in h for h in history):
+        x = np.array([history[i]["exposures"] for i in order], dtype=float)
+        nonzero = steps > 0
+        exposures_per_step = float(np.median(x[nonzero] / steps[nonzero])) if nonzero.any() else exposures_per_step
+    elif exposures_per_step is not None:
+        x = steps * exposures_per_step
+    else:
+        x = steps
+    if num_params is None:
+        ratios = [(h["knowledge_bits"], h["bits_per_param"]) for h in history if h.get("bits_per_param")]
+        num_params = round(ratios[0][0] / ratios[0][1]) if ratios else None
+
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.add_subplot()
+    ax.plot(x, bits, "o-", ms=4, lw=1.2, color="tab:blue", label="bits learned", clip_on=False, zorder=3)
+    ax.axhline(bits_max, color="grey", ls="--", lw=1, label=f"bits_max (data): {bits_max:,.0f}")
+    label = f"{bits[-1]:,.0f} bits ({100 * bits[-1] / bits_max:.1f}% of bits_max)"
+    if num_params:
+        label += f"\n{bits[-1] / num_params:.3f} bits/param"
+    ax.annotate(label, (x[-1], bits[-1]), xytext=(-6, 8), textcoords="offset points", ha="right", va="bottom",
+                fontsize=8, color="tab:blue", bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.8))
+    ax.set_xlim(left=0, right=max(float(x.max()), 1e-9) * 1.04)
+    ax.set_ylim(bottom=0, top=max(float(bits_max), float(bits.max())) * 1.1)
+    ax.set_xlabel("exposures per person" if exposures_per_step is not None else "training step")
+    ax.set_ylabel("knowledge learned (bits)")
+    if exposures_per_step:
+        top = ax.secondary_xaxis("top", functions=(lambda e: e / exposures_per_step, lambda s: s * exposures_per_step))
+        top.set_xlabel("training step")
+    if num_params:
+        right = ax.secondary_yaxis("right", functions=(lambda b: b / num_params, lambda r: r * num_params))
+        right.set_ylabel("bits per parameter (R = bits / P)")
+    if title is None:
+        title = "Knowledge learned" + (f": {model}" if model else "") + (f" on {data}" if data else "")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
 
 
 def plot_loss_law(n_params: Any, n_tokens: Any, loss: Any, fit: Any, out_png: str | os.PathLike, *,

@@ -27,31 +27,17 @@ def write_results(output_dir: str | os.PathLike, report: KnowledgeReport, **extr
     return path
 
 
-def plot_training_curve(history: list[dict], bits_max: float, out_png: str | os.PathLike, title: str = "") -> Path:
-    """Knowledge bits (and fraction learned) against training step, with the data's bits_max."""
-    import matplotlib
+def plot_training_curve(history: list[dict], bits_max: float, out_png: str | os.PathLike, title: str = "", *,
+                        num_params: int | None = None, exposures_per_step: float | None = None,
+                        model: str | None = None, data: str | None = None) -> Path:
+    """Write the knowledge curve PNG (``knowledge_curve.png``): bits learned from step 0 against exposures, bits
+    per parameter on the right axis, model and data in the title. See ``plots.training_curve_figure``, which
+    returns the figure itself."""
+    from .plots import _save, training_curve_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not history:
-        raise ValueError("history is empty: nothing to plot")
-    steps = [h["step"] for h in history]
-    bits = [h["knowledge_bits"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.plot(steps, bits, marker="o", label="bits learned")
-    ax.axhline(bits_max, color="gray", linestyle="--", label="bits_max (data)")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("knowledge (bits)")
-    ax.set_title(title or "knowledge learned during training")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    fig = training_curve_figure(history, bits_max, num_params=num_params, exposures_per_step=exposures_per_step,
+                                model=model, data=data, title=title or None)
+    return Path(_save(fig, out_png))
 
 
 def model_card(
@@ -63,8 +49,12 @@ def model_card(
     training_summary: str = "",
     quantized: dict[str, dict] | None = None,
     repo_hint: str = "path/to/model",
+    curve_png: str | None = None,
 ):
-    """A ``huggingface_hub.ModelCard`` with the capacity results and a ``model-index`` of eval results."""
+    """A ``huggingface_hub.ModelCard`` with the capacity results and a ``model-index`` of eval results.
+
+    ``curve_png``: the knowledge curve's file name next to the card (``knowledge_curve.png``), embedded as an
+    image; None leaves it out."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     d = report.to_dict()
@@ -123,6 +113,7 @@ def model_card(
         quantized_section=quantized_section,
         attribute_rows=rows,
         training_summary=training_summary or "See `results.json`.",
+        curve_section=f"![Knowledge learned during training]({curve_png})\n" if curve_png else "",
         repo_hint=repo_hint,
     )
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")

@@ -2,13 +2,17 @@
 
 import math
 
+from types import SimpleNamespace
+
 import evaluate
 import numpy as np
 import pytest
+import torch
 
 from hf_capacity import bits
 from hf_capacity.data import BioDPopulation
-from hf_capacity.metrics import METRIC_PATH, load_metric
+from hf_capacity.evaluation import evaluate_knowledge, span_losses
+from hf_capacity.metrics import METRIC_PATH, load_metric, metric_inputs, num_params_for_metric
 
 LN2 = math.log(2)
 
@@ -118,3 +122,72 @@ def test_unknown_family_or_setting_at_load(tmp_path):
         load_metric(config_name="bioX", cache_dir=str(tmp_path))
     with pytest.raises(TypeError, match="unknown settings \\['num_param'\\]"):
         load_metric(num_param=10, cache_dir=str(tmp_path))
+
+
+class PartialOracle(torch.nn.Module):
+    """A tiny 'model' that half knows the next token: intermediate losses, so no bits term is clipped to 0."""
+
+    def __init__(self, vocab_size: int, confidence: float = 8.0):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab_size, 4)
+        self.confidence = confidence
+        self.config = SimpleNamespace(position_embedding_type="rotary")
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def forward(self, input_ids, attention_mask=None):
+        logits = torch.zeros(*input_ids.shape, self.embed.num_embeddings)
+        logits[:, :-1].scatter_(-1, input_ids[:, 1:, None], self.confidence)
+        return SimpleNamespace(logits=logits)
+
+
+def tiny_gpt2(vocab_size: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=1, n_head=2, n_positions=256))
+
+
+@pytest.mark.parametrize("data_name", ["bios_data", "biod_data"])
+@pytest.mark.parametrize("model_kind", ["partial_oracle", "tiny_gpt2"])
+def test_metric_inputs_give_the_bits_of_evaluate_knowledge(metric, request, data_name, model_kind):
+    data = request.getfixturevalue(data_name)
+    vocab = len(data.tokenizer)
+    model = PartialOracle(vocab) if model_kind == "partial_oracle" else tiny_gpt2(vocab)
+    report = evaluate_knowledge(model, data, progress=False)
+    inputs = metric_inputs(span_losses(model, data, progress=False), data, model=model)
+    result = metric.compute(**inputs)
+    assert result["bits"] == pytest.approx(report.bits.total, abs=1e-6)
+    assert (result["p1"], result["p2"]) == (pytest.approx(report.p1, abs=1e-9), pytest.approx(report.p2, abs=1e-9))
+    assert result.get("p3") == (None if report.p3 is None else pytest.approx(report.p3, abs=1e-9))
+    assert result["bits_per_param"] == pytest.approx(report.bits_per_param, abs=1e-9)
+    assert inputs["num_params"] == num_params_for_metric(model, data) == report.num_params.capacity
+    if model_kind == "partial_oracle":  # a real test of the sums: no term clipped at 0
+        assert 0 < result["name_bits"] and 0 < result["value_bits"] and result["bits"] < result["bits_max"]
+    # the report itself gives the same bits (its inputs repeat the mean losses)
+    from_report = metric.compute(**metric_inputs(report, data))
+    assert from_report["bits"] == pytest.approx(report.bits.total, abs=1e-6)
+    assert from_report["bits_per_param"] == pytest.approx(report.bits_per_param, abs=1e-9)
+
+
+def test_the_natural_guess_is_wrong_and_metric_inputs_of_a_subsample_extrapolate(metric, bios_data):
+    model = PartialOracle(len(bios_data.tokenizer))
+    losses = span_losses(model, bios_data, progress=False)
+    guess = metric.compute(name_loss=losses.name_loss, value_loss=losses.value_loss.sum(1))
+    assert guess["bits"] != pytest.approx(evaluate_knowledge(model, bios_data, progress=False).bits.total)
+
+    report = evaluate_knowledge(model, bios_data, max_people=50, progress=False)
+    people = np.sort(np.random.default_rng(0).choice(bios_data.population.n_people, size=50, replace=False))
+    inputs = metric_inputs(span_losses(model, bios_data, people, progress=False), bios_data)
+    result = metric.compute(**inputs)
+    assert (result["n_people"], result["n_evaluated"]) == (300, 50) and "num_params" not in inputs
+    assert result["bits"] == pytest.approx(report.bits.total, abs=1e-6) and result["bits_stderr"] > 0
+
+
+def test_metric_inputs_say_what_they_need(biod_data):
+    with pytest.raises(TypeError, match="SpanLosses"):
+        metric_inputs({"name_loss": [1.0]})
+    report = evaluate_knowledge(PartialOracle(len(biod_data.tokenizer)), biod_data, max_people=5, progress=False)
+    with pytest.raises(ValueError, match="needs its data"):
+        metric_inputs(report)

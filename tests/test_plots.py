@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hf_capacity.plots import plot_capacity, plot_capacity_ratio, plot_loss_law
+from hf_capacity.plots import plot_capacity, plot_capacity_ratio, plot_loss_law, training_curve_figure
+from hf_capacity.report import plot_training_curve
 from hf_capacity.scaling import HOFFMANN_2022, fit_capacity_law
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -51,3 +52,34 @@ def test_plot_rejects_bad_input(tmp_path, runs):
         plot_capacity(runs.drop(columns="bits_max"), tmp_path / "x.png")
     with pytest.raises(ValueError, match=".png"):
         plot_capacity_ratio(runs, tmp_path / "x.jpg")
+
+
+HISTORY = [{"step": s, "knowledge_bits": b, "bits_per_param": b / 20_000}
+           for s, b in [(0, 0.0), (60, 300.0), (120, 900.0), (240, 1450.0)]]
+
+
+def test_knowledge_curve_reads_at_a_glance(tmp_path):
+    fig = training_curve_figure(HISTORY, 1850.0, num_params=20_000, exposures_per_step=0.625,
+                                model="gpt2-2-2 (P = 20,000)", data="bioS(N=30)")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "exposures per person" and ax.get_ylabel() == "knowledge learned (bits)"
+    assert ax.get_ylim()[0] == 0 and ax.get_xlim()[0] == 0 and ax.get_ylim()[1] > 1850
+    secondary = {a.get_xlabel() or a.get_ylabel() for a in ax.child_axes}
+    assert secondary == {"training step", "bits per parameter (R = bits / P)"}
+    assert "gpt2-2-2" in ax.get_title() and "bioS(N=30)" in ax.get_title()
+    x, y = ax.lines[0].get_data()
+    assert list(x) == [0.0, 37.5, 75.0, 150.0] and y[0] == 0.0  # exposures = step × exposures per step
+    path = plot_training_curve(HISTORY, 1850.0, tmp_path / "knowledge_curve.png", num_params=20_000,
+                               exposures_per_step=0.625)
+    assert_png(str(path))
+
+
+def test_knowledge_curve_without_exposures_falls_back_to_steps():
+    history = [{k: v for k, v in h.items() if k != "bits_per_param"} for h in HISTORY]
+    ax = training_curve_figure(history, 1850.0).axes[0]
+    assert ax.get_xlabel() == "training step" and ax.child_axes == []  # neither exposures nor P known
+    exposures = [{**h, "exposures": h["step"] / 10} for h in HISTORY]  # results.json history carries them
+    ax = training_curve_figure(exposures, 1850.0).axes[0]
+    assert ax.get_xlabel() == "exposures per person" and len(ax.child_axes) == 2  # P from bits / bits_per_param
+    with pytest.raises(ValueError, match="history is empty"):
+        training_curve_figure([], 1850.0)

@@ -1,6 +1,7 @@
 """Training runs with the capacity callbacks: real tiny models, real steps, real reports."""
 
 import json
+import math
 
 import pytest
 from huggingface_hub import ModelCard
@@ -9,6 +10,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from hf_capacity.callbacks import (
     ExposureCallback,
     KnowledgeCapacityCallback,
+    KnowledgeOnlyEvalSet,
     add_capacity_callbacks,
     push_capacity_files,
 )
@@ -49,13 +51,15 @@ def test_train_capacity_writes_model_report_curve_and_card(tmp_path, capsys):
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     assert results["bits_max"] == pytest.approx(report.bits_max.total)
-    assert [h["step"] for h in results["history"]] == [6, 12]
+    assert [h["step"] for h in results["history"]] == [0, 6, 12]  # the curve starts before the first step
+    assert results["history"][0]["exposures"] == 0 and results["history"][-1]["exposures"] > 0
     assert results["quantized"]["int8"]["bits_per_param"] >= 0
     assert results["exposures"] == pytest.approx(12 * 4 * 128 / (30 * report_tokens_per_bio(trainer, out)), rel=0.1)
     card = ModelCard.load(out / "README.md")
     metrics = {r.metric_type for r in card.data.eval_results}
     assert {"knowledge_bits", "bits_per_param", "bits_per_param_int8"} <= metrics
     assert card.data.model_name == "run"
+    assert "![Knowledge learned during training](knowledge_curve.png)" in card.text
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses[-1] < losses[0]  # it trained
 
@@ -99,9 +103,76 @@ def test_metrics_reach_report_to_backends_and_evaluate(tmp_path):
     logged_keys = set().union(*backend.logged)
     assert {"knowledge_bits", "bits_per_param", "accuracy_birth_city", "exposures", "loss"} <= logged_keys
     assert sum("loss" in logs for logs in backend.logged) == 2  # the Trainer's own loss logs survive
-    metrics = trainer.evaluate()
-    assert "eval_knowledge_bits" in metrics and "eval_bits_per_param" in metrics
-    assert len(callbacks["knowledge"].history) == 2
+    metrics = trainer.evaluate()  # the user's own eval set: the Trainer's eval loss, plus the capacity metrics
+    assert "eval_loss" in metrics and "eval_knowledge_bits" in metrics and "eval_bits_per_param" in metrics
+    assert "eval_knowledge_bits" in backend.logged[-1] and any("eval_loss" in logs for logs in backend.logged)
+    assert [h["step"] for h in callbacks["knowledge"].history] == [0, 3, 6]
+
+
+def tensorboard_scalars(log_dir) -> dict[str, list]:
+    """Every scalar of the TensorBoard event files under ``log_dir``: tag -> [(step, value), ...]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict[str, list] = {}
+    folders = sorted({path.parent for path in log_dir.rglob("events.out.tfevents.*")})
+    assert folders, f"no TensorBoard event file under {log_dir}"
+    for folder in folders:
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend((e.step, e.value) for e in events.Scalars(tag))
+    return scalars
+
+
+def test_every_capacity_metric_reaches_tensorboard_and_evaluate_needs_no_eval_set(tmp_path, monkeypatch):
+    from hf_capacity.training import build_data
+
+    log_dir = tmp_path / "tb"
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(log_dir))  # transformers 5 reads it; no logging_dir arg
+    config = tiny_config(tmp_path)
+    data = build_data(config)
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), per_device_train_batch_size=4, max_steps=6, logging_steps=3,
+                             report_to=["tensorboard"], use_cpu=True, save_strategy="no", disable_tqdm=True)
+    trainer = Trainer(model=build_model(config, data.tokenizer), args=args,
+                      train_dataset=data.stream(2, 128).to_dataset(progress=False))
+    add_capacity_callbacks(trainer, data, eval_steps=3, quantized=("int8",), report=False)
+    trainer.train()
+    metrics = trainer.evaluate()  # as the README shows it: the Trainer has no eval_dataset
+    assert {"eval_knowledge_bits", "eval_bits_per_param", "eval_fraction_learned"} <= set(metrics)
+    assert "eval_loss" not in metrics  # nothing else was evaluated
+
+    scalars = tensorboard_scalars(log_dir)
+    train_tags = ["train/knowledge_bits", "train/bits_per_param", "train/fraction_learned", "train/p1_name_loss",
+                  "train/accuracy_birth_city", "train/exposures"]
+    eval_tags = ["eval/knowledge_bits", "eval/bits_per_param", "eval/fraction_learned", "eval/p2_value_loss"]
+    for tag in train_tags + eval_tags + ["train/bits_per_param_int8"]:
+        assert tag in scalars, f"{tag} missing from TensorBoard; have {sorted(scalars)}"
+        assert all(math.isfinite(value) for _, value in scalars[tag]), tag
+    assert [step for step, _ in scalars["train/knowledge_bits"]] == [0, 3, 6]
+    assert [step for step, _ in scalars["train/bits_per_param_int8"]] == [6]
+    assert [step for step, _ in scalars["eval/knowledge_bits"]] == [6]
+    assert scalars["eval/p2_value_loss"][0][1] == pytest.approx(metrics["eval_p2_value_loss"], rel=1e-6)
+    assert len(scalars["train/loss"]) == 2  # the Trainer's own loss logs survive the callbacks' logging
+
+
+def test_knowledge_only_periodic_evaluation_drives_metric_for_best_model(tmp_path):
+    from hf_capacity.training import build_data
+
+    config = tiny_config(tmp_path)
+    data = build_data(config)
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), per_device_train_batch_size=4, max_steps=6,
+                             learning_rate=3e-3, eval_strategy="steps", eval_steps=3, logging_steps=3,
+                             metric_for_best_model="eval_p2_value_loss", greater_is_better=False,
+                             report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
+    backend = RecordingBackend()
+    trainer = Trainer(model=build_model(config, data.tokenizer), args=args, callbacks=[backend],
+                      train_dataset=data.stream(2, 128).to_dataset(progress=False), eval_dataset=KnowledgeOnlyEvalSet())
+    knowledge = add_capacity_callbacks(trainer, data, eval_steps=3, report=False)["knowledge"]
+    trainer.train()
+    evaluated = [logs["eval_p2_value_loss"] for logs in backend.logged if "eval_p2_value_loss" in logs]
+    assert len(evaluated) == 2 and not any("eval_loss" in logs for logs in backend.logged)
+    assert trainer.state.best_metric == min(evaluated)
+    assert len(knowledge.history) == 3  # step 0, 3, 6: the evaluations reused the measurements of their step
 
 
 def test_exposure_callback_stops_at_the_target(tmp_path):
