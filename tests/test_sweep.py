@@ -368,9 +368,9 @@ def test_predict_rejects_bad_input(argv, message):
 
 def test_knowledge_curves_are_kept_and_plotted(tiny_sweep, tmp_path, capsys):
     out, table = tiny_sweep
-    curve = json.loads(table["knowledge_curve"].iloc[0])  # [[exposures, bits], ...] at steps 2 and 4
-    assert len(curve) == 2 and 0 < curve[0][0] < curve[1][0]
-    assert curve[1][0] == pytest.approx(table["exposures_trained"].iloc[0], rel=1e-3)
+    curve = json.loads(table["knowledge_curve"].iloc[0])  # [[exposures, bits], ...] at steps 0, 2 and 4
+    assert len(curve) == 3 and curve[0] == [0.0, 0.0] and 0 < curve[1][0] < curve[2][0]
+    assert curve[2][0] == pytest.approx(table["exposures_trained"].iloc[0], rel=1e-3)
     cli(["plot", str(out), "--out", str(tmp_path / "figs")])
     paths = capsys.readouterr().out.split()
     assert str(tmp_path / "figs" / "knowledge_curves.png") in paths
