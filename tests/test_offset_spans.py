@@ -116,3 +116,66 @@ def test_a_slow_or_eos_less_tokenizer_is_refused_clearly():
     tokenizer.eos_token = None
     with pytest.raises(ValueError, match="no eos_token"):
         KnowledgeData.create(BioSPopulation(n_people=5, seed=0), tokenizer=tokenizer).renderer
+
+
+def per_person_losses(model, tokenizer, text, person):
+    """A plain loop's p1 and p2 terms for one biography: find each value's characters in the text, take the tokens
+    that overlap them, sum their next-token losses (nats). Independent of the renderer's span bookkeeping."""
+    import torch
+
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = torch.tensor([[tokenizer.eos_token_id, *encoded["input_ids"]]])
+    with torch.no_grad():
+        logits = model(ids).logits[0, :-1].float()
+    token_loss = torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="none")  # loss of token i+1
+
+    def span_loss(start, end):
+        hits = [i + 1 for i, (s, e) in enumerate(encoded["offset_mapping"]) if s < end and e > start]
+        return float(sum(token_loss[i - 1] for i in hits))
+
+    name = span_loss(0, len(person["name"]))
+    values = 0.0
+    for attribute in ("birth_date", "birth_city", "university", "major", "employer"):  # working city is out
+        start = text.index(person[attribute])
+        values += span_loss(start, start + len(person[attribute]))
+    pronoun = "He" if person["gender"] == "male" else "She"
+    start = text.index(". ") + 2
+    values += span_loss(start, start + len(pronoun))
+    return name, values
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_bits_of_a_trained_stock_model_match_a_plain_per_person_loop(family):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from hf_capacity.evaluation import evaluate_knowledge
+    from hf_capacity.params import count_parameters
+
+    tokenizer = byte_level_bpe()
+    data = KnowledgeData.create(BioSPopulation(n_people=24, seed=3), tokenizer=tokenizer)
+    torch.manual_seed(0)
+    if family == "llama":  # untied input and output embeddings
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                             max_position_embeddings=512, tie_word_embeddings=False))
+    else:  # tied
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=512))
+    windows = data.stream(20, 128).to_dataset(progress=False).with_format("torch")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for start in range(0, len(windows), 8):  # a real, short training run
+        batch = windows[start : start + 8]
+        model(input_ids=batch["input_ids"].long(), labels=batch["labels"]).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+    report = evaluate_knowledge(model, data, progress=False)
+    texts = data.renderer.render_text(np.arange(24), -1)  # the evaluation rendering
+    losses = np.array([per_person_losses(model, tokenizer, t, data.population.person(b)) for b, t in enumerate(texts)])
+    assert report.p1 == pytest.approx(losses[:, 0].mean(), rel=1e-5)
+    assert report.p2 == pytest.approx(losses[:, 1].mean(), rel=1e-5)
+    used = len(data.used_token_ids())
+    unused_rows = (len(tokenizer) - used) * 32 * (2 if family == "llama" else 1)
+    assert count_parameters(model, data.used_token_ids()).capacity == model.num_parameters() - unused_rows
+    assert report.num_params.capacity == model.num_parameters() - unused_rows
