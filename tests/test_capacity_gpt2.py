@@ -388,3 +388,15 @@ def test_fused_loss_applies_only_in_training():
     ids = random_ids()
     out = model(ids, labels=ids)
     assert out.logits is not None and torch.isfinite(out.loss)
+
+
+def test_fused_loss_is_exact_where_a_probability_underflows():
+    from hf_capacity.models.capacity_gpt2.modeling_capacity_gpt2 import FusedLinearCrossEntropy
+
+    hidden = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    weight = torch.tensor([[200.0, 0.0], [0.0, 200.0], [-200.0, 0.0]], requires_grad=True)
+    labels = torch.tensor([2, 1])  # row 0's target has probability e^-400: far below float32's range
+    fused = FusedLinearCrossEntropy.apply(hidden, weight, labels, 128)
+    plain = torch.nn.functional.cross_entropy(hidden @ weight.T, labels, reduction="sum")
+    torch.testing.assert_close(fused, plain)
+    assert fused.item() == pytest.approx(400.0, rel=1e-5)

@@ -486,12 +486,15 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             logits = (h @ weight.T).float()
             valid = y != -100
             target = torch.where(valid, y, 0)
-            top = logits.amax(dim=1, keepdim=True)
-            picked = logits.gather(1, target[:, None]) - top
-            logits.sub_(top).exp_()
-            norm = logits.sum(dim=1, keepdim=True)
-            total += ((norm.log() - picked) * valid[:, None]).sum()
-            probs = logits.div_(norm)  # softmax in place
+            probs = torch.softmax(logits, dim=1)  # one fused pass
+            picked = probs.gather(1, target[:, None])
+            loss = -picked.clamp_min(1e-30).log()
+            tiny = picked < 1e-30  # the probability underflowed: that token's loss from the logits, exactly
+            if tiny.any():
+                rows = tiny[:, 0]
+                exact = torch.logsumexp(logits[rows], dim=1) - logits[rows].gather(1, target[rows, None])[:, 0]
+                loss[rows, 0] = exact
+            total += (loss * valid[:, None]).sum()
             probs.scatter_add_(1, target[:, None], -valid[:, None].float())
             probs.mul_(valid[:, None])
             probs = probs.to(h.dtype)
