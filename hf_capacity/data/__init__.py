@@ -2,6 +2,7 @@
 
 from .knowledge_data import KnowledgeData
 from .population import BioDPopulation, BioSPopulation, load_pools, population_from_config
+from .random_sequences import RandomSequences
 from .render import RenderedBatch, Renderer, evaluation_exposure, load_templates
 from .stream import JunkConfig, PackedStream, exposure_rounds, mix_knowledge
 from .tokenizer import train_tokenizer
@@ -12,6 +13,7 @@ __all__ = [
     "JunkConfig",
     "KnowledgeData",
     "PackedStream",
+    "RandomSequences",
     "RenderedBatch",
     "Renderer",
     "evaluation_exposure",

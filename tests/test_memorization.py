@@ -1,0 +1,70 @@
+"""Memorization capacity on random data: exact information, memorized bits of a trained model, the plateau fit."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hf_capacity.data.random_sequences import RandomSequences
+from hf_capacity.memorization import memorized_bits, relative_memorization
+from hf_capacity.models.capacity_gpt2 import CapacityGPT2Config, CapacityGPT2ForCausalLM
+from hf_capacity.scaling import fit_memorization_plateau
+
+
+def test_random_sequences_carry_exactly_n_s_log2_v_bits():
+    data = RandomSequences(n_sequences=100, length=32, vocab_size=64, seed=3)
+    assert data.entropy_bits == 100 * 32 * 6 and data.bits_per_sequence == 192
+    ids = data.input_ids()
+    assert ids.shape == (100, 33) and (ids[:, 0] == 64).all() and ids[:, 1:].max() < 64
+    assert (RandomSequences(200, 32, 64, seed=3).tokens()[:100] == data.tokens()).all()  # a larger N extends it
+    assert not (data.held_out().tokens() == data.tokens()).all(axis=1).any()
+    assert data.to_dataset()[0]["input_ids"] == ids[0].tolist()
+    with pytest.raises(ValueError, match="vocab_size"):
+        RandomSequences(10, 8, 1)
+
+
+def test_a_trained_model_memorizes_its_set_and_nothing_of_a_held_out_one():
+    data = RandomSequences(n_sequences=32, length=16, vocab_size=16, seed=0)
+    torch.manual_seed(0)
+    config = CapacityGPT2Config(vocab_size=data.model_vocab_size, hidden_size=64, num_hidden_layers=2,
+                                num_attention_heads=2, max_position_embeddings=32)
+    model = CapacityGPT2ForCausalLM(config)
+    untrained = memorized_bits(model, data)
+    ids = torch.as_tensor(data.input_ids())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):  # full-batch steps over the 32 sequences
+        model(ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    trained = memorized_bits(model, data)
+    held_out = memorized_bits(model, data.held_out())
+    assert untrained.bits_total < 0.02 * data.entropy_bits
+    assert trained.bits_total > 0.3 * data.entropy_bits  # 2,048 bits in the set
+    assert held_out.bits_total < 0.02 * data.entropy_bits
+    assert trained.bits_per_param == pytest.approx(trained.bits_total / sum(p.numel() for p in model.parameters()))
+    # against the untrained model as reference, the trained one memorized at least what it did in absolute terms
+    text = relative_memorization(model, CapacityGPT2ForCausalLM(config), data.input_ids())
+    assert text.bits_total > 0.5 * trained.bits_total
+
+
+@pytest.mark.parametrize("capacity, k", [(5e4, 3.0), (2e5, 1.5)])
+def test_the_plateau_fit_recovers_a_known_capacity(capacity, k):
+    data_bits = np.geomspace(capacity / 20, capacity * 20, 12)
+    exact = (data_bits ** -k + capacity ** -k) ** (-1 / k)
+    covered = 0
+    for draw in range(8):  # 2% noise on every point, 8 independent curves
+        noisy = exact * (1 + 0.02 * np.random.default_rng(draw).standard_normal(exact.size))
+        fit = fit_memorization_plateau(data_bits, noisy, num_params=10_000, n_bootstrap=60, seed=draw)
+        assert fit.capacity_bits == pytest.approx(capacity, rel=0.05)
+        covered += fit.ci[0] <= capacity <= fit.ci[1]
+    assert covered >= 6  # a 95% interval covers the truth most of the time
+    assert fit.bits_per_param == pytest.approx(fit.capacity_bits / 10_000)
+    assert fit.predict(capacity * 1e3) == pytest.approx(fit.capacity_bits, rel=1e-3)
+
+
+def test_the_plateau_fit_refuses_a_curve_without_a_plateau():
+    data_bits = np.geomspace(1e3, 1e5, 6)
+    with pytest.raises(ValueError, match="plateau is beyond the data"):
+        fit_memorization_plateau(data_bits, 0.99 * data_bits)
+    assert math.isfinite(fit_memorization_plateau(data_bits, np.minimum(data_bits, 2e4), n_bootstrap=0).capacity_bits)
