@@ -252,6 +252,44 @@ def _last_checkpoint_before(output_dir, step: int) -> str | None:
     return str(max(steps)[1]) if steps else None
 
 
+class MemorizationCallback(_TrainerBoundCallback):
+    """Measures memorized bits of random sequences (``hf_capacity.memorization``) every ``eval_steps`` steps and
+    at the end, and with the ``eval_`` prefix on every evaluate(): ``memorized_bits``, ``memorized_bits_per_param``,
+    ``memorized_fraction`` (and ``heldout_memorized_bits`` when ``held_out`` is given: ≈ 0 for a model that
+    memorized rather than learned a rule). ``history`` keeps every measurement."""
+
+    def __init__(self, sequences, eval_steps: int | None = None, *, held_out=None, num_params: int | None = None):
+        if eval_steps is not None and eval_steps < 1:
+            raise ValueError(f"eval_steps must be >= 1 (or None: only at the end), got {eval_steps}")
+        self.sequences, self.held_out, self.eval_steps, self.num_params = sequences, held_out, eval_steps, num_params
+        self.history: list[dict] = []
+        self.last_report = None
+        self._measured_step = -1
+
+    def measure(self, model, step: int) -> dict[str, float]:
+        from .memorization import memorized_bits
+
+        self.last_report = memorized_bits(model, self.sequences, num_params=self.num_params)
+        metrics = self.last_report.log_metrics()
+        if self.held_out is not None:
+            metrics["heldout_memorized_bits"] = memorized_bits(model, self.held_out, num_params=self.num_params).bits_total
+        self._measured_step = step
+        self.history.append({"step": step, **metrics})
+        return metrics
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        step = state.global_step
+        due = self.eval_steps is not None and step % self.eval_steps == 0
+        if (due or step >= state.max_steps) and step != self._measured_step:
+            self._log(state, control, self.measure(model, step))
+
+    def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
+        if metrics is not None:
+            current = self.history[-1] if self._measured_step == state.global_step else {
+                "step": state.global_step, **self.measure(model, state.global_step)}
+            metrics.update({f"eval_{k}": v for k, v in current.items() if k != "step"})
+
+
 class ExposureCallback(_TrainerBoundCallback):
     """Counts exposures (times each person has been seen, on average) and optionally stops at a target.
 

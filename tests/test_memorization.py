@@ -68,3 +68,20 @@ def test_the_plateau_fit_refuses_a_curve_without_a_plateau():
     with pytest.raises(ValueError, match="plateau is beyond the data"):
         fit_memorization_plateau(data_bits, 0.99 * data_bits)
     assert math.isfinite(fit_memorization_plateau(data_bits, np.minimum(data_bits, 2e4), n_bootstrap=0).capacity_bits)
+
+
+def test_the_memorize_command_reports_memorized_and_held_out_bits(tmp_path, capsys):
+    import json
+
+    from hf_capacity.cli import main
+
+    argv = ["memorize", "--N", "32", "--length", "16", "--vocab", "16", "--model", "gpt2-1-2", "--head-dim", "32",
+            "--epochs", "120", "--batch-size", "32", "--lr", "3e-3", "--warmup-steps", "5", "--quiet", "--json",
+            "-o", str(tmp_path / "mem")]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["data_bits"] == 32 * 16 * 4
+    assert result["memorized_bits"] > 0.2 * result["data_bits"] and result["heldout_memorized_bits"] < 50
+    saved = json.loads((tmp_path / "mem" / "memorization.json").read_text())
+    assert [h["step"] for h in saved["history"]][-1] == 120 and saved["bits_per_param"] > 0
+    assert main(["memorize", "--model", "llama-1-1", "-o", str(tmp_path / "x")]) == 2

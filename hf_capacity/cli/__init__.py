@@ -4,6 +4,7 @@
     data.py       data generate/inspect  synthetic knowledge data on disk, renderings with their spans
     run.py        train, demo, eval      one capacity run; the laptop demo; re-measuring a saved model
     sweeps.py     sweep, fit, plot       grids of runs, and the laws and figures fitted to them
+    memorize.py   memorize               memorization capacity on uniform random sequences
     _common.py    the error type, help layout, whole-number options and population flags they share
 
 Errors the user can fix print as one line, ``hf-capacity: error: ...``, with exit status 2; a run that diverged
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import data, planning, run, sweeps
+from . import data, memorize, planning, run, sweeps
 from ._common import CLIError, HelpFormatter, is_divergence, one_line
 
 __all__ = ["CLIError", "build_parser", "main"]
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (planning, data, run, sweeps):
+    for group in (planning, data, run, sweeps, memorize):
         group.add_commands(sub)
     return parser
 
