@@ -64,6 +64,29 @@ class _TrainerBoundCallback(TrainerCallback):
         control.should_log, control.should_evaluate, control.should_save = saved
 
 
+class _PeriodicMeasurementCallback(_TrainerBoundCallback):
+    """Measures every ``eval_steps`` steps and at the last step (max_steps reached, or a stop asked by a callback
+    before this one, e.g. ExposureCallback), logging through the trainer. Subclasses define ``_metrics(model,
+    step)``: measure, record in ``history``, set ``_measured_step``, return the scalars to log."""
+
+    def __init__(self, eval_steps: int | None):
+        if eval_steps is not None and eval_steps < 1:
+            raise ValueError(f"eval_steps must be >= 1 (or None: only at the end), got {eval_steps}")
+        self.eval_steps = eval_steps
+        self.history: list[dict] = []
+        self._measured_step = -1
+
+    def _metrics(self, model, step: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        step = state.global_step
+        due = self.eval_steps is not None and step % self.eval_steps == 0
+        last = step >= state.max_steps or control.should_training_stop
+        if (due or last) and step != self._measured_step:
+            self._log(state, control, self._metrics(model, step))
+
+
 class KnowledgeOnlyEvalSet(Dataset):
     """An empty stand-in eval dataset: ``trainer.evaluate()`` then measures knowledge only.
 
@@ -107,7 +130,7 @@ def allow_knowledge_only_evaluate(trainer) -> None:
     trainer.evaluate = evaluate
 
 
-class KnowledgeCapacityCallback(_TrainerBoundCallback):
+class KnowledgeCapacityCallback(_PeriodicMeasurementCallback):
     """Measures knowledge bits and bits/param at step 0, every ``eval_steps`` steps, on every evaluate(), and at
     the end.
 
@@ -131,16 +154,12 @@ class KnowledgeCapacityCallback(_TrainerBoundCallback):
         progress: bool = False,
         measure_at_start: bool = True,
     ):
-        if eval_steps is not None and eval_steps < 1:
-            raise ValueError(f"eval_steps must be >= 1 (or None: only at the end), got {eval_steps}")
+        super().__init__(eval_steps)
         self.data = data
-        self.eval_steps = eval_steps
         self.eval_kwargs = dict(max_people=max_people, batch_size=batch_size, renderings=renderings, progress=progress)
         self.measure_on_evaluate = on_evaluate
         self.measure_at_start = measure_at_start
-        self.history: list[dict] = []
         self.last_report: KnowledgeReport | None = None
-        self._measured_step = -1
 
     def attach(self, trainer):
         """Add this callback to ``trainer`` (logging through it) and let ``trainer.evaluate()`` run without an
@@ -164,13 +183,8 @@ class KnowledgeCapacityCallback(_TrainerBoundCallback):
         self.history.append({"step": step, **report.log_metrics()})
         return report
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        step = state.global_step
-        due = self.eval_steps is not None and step % self.eval_steps == 0
-        # the last step: max_steps reached, or a stop asked by a callback before this one (ExposureCallback)
-        last = step >= state.max_steps or control.should_training_stop
-        if (due or last) and step != self._measured_step:
-            self._log(state, control, self.measure(model, step).log_metrics())
+    def _metrics(self, model, step: int) -> dict[str, float]:
+        return self.measure(model, step).log_metrics()
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
         if not self.measure_on_evaluate or metrics is None:
@@ -233,38 +247,25 @@ class DivergenceCallback(TrainerCallback):
 
     @staticmethod
     def _diverged(args, step: int, reason: str) -> None:
-        checkpoint = _last_checkpoint_before(args.output_dir, step)
+        from .training import last_checkpoint
+
+        checkpoint = last_checkpoint(args.output_dir, before_step=step)
         message = f"training diverged at step {step} ({reason}); lower the learning rate (now {args.learning_rate:g})"
         if checkpoint:
             message += f"; last finite checkpoint: {checkpoint}"
         raise TrainingDivergedError(message, step=step, last_checkpoint=checkpoint)
 
 
-def _last_checkpoint_before(output_dir, step: int) -> str | None:
-    """The newest ``checkpoint-<n>`` folder in ``output_dir`` with n < ``step`` (saved before the run diverged)."""
-    if not output_dir or not Path(output_dir).is_dir():
-        return None
-    steps = []
-    for path in Path(output_dir).glob("checkpoint-*"):
-        suffix = path.name.removeprefix("checkpoint-")
-        if suffix.isdigit() and int(suffix) < step:
-            steps.append((int(suffix), path))
-    return str(max(steps)[1]) if steps else None
-
-
-class MemorizationCallback(_TrainerBoundCallback):
+class MemorizationCallback(_PeriodicMeasurementCallback):
     """Measures memorized bits of random sequences (``hf_capacity.memorization``) every ``eval_steps`` steps and
     at the end, and with the ``eval_`` prefix on every evaluate(): ``memorized_bits``, ``memorized_bits_per_param``,
     ``memorized_fraction`` (and ``heldout_memorized_bits`` when ``held_out`` is given: ≈ 0 for a model that
     memorized rather than learned a rule). ``history`` keeps every measurement."""
 
     def __init__(self, sequences, eval_steps: int | None = None, *, held_out=None, num_params: int | None = None):
-        if eval_steps is not None and eval_steps < 1:
-            raise ValueError(f"eval_steps must be >= 1 (or None: only at the end), got {eval_steps}")
-        self.sequences, self.held_out, self.eval_steps, self.num_params = sequences, held_out, eval_steps, num_params
-        self.history: list[dict] = []
+        super().__init__(eval_steps)
+        self.sequences, self.held_out, self.num_params = sequences, held_out, num_params
         self.last_report = None
-        self._measured_step = -1
 
     def measure(self, model, step: int) -> dict[str, float]:
         from .memorization import memorized_bits
@@ -277,11 +278,7 @@ class MemorizationCallback(_TrainerBoundCallback):
         self.history.append({"step": step, **metrics})
         return metrics
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        step = state.global_step
-        due = self.eval_steps is not None and step % self.eval_steps == 0
-        if (due or step >= state.max_steps) and step != self._measured_step:
-            self._log(state, control, self.measure(model, step))
+    _metrics = measure
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
         if metrics is not None:
@@ -339,7 +336,7 @@ class ExposureCallback(_TrainerBoundCallback):
         if control.should_log:
             self._log(state, control, {"exposures": round(self.exposures, 3)})
 
-    def on_train_end(self, args, state, control, train_dataloader=None, **kwargs):
+    def on_train_end(self, args, state, control, **kwargs):
         # a map-style stream of E exposures trained for exactly k whole passes showed every person k·E times
         passes = state.epoch or 0.0
         whole = round(passes)

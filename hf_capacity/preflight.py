@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from .data import JunkConfig, KnowledgeData
-from .training import CapacityTrainingConfig, build_data, build_model, check_model_name
+from .training import CapacityTrainingConfig, build_data, build_model
 
 SAMPLE_PEOPLE = 1000
 """People in ``sample_data``: enough for the run's tokenizer and mean biography length, quick to build."""
@@ -34,8 +34,7 @@ def check_run(config: CapacityTrainingConfig, data: KnowledgeData | None = None)
 
     from .quantization import quantization_config
 
-    check_model_name(config.model)
-    if config.junk_fraction > 0:
+    if config.junk_fraction > 0:  # the model name was checked when the config was built
         JunkConfig(config.junk_fraction, config.junk_n_people)
     data = data if data is not None else sample_data(config)
     data.stream(config.exposures, config.context_length, block_diagonal=config.block_diagonal)

@@ -92,8 +92,8 @@ class CapacityTrainingConfig:
     def __post_init__(self) -> None:
         if self.dataset not in ("bioS", "bioS-simple", "bioD"):
             raise ValueError(f"dataset must be bioS, bioS-simple or bioD, got {self.dataset!r}")
-        check_model_name(self.model)
-        if self.fused_loss and not self.model.startswith("gpt2-"):
+        family, _, _ = check_model_name(self.model)
+        if self.fused_loss and family != "gpt2":
             raise ValueError(f"fused_loss is implemented for the gpt2 family, not {self.model!r}")
         if self.save_steps is not None and self.save_steps < 1:
             raise ValueError(f"save_steps must be >= 1 (or None: no checkpoints), got {self.save_steps}")
@@ -171,19 +171,20 @@ def steps_for_exposures(config: CapacityTrainingConfig, data: KnowledgeData, win
     return math.ceil(windows / (config.batch_size * config.gradient_accumulation_steps * processes))
 
 
-def last_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The newest complete ``checkpoint-<step>`` folder in ``output_dir`` (None if there is none).
+def last_checkpoint(output_dir: str | os.PathLike | None, before_step: int | None = None) -> str | None:
+    """The newest complete ``checkpoint-<step>`` folder in ``output_dir`` (None if there is none); with
+    ``before_step``, the newest saved before that step.
 
     A checkpoint counts once its ``trainer_state.json`` is written: the Trainer writes it after the weights and
     the optimizer state, so a run killed while saving leaves a folder without it, which is skipped."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
+    if not output_dir or not Path(output_dir).is_dir():
         return None
     steps = []
-    for path in folder.glob("checkpoint-*"):
+    for path in Path(output_dir).glob("checkpoint-*"):
         suffix = path.name.removeprefix("checkpoint-")
         if suffix.isdigit() and (path / "trainer_state.json").is_file():
-            steps.append((int(suffix), path))
+            if before_step is None or int(suffix) < before_step:
+                steps.append((int(suffix), path))
     return str(max(steps)[1]) if steps else None
 
 

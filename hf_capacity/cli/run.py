@@ -102,19 +102,10 @@ def _training_config(args):
     )
 
 
-def _checked_config(args):
-    """The run's CapacityTrainingConfig, with its model name checked before any data is built."""
-    from ..training import check_model_name
-
-    config = _training_config(args)
-    check_model_name(config.model)
-    return config
-
-
 def cmd_train(args) -> None:
     from ..training import last_checkpoint, train_capacity
 
-    config = _checked_config(args)
+    config = _training_config(args)  # validated on construction, before any data is built
     checkpoint = last_checkpoint(config.output_dir) if config.resume else None
     if checkpoint:
         print(f"resuming from {checkpoint} (--no-resume starts from step 0)", flush=True)
@@ -127,7 +118,7 @@ def cmd_demo(args) -> None:
     """The README's main command: a small bioS run that a laptop CPU finishes in a few minutes."""
     from ..training import train_capacity
 
-    config = _checked_config(args)
+    config = _training_config(args)  # validated on construction, before any data is built
     print(f"hf-capacity demo: bioS(N={config.n_people}) × {config.exposures} exposures, model {config.model} "
           f"(head dim {config.head_dim}), on {'GPU' if _cuda() else 'CPU'}; output in {config.output_dir}\n")
     report, trainer = train_capacity(config)

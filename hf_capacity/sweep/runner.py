@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from ..preflight import check_run, sample_data
-from ..training import check_model_name, last_checkpoint, train_capacity
+from ..training import last_checkpoint, train_capacity
 from .config import Sweep, SweepRun, load_sweep
 from .folders import DONE, ERROR_FILE, LOG_FILE, PLAN_FILE, RUN_FILE, TABLE_CSV, read_json, write_json
 from .table import flatten_config, rebuild_table
@@ -73,7 +73,6 @@ def _execute(run: SweepRun, sweep_name: str) -> dict:
     trainer = None
     try:
         config = run.training_config()
-        check_model_name(config.model)
         with open(folder / LOG_FILE, "a" if resuming else "w", buffering=1) as log, contextlib.redirect_stdout(log):
             report, trainer = train_capacity(config)
         if not (folder / "results.json").is_file():
