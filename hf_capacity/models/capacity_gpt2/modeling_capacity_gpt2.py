@@ -472,36 +472,36 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
     """Summed next-token cross-entropy of `hidden @ weight.T` against `labels` (-100 ignored), chunk by chunk.
 
     The forward pass also computes the gradients of `hidden` and `weight`, so neither pass ever holds the
-    (tokens × vocabulary) logits: each chunk's logits are made, turned into probabilities in place and used for
-    both gradients while they are in cache. The backward pass only scales the stored gradients.
+    (tokens × vocabulary) logits: each chunk's logits are made, turned into probabilities (one softmax pass) and
+    used for both gradients while they are in cache. A token whose probability underflows float32 gets its loss
+    recomputed exactly from its logits after the loop (one host read per call). The backward pass only scales the
+    stored gradients.
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, labels, chunk_size: int):
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        total = hidden.new_zeros((), dtype=torch.float32)
+        valid = labels != -100
+        target = torch.where(valid, labels, 0)
+        token_loss = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
-            h, y = hidden[start : start + chunk_size], labels[start : start + chunk_size]
-            logits = (h @ weight.T).float()
-            valid = y != -100
-            target = torch.where(valid, y, 0)
-            probs = torch.softmax(logits, dim=1)  # one fused pass
-            picked = probs.gather(1, target[:, None])
-            loss = -picked.clamp_min(1e-30).log()
-            tiny = picked < 1e-30  # the probability underflowed: that token's loss from the logits, exactly
-            if tiny.any():
-                rows = tiny[:, 0]
-                exact = torch.logsumexp(logits[rows], dim=1) - logits[rows].gather(1, target[rows, None])[:, 0]
-                loss[rows, 0] = exact
-            total += (loss * valid[:, None]).sum()
-            probs.scatter_add_(1, target[:, None], -valid[:, None].float())
-            probs.mul_(valid[:, None])
+            chunk = slice(start, start + chunk_size)
+            h, y, ok = hidden[chunk], target[chunk, None], valid[chunk, None]
+            probs = torch.softmax((h @ weight.T).float(), dim=1)
+            token_loss[chunk] = -probs.gather(1, y)[:, 0].clamp_min(1e-30).log()
+            probs.scatter_add_(1, y, -ok.float())
+            probs.mul_(ok)
             probs = probs.to(h.dtype)
-            grad_hidden[start : start + chunk_size] = probs @ weight
+            grad_hidden[chunk] = probs @ weight
             grad_weight.addmm_(probs.T.float(), h.float())
+        underflow = valid & (token_loss >= -math.log(1e-30))  # clamped: the probability was below 1e-30
+        if underflow.any():
+            logits = (hidden[underflow] @ weight.T).float()
+            picked = logits.gather(1, target[underflow, None])[:, 0]
+            token_loss[underflow] = torch.logsumexp(logits, dim=1) - picked
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
-        return total
+        return (token_loss * valid).sum()
 
     @staticmethod
     def backward(ctx, grad_output):
