@@ -26,6 +26,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 from transformers import TrainerCallback
 
+from .adapters import adapter_summary
 from .data.knowledge_data import KnowledgeData
 from .evaluation import KnowledgeReport, evaluate_knowledge
 
@@ -198,6 +199,62 @@ class KnowledgeCapacityCallback(_PeriodicMeasurementCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if self._measured_step != state.global_step:  # stopped after on_step_end (e.g. by early stopping)
             self._log(state, control, self.measure(model, state.global_step).log_metrics())
+
+
+class ForgettingCallback(_TrainerBoundCallback):
+    """Knowledge of another population (an adapter run's base population) at the start and at the end of
+    training: what fine-tuning on new people costs the old ones.
+
+    Logged as ``base_knowledge_bits``, ``base_fraction_learned`` and ``base_p1_name_loss``/``base_p2_value_loss``
+    at step 0 and at the end (so both reach every backend); ``summary()`` gives bits before, after and forgotten.
+    """
+
+    PREFIX = "base_"
+    KEYS = ("knowledge_bits", "fraction_learned", "p1_name_loss", "p2_value_loss")
+
+    def __init__(self, data: KnowledgeData, *, max_people: int | None = None, batch_size: int = 64):
+        self.data = data
+        self.eval_kwargs = dict(max_people=max_people, batch_size=batch_size, progress=False)
+        self.before: KnowledgeReport | None = None
+        self.after: KnowledgeReport | None = None
+        self._before_bits: float | None = None
+
+    def _measure(self, state, control, model) -> KnowledgeReport:
+        report = evaluate_knowledge(model, self.data, **self.eval_kwargs)
+        metrics = report.log_metrics(prefix=self.PREFIX)
+        self._log(state, control, {f"{self.PREFIX}{k}": metrics[f"{self.PREFIX}{k}"] for k in self.KEYS})
+        return report
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:
+            self.before = self._measure(state, control, model)
+            self._before_bits = self.before.bits.total
+        else:  # resumed: the step-0 measurement is in the restored log history
+            key = f"{self.PREFIX}knowledge_bits"
+            first = [e[key] for e in state.log_history if key in e and e.get("step", 0) == 0]
+            self._before_bits = first[0] if first else None
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.after = self._measure(state, control, model)
+
+    def summary(self) -> dict | None:
+        """``{"n_people", "num_params", "bits_max", "bits_before", "bits_after", "bits_forgotten",
+        "fraction_kept"}`` (bits; ``num_params``: the base model's P counted on its own population's tokens), or
+        None before the end of training."""
+        if self.after is None:
+            return None
+        before = self._before_bits
+        after = self.after.bits.total
+        p = self.after.num_params
+        return {
+            "n_people": self.data.population.n_people,
+            "num_params": p.base_capacity if p.is_adapter else p.capacity,  # the base's P on its own data's tokens
+            "bits_max": self.after.bits_max.total,
+            "bits_before": before,
+            "bits_after": after,
+            "bits_forgotten": None if before is None else before - after,
+            "fraction_kept": None if not before else after / before,
+        }
 
 
 class DivergenceCallback(TrainerCallback):
@@ -419,11 +476,15 @@ class CapacityReportCallback(_TrainerBoundCallback):
         *,
         exposure_callback: ExposureCallback | None = None,
         quantized_callback: QuantizedCapacityCallback | None = None,
+        forgetting_callback: ForgettingCallback | None = None,
+        base_model: str | None = None,
         model_name: str | None = None,
     ):
         self.knowledge_callback = knowledge_callback
         self.exposure_callback = exposure_callback
         self.quantized_callback = quantized_callback
+        self.forgetting_callback = forgetting_callback
+        self.base_model = base_model  # a fully fine-tuned model's base (a PeftModel names its own)
         self.model_name = model_name
         self.written: list[Path] = []
 
@@ -459,6 +520,14 @@ class CapacityReportCallback(_TrainerBoundCallback):
                  "exposures_exact": exact is not None, "quantized": quantized}
         if model is not None and hasattr(model, "config"):
             extra["model_type"] = getattr(model.config, "model_type", None)
+        adapter = adapter_summary(model) if model is not None else None
+        if adapter is None and self.base_model is not None:
+            adapter = {"method": "full", "base_model": self.base_model}
+        base_population = self.forgetting_callback.summary() if self.forgetting_callback else None
+        if adapter is not None:
+            extra["adapter"] = adapter
+        if base_population is not None:
+            extra["base_population"] = base_population
         results = write_results(out, report, **extra)
         name = self.model_name or Path(output_dir).name
         plot = plot_training_curve(
@@ -484,6 +553,8 @@ class CapacityReportCallback(_TrainerBoundCallback):
             quantized=quantized,
             repo_hint=getattr(args, "hub_model_id", None) or str(output_dir),
             curve_png=plot.name,
+            adapter=adapter,
+            base_population=base_population,
         )
         card_path = out / "README.md"
         card.save(card_path)

@@ -117,6 +117,8 @@ class KnowledgeReport:
             "params": self.num_params.to_dict(),
             **self.extra,
         }
+        if self.num_params.is_adapter:  # num_params / bits_per_param count the trainable adapter parameters
+            out["num_params_base"] = self.num_params.base_capacity
         if self.bits_ci95 is not None:
             out["bits_ci95"] = list(self.bits_ci95)
         return out
@@ -153,9 +155,14 @@ class KnowledgeReport:
         ]
         if self.bits_ci95 is not None:
             lines.append(f"  95% CI (subsample)               [{self.bits_ci95[0]:,.0f}, {self.bits_ci95[1]:,.0f}]")
+        if p.is_adapter:
+            params = (f"  trainable adapter parameters P   {p.capacity:14,}   (the frozen base model's P "
+                      f"{p.base_capacity:,}; total {p.total:,})")
+        else:
+            params = (f"  parameters P (paper's rule)      {p.capacity:14,}   (total {p.total:,}; non-embedding "
+                      f"{p.non_embedding:,}; active/token {p.active_per_token:,})")
         lines += [
-            f"  parameters P (paper's rule)      {p.capacity:14,}   (total {p.total:,}; non-embedding "
-            f"{p.non_embedding:,}; active/token {p.active_per_token:,})",
+            params,
             f"  bits per parameter R(F)          {self.bits_per_param:14.4f}   (R_max {self.bits_max_per_param:.4f})",
             "  per attribute                    loss (nats)   exact match",
         ]

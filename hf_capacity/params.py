@@ -8,6 +8,11 @@ counts all experts; memory layers count all keys and values. This module is the 
 Models may add a hook ``capacity_parameter_breakdown() -> {"inactive_per_token": int, "memory_values": int}``
 (the project's model classes do): parameters a single token does not touch (unselected experts, unread memory
 values) and the size of a memory value table, so the active and table-free counts can be reported.
+
+Adapter models (a ``peft.PeftModel``: LoRA, QLoRA) learn only their trainable parameters, so for them ``capacity``
+is the trainable parameters (by the same rule: a trainable embedding copy counts only its used rows) and the
+frozen base model's P is reported apart, in ``base_capacity``. 4-bit weights (bitsandbytes) count as the
+weights they stand for, not as their packed storage.
 """
 
 from __future__ import annotations
@@ -36,6 +41,14 @@ class ParameterCount:
     """Token embedding parameters (input + untied output), all rows."""
     vocab_size: int
     used_tokens: int
+    base_capacity: int | None = None
+    """Adapter models only: the frozen base model's P by the paper's rule (``capacity`` then counts the trainable
+    adapter parameters). None for an ordinary model, whose every parameter learns."""
+
+    @property
+    def is_adapter(self) -> bool:
+        """Whether this counts an adapter model (P = its trainable parameters, ``base_capacity`` the base's)."""
+        return self.base_capacity is not None
 
     @property
     def capacity_without_memory_values(self) -> int:
@@ -47,6 +60,14 @@ class ParameterCount:
         return d
 
 
+def _numel(p: torch.Tensor) -> int:
+    """Scalar parameters a tensor stands for: a bitsandbytes 4-bit weight packs two per byte and keeps its
+    original shape in ``quant_state``."""
+    state = getattr(p, "quant_state", None)
+    shape = getattr(state, "shape", None)
+    return int(torch.Size(shape).numel()) if shape is not None else p.numel()
+
+
 def _unique_numel(params: Iterable[torch.nn.Parameter]) -> int:
     seen: set[int] = set()
     n = 0
@@ -54,8 +75,13 @@ def _unique_numel(params: Iterable[torch.nn.Parameter]) -> int:
         key = id(p)
         if key not in seen:
             seen.add(key)
-            n += p.numel()
+            n += _numel(p)
     return n
+
+
+def is_peft_model(model) -> bool:
+    """Whether ``model`` is a ``peft.PeftModel`` (checked without importing peft)."""
+    return hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None))
 
 
 def _used_token_count(used_token_ids: Iterable[int] | None, vocab_size: int) -> int:
@@ -105,6 +131,8 @@ def count_parameters(model: torch.nn.Module, used_token_ids: Iterable[int] | Non
     memory_values = int(breakdown.get("memory_values", 0))
 
     capacity = total - unused_rows
+    if is_peft_model(model):
+        return _adapter_count(model, embedding_tensors, used, total)
     return ParameterCount(
         total=total,
         capacity=capacity,
@@ -114,4 +142,37 @@ def count_parameters(model: torch.nn.Module, used_token_ids: Iterable[int] | Non
         embedding=embedding,
         vocab_size=vocab_size,
         used_tokens=used,
+    )
+
+
+def _adapter_count(model, embedding_tensors: list[torch.Tensor], used: int, total: int) -> ParameterCount:
+    """``count_parameters`` of a PeftModel: P = the adapters' own parameters (named after an adapter, e.g.
+    ``lora_A.default.weight``, or trainable: what training changes; a loaded adapter in inference mode counts
+    the same), the rest counted as the base's P."""
+    adapters = tuple(getattr(model, "peft_config", {}) or ("default",))
+    own = {id(p) for name, p in model.named_parameters()
+           if p.requires_grad or any(f".{a}." in name or name.endswith(f".{a}") for a in adapters)}
+    trainable_embeddings = [t for t in embedding_tensors if id(t) in own]
+    frozen_embeddings = [t for t in embedding_tensors if id(t) not in own]
+
+    def unused(tensors):
+        return sum((t.shape[0] - used) * (t.numel() // t.shape[0]) for t in tensors)
+
+    trainable = _unique_numel(p for p in model.parameters() if id(p) in own)
+    frozen = _unique_numel(p for p in model.parameters() if id(p) not in own)
+    if trainable == 0:
+        raise ValueError("this adapter model has no adapter parameter (nothing named after its adapters "
+                         f"{', '.join(adapters)}, nothing trainable): nothing can learn")
+    capacity = trainable - unused(trainable_embeddings)
+    trainable_embedding = sum(t.numel() for t in trainable_embeddings)
+    return ParameterCount(
+        total=total,
+        capacity=capacity,
+        non_embedding=trainable - trainable_embedding,
+        active_per_token=capacity,
+        memory_values=0,
+        embedding=sum(t.numel() for t in embedding_tensors),
+        vocab_size=embedding_tensors[0].shape[0] if embedding_tensors else 0,
+        used_tokens=used,
+        base_capacity=frozen - unused(frozen_embeddings),
     )

@@ -9,7 +9,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["plot_capacity", "plot_capacity_ratio", "plot_knowledge_curves", "plot_loss_law", "training_curve_figure"]
+__all__ = [
+    "plot_capacity", "plot_capacity_ratio", "plot_knowledge_curves", "plot_loss_law", "plot_memorization",
+    "training_curve_figure",
+]
 
 
 def _column(data: Any, name: str, *, required: bool = True) -> np.ndarray | None:
@@ -239,4 +242,61 @@ def plot_loss_law(n_params: Any, n_tokens: Any, loss: Any, fit: Any, out_png: st
            title=title or "Loss law fit")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
+    return _save(fig, out_png)
+
+
+MORRIS_BITS_PER_PARAM = 3.6
+"""Memorization capacity of GPT-style models reported by Morris et al. 2025 (bits per parameter)."""
+
+
+def plot_memorization(data: Any, out_png: str | os.PathLike, *, fits: Mapping[tuple, Any] | None = None,
+                      reference_bits_per_param: float | None = MORRIS_BITS_PER_PARAM, title: str | None = None) -> str:
+    """Memorized bits against data bits (log-log), one colour per model, one marker per precision.
+
+    ``data``: a DataFrame with model, head_dim, precision, num_params, data_bits, memorized_bits (one row per
+    run; ``scripts/memorization_study.py`` writes it). ``fits``: ``{(model, head_dim, precision):
+    MemorizationPlateau}``, each drawn as its soft-minimum curve with the plateau value in the legend. Draws the
+    diagonal (everything memorized) and, per model, ``reference_bits_per_param`` · P (Morris et al.'s 3.6) as a
+    dotted line. Returns the PNG path.
+    """
+    data_bits = _positive("data_bits", _column(data, "data_bits"))
+    memorized = np.asarray(_column(data, "memorized_bits"), dtype=float)
+    if memorized.shape != data_bits.shape:
+        raise ValueError("data_bits and memorized_bits must have equal lengths")
+    models = _column(data, "model")
+    head_dims = _column(data, "head_dim")
+    precisions = _column(data, "precision")
+    params = _column(data, "num_params")
+    keys = list(dict.fromkeys(zip(models.tolist(), head_dims.tolist())))
+    colours = {k: f"C{i % 10}" for i, k in enumerate(keys)}
+    markers = {"fp32": "o", "bf16": "s"}
+
+    fig = Figure(figsize=(7, 5))
+    ax = fig.add_subplot()
+    d_line = np.geomspace(data_bits.min() / 1.5, data_bits.max() * 1.5, 200)
+    ax.plot(d_line, d_line, color="grey", lw=0.8, ls="-", label="memorized = data")
+    for key in keys:
+        model, head_dim = key
+        rows = (models == model) & (head_dims == head_dim)
+        p = int(params[rows][0])
+        for precision in dict.fromkeys(precisions[rows].tolist()):
+            m = rows & (precisions == precision)
+            order = np.argsort(data_bits[m])
+            shown = memorized[m][order] > 0
+            ax.plot(data_bits[m][order][shown], memorized[m][order][shown], ls="none",
+                    marker=markers.get(precision, "^"), mfc="none" if precision == "bf16" else colours[key],
+                    color=colours[key], ms=5, label=f"{model} hd{head_dim} (P={p:,}) {precision}", zorder=3)
+            fit = (fits or {}).get((model, head_dim, precision))
+            if fit is not None:
+                ax.plot(d_line, fit.predict(d_line), color=colours[key], lw=1, alpha=0.7,
+                        ls="-" if precision != "bf16" else "--",
+                        label=f"  plateau {fit.capacity_bits:,.0f} bits = {fit.bits_per_param:.2f} bits/param")
+        if reference_bits_per_param:
+            ax.axhline(reference_bits_per_param * p, color=colours[key], ls=":", lw=1)
+    if reference_bits_per_param:
+        ax.plot([], [], color="k", ls=":", lw=1, label=f"{reference_bits_per_param:g} bits/param · P (Morris et al.)")
+    ax.set(xscale="log", yscale="log", xlabel="data bits (N · S · log2 V)", ylabel="memorized bits",
+           title=title or "Memorization of uniform random sequences")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
     return _save(fig, out_png)

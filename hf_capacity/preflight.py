@@ -38,8 +38,12 @@ def check_run(config: CapacityTrainingConfig, data: KnowledgeData | None = None)
         JunkConfig(config.junk_fraction, config.junk_n_people)
     data = data if data is not None else sample_data(config)
     data.stream(config.exposures, config.context_length, block_diagonal=config.block_diagonal)
-    with torch.device("meta"):
-        build_model(config, data.tokenizer)
+    if config.init_from is not None:  # the base folder was checked by build_data; the adapter by the config
+        if config.lora_r:
+            import peft  # noqa: F401 - a missing peft says so before any training
+    else:
+        with torch.device("meta"):
+            build_model(config, data.tokenizer)
     if config.eval_steps is not None and config.eval_steps < 1:
         raise ValueError(f"eval_steps must be >= 1 (or None: only at the end), got {config.eval_steps}")
     for scheme in config.quantized:

@@ -50,11 +50,16 @@ def model_card(
     quantized: dict[str, dict] | None = None,
     repo_hint: str = "path/to/model",
     curve_png: str | None = None,
+    adapter: dict | None = None,
+    base_population: dict | None = None,
 ):
     """A ``huggingface_hub.ModelCard`` with the capacity results and a ``model-index`` of eval results.
 
     ``curve_png``: the knowledge curve's file name next to the card (``knowledge_curve.png``), embedded as an
-    image; None leaves it out."""
+    image; None leaves it out. ``adapter`` (``adapters.adapter_summary``, or ``{"method": "full", "base_model":
+    ...}`` for full fine-tuning) makes it a card of a model trained from a base model: ``base_model`` in the
+    metadata and, for LoRA/QLoRA, a valid adapter card (``library_name: peft``); ``base_population`` (what
+    ``ForgettingCallback.summary`` returns) adds the base population's bits before and after."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     d = report.to_dict()
@@ -78,13 +83,35 @@ def model_card(
     ]
     for scheme, q in (quantized or {}).items():
         results.append(result(f"bits_per_param_{scheme}", q["bits_per_param"], f"bits per parameter ({scheme})"))
+    is_peft = bool(adapter) and adapter.get("library") == "peft"
+    tags = ["hf-capacity", "knowledge-capacity", report.family]
+    if adapter:
+        tags += [adapter["method"], "peft"] if is_peft else ["fine-tuned"]
     data = ModelCardData(
         model_name=model_name,
-        library_name="transformers",
-        tags=["hf-capacity", "knowledge-capacity", report.family],
+        library_name="peft" if is_peft else "transformers",
+        base_model=str(adapter["base_model"]) if adapter and adapter.get("base_model") else None,
+        tags=tags,
         pipeline_tag="text-generation",
         eval_results=results,
     )
+    p = report.num_params
+    params_label = "parameters P (paper's rule: used embedding rows, tied once)"
+    if p.is_adapter:
+        params_label = "trainable adapter parameters P (the base model's stay frozen)"
+    adapter_section = _adapter_section(adapter, base_population, p.base_capacity) if adapter else ""
+    if is_peft:
+        use_section = (
+            "```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
+            f'base = AutoModelForCausalLM.from_pretrained("{adapter["base_model"]}", trust_remote_code=True)\n'
+            f'model = PeftModel.from_pretrained(base, "{repo_hint}")\n```\n'
+        )
+    else:
+        use_section = (
+            "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f'model = AutoModelForCausalLM.from_pretrained("{repo_hint}", trust_remote_code=True)\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo_hint}")\n```\n'
+        )
     rows = "\n".join(
         f"| {a} | {r['loss']:.4f} | {100 * r['accuracy']:.1f}% |" for a, r in report.per_attribute.items()
     )
@@ -114,6 +141,29 @@ def model_card(
         attribute_rows=rows,
         training_summary=training_summary or "See `results.json`.",
         curve_section=f"![Knowledge learned during training]({curve_png})\n" if curve_png else "",
-        repo_hint=repo_hint,
+        params_label=params_label,
+        adapter_section=adapter_section,
+        use_section=use_section,
     )
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def _adapter_section(adapter: dict, base_population: dict | None, base_params: int | None) -> str:
+    """The card's "Trained from a base model" table: method, rank, base P and the base population's bits."""
+    rows = [("base model", f"`{adapter.get('base_model')}`"), ("method", adapter["method"])]
+    if adapter.get("r"):
+        targets = adapter.get("target_modules")
+        rows += [("LoRA rank r / alpha", f"{adapter['r']} / {adapter.get('lora_alpha')}"),
+                 ("target modules", targets if isinstance(targets, str) else ", ".join(targets or []))]
+    base_params = (base_population or {}).get("num_params", base_params)
+    if base_params is not None:
+        rows.append(("base model's P (paper's rule, on its own population's tokens)", f"{base_params:,}"))
+    if base_population:
+        bp = base_population
+        rows.append(("base population", f"N = {bp['n_people']:,}, {bp['bits_max']:,.0f} bits in the data"))
+        if bp.get("bits_before") is not None:
+            rows.append(("its bits before → after", f"{bp['bits_before']:,.0f} → {bp['bits_after']:,.0f}"))
+            share = f" ({1 - bp['fraction_kept']:.1%})" if bp.get("fraction_kept") is not None else ""
+            rows.append(("bits forgotten", f"{bp['bits_forgotten']:,.0f}{share}"))
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    return f"### Trained from a base model\n\n| quantity | value |\n|---|---|\n{table}\n\n"

@@ -1016,6 +1016,11 @@ class MemorizationPlateau:
     def bits_per_param(self) -> float:
         return self.capacity_bits / self.num_params if self.num_params else math.nan
 
+    def __str__(self) -> str:
+        ci = f" ({100 * self.ci_level:.0f}% CI {self.ci[0]:,.0f}-{self.ci[1]:,.0f})" if self.ci else ""
+        per_param = f" = {self.bits_per_param:.2f} bits/param" if self.num_params else ""
+        return f"plateau {self.capacity_bits:,.0f} bits{ci}{per_param}"
+
     def predict(self, data_bits: Any) -> float | np.ndarray:
         """Memorized bits the fit expects for sets of ``data_bits`` bits."""
         d = np.asarray(data_bits, dtype=float)

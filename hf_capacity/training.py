@@ -88,6 +88,14 @@ class CapacityTrainingConfig:
     push_to_hub: bool = False
     hub_model_id: str | None = None
     progress: bool = True
+    # adapters (hf_capacity.adapters): teach a new population to a trained model
+    init_from: str | None = None  # base model folder (a `hf-capacity train` run or any causal LM); None: fresh model
+    lora_r: int = 0  # LoRA rank through peft; 0 with init_from: full fine-tuning
+    lora_alpha: float | None = None  # None: equal to lora_r (scale 1 at every rank)
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # peft target_modules
+    load_in_4bit: bool = False  # QLoRA: the frozen base in 4-bit NF4 (bitsandbytes)
+    name_offset: int | None = None  # first person's index in the name permutation (None: after the base's people)
 
     def __post_init__(self) -> None:
         if self.dataset not in ("bioS", "bioS-simple", "bioD"):
@@ -104,6 +112,28 @@ class CapacityTrainingConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.junk_fraction and self.dataset == "bioD":
             raise ValueError("junk mixing is defined for bioS data")
+        self.adapter_settings()  # validates the LoRA fields
+        if self.init_from is None:
+            if self.lora_r or self.load_in_4bit:
+                raise ValueError("LoRA adapters are trained on a base model: set init_from (--init-from RUN)")
+        else:
+            if self.fused_loss:
+                raise ValueError("with init_from the base model's config decides fused_loss; leave it unset")
+            if self.quantized and self.lora_r:
+                raise ValueError("quantized capacity is measured on full models; an adapter run cannot take quantized")
+            if self.junk_fraction:
+                raise ValueError("an adapter run teaches a new population of the base's format; junk_fraction is not supported")
+        if self.name_offset is not None and self.name_offset < 0:
+            raise ValueError(f"name_offset must be >= 0, got {self.name_offset}")
+
+    def adapter_settings(self):
+        """The run's ``AdapterSettings`` (LoRA rank, alpha, dropout, targets, 4-bit base)."""
+        from .adapters import ALL_LINEAR, AdapterSettings
+
+        targets = list(self.lora_target_modules)
+        return AdapterSettings(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                               target_modules=ALL_LINEAR if targets == [ALL_LINEAR] else tuple(targets),
+                               load_in_4bit=self.load_in_4bit)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -112,11 +142,31 @@ class CapacityTrainingConfig:
 
 
 def build_data(config: CapacityTrainingConfig) -> KnowledgeData:
-    """The run's population, tokenizer and rendering options."""
+    """The run's population, tokenizer and rendering options.
+
+    With ``init_from`` an hf-capacity run: a new population of the base's format (its seed, shape and
+    tokenizer; the people after the base's, see ``adapters.new_population_data``); the run's dataset settings
+    must be the base's. With ``init_from`` any other model folder: the configured population rendered with that
+    folder's tokenizer."""
+    from . import adapters
+
+    offset = config.name_offset or 0
+    if config.init_from is not None:
+        adapters.check_base_folder(config.init_from)
+        if adapters.is_capacity_run(config.init_from):
+            base = KnowledgeData.load(config.init_from)
+            _check_same_format(config, base)
+            return adapters.new_population_data(base, config.n_people, name_offset=config.name_offset)
+        tokenizer = adapters.load_base_tokenizer(config.init_from)
+        if config.dataset == "bioD":
+            population = BioDPopulation(config.n_people, seed=config.seed, name_offset=offset, **config.biod)
+        else:
+            population = BioSPopulation(config.n_people, seed=config.seed, name_offset=offset)
+        return KnowledgeData.create(population, simple=config.dataset == "bioS-simple", tokenizer=tokenizer)
     if config.dataset == "bioD":
-        population = BioDPopulation(config.n_people, seed=config.seed, **config.biod)
+        population = BioDPopulation(config.n_people, seed=config.seed, name_offset=offset, **config.biod)
     else:
-        population = BioSPopulation(config.n_people, seed=config.seed)
+        population = BioSPopulation(config.n_people, seed=config.seed, name_offset=offset)
     junk = JunkConfig(config.junk_fraction, config.junk_n_people) if config.junk_fraction > 0 else None
     return KnowledgeData.create(
         population,
@@ -127,8 +177,33 @@ def build_data(config: CapacityTrainingConfig) -> KnowledgeData:
     )
 
 
+def _check_same_format(config: CapacityTrainingConfig, base: KnowledgeData) -> None:
+    """An adapter run's data settings must be its base run's (new people, same format)."""
+    if config.dataset != base.family:
+        raise ValueError(f"the base run {config.init_from} was trained on {base.family}; an adapter run teaches new "
+                         f"people of the same data set (dataset {base.family!r}, got {config.dataset!r})")
+    if base.family == "bioD":
+        pop = base.population
+        theirs = {k: getattr(pop, k) for k in config.biod}
+        if theirs != dict(config.biod):
+            flags = " ".join(f"{k}={v}" for k, v in theirs.items())
+            raise ValueError(f"the base run {config.init_from} has bioD shape {flags}; the adapter run's biod "
+                             f"settings must match it (got {dict(config.biod)})")
+
+
 def build_model(config: CapacityTrainingConfig, tokenizer):
-    """A freshly initialised model named like the paper (gpt2-ℓ-h, llama-ℓ-h, memory-llama-ℓ-h)."""
+    """A freshly initialised model named like the paper (gpt2-ℓ-h, llama-ℓ-h, memory-llama-ℓ-h); with
+    ``init_from``, the base model loaded from that folder, with LoRA adapters (``lora_r`` ≥ 1, a ``PeftModel``
+    whose adapters alone train) or all of it trainable (full fine-tuning)."""
+    if config.init_from is not None:
+        from .adapters import add_adapter, load_base_model
+
+        settings = config.adapter_settings()
+        base = load_base_model(config.init_from, load_in_4bit=settings.load_in_4bit)
+        if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the base model's embedding only "
+                             f"{base.get_input_embeddings().weight.shape[0]} rows")
+        return add_adapter(base, settings)
     from . import models  # noqa: F401 - registers the model families with the Auto classes
     from .models.capacity_gpt2 import CapacityGPT2Config, CapacityGPT2ForCausalLM
     from .models.memory_llama import MemoryLlamaConfig, MemoryLlamaForCausalLM, default_memory_layers
@@ -213,7 +288,8 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
     import torch
     from transformers import Trainer, TrainingArguments, set_seed
 
-    from .callbacks import CapacityReportCallback, TrainingDivergedError, add_capacity_callbacks
+    from .adapters import is_capacity_run
+    from .callbacks import CapacityReportCallback, ForgettingCallback, TrainingDivergedError, add_capacity_callbacks
 
     set_seed(config.seed)
     data = data or build_data(config)
@@ -264,6 +340,10 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         max_people=config.eval_max_people,
         stream_exposures=None if config.streaming or config.max_steps else config.exposures,
     )
+    forgetting = None
+    if config.init_from is not None and is_capacity_run(config.init_from):  # the base population's knowledge
+        forgetting = ForgettingCallback(KnowledgeData.load(config.init_from), max_people=config.eval_max_people)
+        forgetting.attach(trainer)
     out = Path(config.output_dir)
     checkpoint = last_checkpoint(out) if config.resume else None
     try:
@@ -285,6 +365,8 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
             callbacks["knowledge"],
             exposure_callback=callbacks["exposures"],
             quantized_callback=callbacks.get("quantized"),
+            forgetting_callback=forgetting,
+            base_model=config.init_from,
             model_name=out.name,
         )
         writer.trainer = trainer

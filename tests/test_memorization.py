@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -85,3 +86,27 @@ def test_the_memorize_command_reports_memorized_and_held_out_bits(tmp_path, caps
     saved = json.loads((tmp_path / "mem" / "memorization.json").read_text())
     assert [h["step"] for h in saved["history"]][-1] == 120 and saved["bits_per_param"] > 0
     assert main(["memorize", "--model", "llama-1-1", "-o", str(tmp_path / "x")]) == 2
+
+
+def test_the_study_figure_draws_runs_plateaus_and_the_reference(tmp_path):
+    """Two models over a ladder of data sizes, each with its plateau fit and the 3.6 bits/param line."""
+    from matplotlib.image import imread
+
+    from hf_capacity.plots import plot_memorization
+
+    rows = []
+    for model, params in (("gpt2-1-1", 10_000), ("gpt2-1-2", 40_000)):
+        for precision in ("fp32", "bf16"):
+            for n in (16, 32, 64, 128, 256, 512):
+                data_bits = n * 64 * 9.0
+                rows.append({"model": model, "head_dim": 32, "precision": precision, "num_params": params,
+                             "data_bits": data_bits, "memorized_bits": float(min(data_bits, 3.0 * params))})
+    df = pd.DataFrame(rows)
+    fits = {(m, h, p): fit_memorization_plateau(g.data_bits, g.memorized_bits, num_params=int(g.num_params.iloc[0]),
+                                                n_bootstrap=20)
+            for (m, h, p), g in df.groupby(["model", "head_dim", "precision"])}
+    assert str(fits[("gpt2-1-2", 32, "fp32")]).startswith("plateau 1") and "3.00 bits/param" in str(fits[("gpt2-1-2", 32, "fp32")])
+    path = plot_memorization(df, tmp_path / "memorization.png", fits=fits)
+    assert imread(path).shape[0] > 300
+    with pytest.raises(ValueError, match="needs a 'num_params' column"):
+        plot_memorization(df.drop(columns="num_params"), tmp_path / "x.png")

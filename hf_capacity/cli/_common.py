@@ -78,17 +78,22 @@ def add_count(parser: argparse.ArgumentParser, flag: str, *, minimum: int = 1, *
 
 
 # ------------------------------------------------------------------------------------------ populations
+BIOD_FLAGS = (
+    ("--K", "n_attributes", 4, "bioD: attributes per person"),
+    ("--C", "chunks_per_value", 2, "bioD: chunks per value"),
+    ("--D", "diversity", 100, "bioD: distinct chunks per attribute"),
+    ("--L", "chunk_length", 2, "bioD: tokens per chunk"),
+    ("--T", "alphabet", 20, "bioD: alphabet size (tokens)"),
+)
+"""The bioD shape flags: flag, BioDPopulation field, default, help."""
+DEFAULT_DATASET = "bioS"
+
+
 def add_population_args(p: argparse.ArgumentParser, with_seed: bool = True) -> None:
     """--dataset, --N and the bioD shape --K --C --D --L --T (and --seed)."""
-    p.add_argument("--dataset", choices=["bioS", "bioS-simple", "bioD"], default="bioS", help="data family")
+    p.add_argument("--dataset", choices=["bioS", "bioS-simple", "bioD"], default=DEFAULT_DATASET, help="data family")
     add_count(p, "--N", default=1000, help="number of people")
-    for flag, default, text in (
-        ("--K", 4, "bioD: attributes per person"),
-        ("--C", 2, "bioD: chunks per value"),
-        ("--D", 100, "bioD: distinct chunks per attribute"),
-        ("--L", 2, "bioD: tokens per chunk"),
-        ("--T", 20, "bioD: alphabet size (tokens)"),
-    ):
+    for flag, _, default, text in BIOD_FLAGS:
         add_count(p, flag, default=default, help=text)
     if with_seed:
         add_count(p, "--seed", minimum=0, default=0, help="population and rendering seed")

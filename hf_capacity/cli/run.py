@@ -60,11 +60,48 @@ def _add_training_args(p: argparse.ArgumentParser, defaults) -> None:
                    help="ignore checkpoints already in the output folder and start from step 0")
     p.add_argument("--output", "-o", default=defaults.output_dir, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    a = p.add_argument_group(
+        "adapters", "teach new people to a trained model (peft): --init-from RUN [--lora-r R]. The new population "
+        "has the base run's format (its data flags are taken from the base) and the people after the base's; "
+        "P is then the trainable adapter parameters, and the base population's bits are measured before and after")
+    a.add_argument("--init-from", default=None, metavar="MODEL_DIR",
+                   help="start from this model folder (a `hf-capacity train` run, or any causal LM with its tokenizer)")
+    add_count(a, "--lora-r", minimum=0, default=0, help="LoRA rank (0 with --init-from: full fine-tuning)")
+    a.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: equal to --lora-r, a scale of 1)")
+    a.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout")
+    a.add_argument("--lora-target-modules", "--lora-targets", nargs="+", default=["all-linear"], metavar="MODULE",
+                   help="peft target_modules: all-linear, or module names (gpt2: c_attn c_proj c_fc)")
+    a.add_argument("--load-in-4bit", action="store_true",
+                   help="QLoRA: load the frozen base in 4-bit NF4 through bitsandbytes (needs --lora-r)")
+    add_count(a, "--name-offset", minimum=0, default=None,
+              help="index of the first new person in the name permutation (default: right after the base's people)")
+
+
+def _data_flags_from_base(args) -> None:
+    """With ``--init-from`` an hf-capacity run, take --dataset and the bioD shape from the base where the user
+    left them at their defaults (a value that differs from the base's is reported when the config is built)."""
+    from ..adapters import is_capacity_run
+    from ..data.knowledge_data import CONFIG_NAME
+    from ._common import BIOD_FLAGS, DEFAULT_DATASET
+
+    if not args.init_from or not Path(args.init_from).is_dir() or not is_capacity_run(args.init_from):
+        return
+    base = json.loads((Path(args.init_from) / CONFIG_NAME).read_text())
+    population = base.get("population", {})
+    family = population.get("family")
+    family = "bioS-simple" if family == "bioS" and base.get("simple") else family
+    if args.dataset == DEFAULT_DATASET and family:
+        args.dataset = family
+    for flag, field, default, _ in BIOD_FLAGS:
+        name = flag.lstrip("-")
+        if getattr(args, name) == default and field in population:
+            setattr(args, name, population[field])
 
 
 def _training_config(args):
     from ..training import CapacityTrainingConfig
 
+    _data_flags_from_base(args)
     return CapacityTrainingConfig(
         output_dir=args.output,
         dataset=args.dataset,
@@ -99,6 +136,13 @@ def _training_config(args):
         progress=not args.quiet,
         save_steps=args.save_steps,
         resume=not args.no_resume,
+        init_from=args.init_from,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        lora_target_modules=list(args.lora_target_modules),
+        load_in_4bit=args.load_in_4bit,
+        name_offset=args.name_offset,
     )
 
 
@@ -111,7 +155,13 @@ def cmd_train(args) -> None:
         print(f"resuming from {checkpoint} (--no-resume starts from step 0)", flush=True)
     report, _ = train_capacity(config)
     print(report.table())
-    print(f"\nwrote {config.output_dir}: model, tokenizer, knowledge_data.json, results.json, knowledge_curve.png, README.md")
+    results = json.loads((Path(config.output_dir) / "results.json").read_text())
+    base = results.get("base_population")
+    if base:
+        print(f"  base population (N={base['n_people']:,})  {base['bits_before']:,.0f} bits before, "
+              f"{base['bits_after']:,.0f} after: {base['bits_forgotten']:,.0f} forgotten")
+    saved = "peft adapter" if results.get("adapter", {}).get("library") == "peft" else "model"
+    print(f"\nwrote {config.output_dir}: {saved}, tokenizer, knowledge_data.json, results.json, knowledge_curve.png, README.md")
 
 
 def cmd_demo(args) -> None:
@@ -142,13 +192,21 @@ def cmd_eval(args) -> None:
     from ..evaluation import evaluate_knowledge
 
     path = Path(args.model_dir)
-    if not (path / "config.json").is_file():
+    is_adapter = (path / "adapter_config.json").is_file()
+    if not (path / "config.json").is_file() and not is_adapter:
         raise CLIError(f"{path} is not a saved model folder (no config.json): pass the output dir of `hf-capacity train`")
+    if is_adapter and args.quantized:
+        raise CLIError(f"{path} holds a peft adapter: --quantized measures full models only")
     data = KnowledgeData.load(args.data or path)
     try:
-        model = load_causal_lm(path, code=args.code)
+        if is_adapter:  # an adapter run: its base model (as trained: 4-bit for QLoRA) with the adapter
+            from ..adapters import load_adapter_run
+
+            model = load_adapter_run(path, code=args.code)
+        else:
+            model = load_causal_lm(path, code=args.code)
     except ValueError as err:
-        raise CLIError(f"{err} (--code installed)") from err
+        raise CLIError(f"{err} (--code installed)" if not is_adapter else str(err)) from err
     report = evaluate_knowledge(
         model, data, max_people=args.max_people, renderings=args.renderings, batch_size=args.batch_size,
         progress=not args.json,
@@ -194,7 +252,7 @@ def add_commands(subparsers) -> None:
     d.set_defaults(func=cmd_demo)
 
     e = add_command(subparsers, "eval", help="measure the knowledge a trained model stores (bits, bits/param)")
-    e.add_argument("model_dir", help="a folder written by `hf-capacity train` (model + knowledge_data.json)")
+    e.add_argument("model_dir", help="a folder written by `hf-capacity train` (model or peft adapter + knowledge_data.json)")
     e.add_argument("--data", default=None, help="the data folder, if not the model folder")
     add_count(e, "--max-people", default=None, help="evaluate a subsample (adds a 95%% CI)")
     add_count(e, "--renderings", default=1, help="evaluation renderings averaged per person")

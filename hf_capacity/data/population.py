@@ -253,7 +253,11 @@ class BioSPopulation:
 @dataclass(frozen=True)
 class BioDPopulation:
     """bioD(N, K, C, D, L, T): K attributes "ID 1".."ID K"; attribute k has a diversity set of D distinct
-    chunks of L alphabet tokens; each person's value for k is C chunks drawn uniformly from that set."""
+    chunks of L alphabet tokens; each person's value for k is C chunks drawn uniformly from that set.
+
+    ``name_offset`` shifts the people into the shared name permutation, as in bioS: bioD(N', offset N) with the
+    same seed holds N' new people (distinct names, independent values) over the same diversity sets.
+    """
 
     n_people: int
     n_attributes: int
@@ -262,11 +266,17 @@ class BioDPopulation:
     chunk_length: int
     alphabet: int
     seed: int = 0
+    name_offset: int = 0
 
     family = "bioD"
 
     def __post_init__(self) -> None:
         self.shape  # validates (clear ValueError for N > N0, D > T^L, K < 1, ...)
+        if self.name_offset < 0 or self.name_offset + self.n_people > BIOS_NAME_SPACE:
+            raise ValueError(
+                f"bioD can hold at most N0 = {BIOS_NAME_SPACE:,} people with distinct names "
+                f"(asked for {self.n_people:,} after offset {self.name_offset:,})"
+            )
 
     @property
     def shape(self) -> BioDShape:
@@ -300,7 +310,7 @@ class BioDPopulation:
     def names(self, people: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """First/middle/last pool indices of ``people`` (distinct full names, as in bioS)."""
         idx = np.arange(self.n_people) if people is None else np.asarray(people, dtype=np.int64)
-        name = permute_index(idx, BIOS_NAME_SPACE, self.seed)
+        name = permute_index(idx + self.name_offset, BIOS_NAME_SPACE, self.seed)
         first, rest = np.divmod(name, BIOS_MIDDLE_NAMES * BIOS_LAST_NAMES)
         middle, last = np.divmod(rest, BIOS_LAST_NAMES)
         return {"first": first, "middle": middle, "last": last}
@@ -310,10 +320,14 @@ class BioDPopulation:
         idx = np.arange(self.n_people) if people is None else np.asarray(people, dtype=np.int64)
         k = np.arange(self.n_attributes)[None, :, None]
         c = np.arange(self.chunks_per_value)[None, None, :]
-        return uniform_int(hash64(self.seed, 0xD1A, idx[:, None, None], k, c), self.diversity)
+        g = idx[:, None, None] + self.name_offset
+        return uniform_int(hash64(self.seed, 0xD1A, g, k, c), self.diversity)
 
     def to_config(self) -> dict:
-        return {"family": self.family, **asdict(self)}
+        config = {"family": self.family, **asdict(self)}
+        if not self.name_offset:  # folders written before name_offset existed read the same
+            del config["name_offset"]
+        return config
 
 
 Population = BioSPopulation | BioDPopulation

@@ -202,6 +202,10 @@ def run_slug(config: Mapping[str, Any]) -> str:
         parts.append(f"junk{config['junk_fraction']:g}")
     if config.get("domain_token"):
         parts.append("dom")
+    if config.get("init_from"):  # an adapter run: from which base, and how
+        rank = int(config.get("lora_r") or 0)
+        method = f"qlora{rank}" if config.get("load_in_4bit") else f"lora{rank}" if rank else "ft"
+        parts[0] = f"{Path(str(config['init_from'])).name}+{method}"
     return "".join(ch if ch.isalnum() or ch in "._+-" else "-" for ch in "_".join(parts))[:100]
 
 

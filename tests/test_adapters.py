@@ -1,0 +1,188 @@
+"""Adapter runs (peft): LoRA, QLoRA and full fine-tuning of a trained run on a new population; their accounting."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from hf_capacity.adapters import AdapterSettings, load_adapter_run, new_population_data
+from hf_capacity.cli import main
+from hf_capacity.data import BioDPopulation, KnowledgeData
+from hf_capacity.evaluation import evaluate_knowledge
+from hf_capacity.models.registration import load_causal_lm
+from hf_capacity.params import count_parameters
+from hf_capacity.sweep import load_sweep
+from hf_capacity.training import CapacityTrainingConfig, train_capacity
+
+BIOD = {"n_attributes": 2, "chunks_per_value": 2, "diversity": 20, "chunk_length": 1, "alphabet": 30}
+COMMON = dict(dataset="bioD", biod=BIOD, context_length=128, batch_size=4, warmup_steps=2, learning_rate=1e-2,
+              weight_decay=0.0, progress=False, logging_steps=1000)
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    """A tiny base run: gpt2-1-1 (head dim 16) trained on 40 bioD people for 60 exposures."""
+    out = tmp_path_factory.mktemp("adapters") / "base"
+    report, _ = train_capacity(CapacityTrainingConfig(output_dir=str(out), n_people=40, model="gpt2-1-1",
+                                                      head_dim=16, exposures=60, **COMMON))
+    assert report.bits.total > 0  # the base knows something of its people, which an adapter run can forget
+    return out
+
+
+def adapter_run(base, out, **kwargs):
+    config = CapacityTrainingConfig(output_dir=str(out), n_people=20, exposures=20, init_from=str(base),
+                                    **{**COMMON, **kwargs})
+    report, trainer = train_capacity(config)
+    return report, trainer, json.loads((out / "results.json").read_text())
+
+
+def lora_param_count(model_dir, r: int, targets=("c_attn", "c_proj", "c_fc")) -> int:
+    """r·(in + out) for every adapted Linear, counted from the base's own modules."""
+    model = load_causal_lm(model_dir)
+    return sum(r * (m.in_features + m.out_features) for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets)
+
+
+def test_new_population_is_new_people_in_the_base_format(base_run):
+    base = KnowledgeData.load(base_run)
+    new = new_population_data(base, 25)
+    assert new.population.name_offset == 40 and new.population.seed == base.population.seed
+    assert np.array_equal(new.population.chunks, base.population.chunks)  # the same diversity sets
+    names = lambda pop: {tuple(row) for row in np.stack(list(pop.names().values()), axis=1)}  # noqa: E731
+    assert not names(new.population) & names(base.population)
+    assert new.tokenizer is base.tokenizer
+    with pytest.raises(ValueError, match="overlap the base model's own"):
+        new_population_data(base, 10, name_offset=35)
+    # an offset of 0 is the population as it always was (folders written before offsets existed read the same)
+    old = BioDPopulation(40, seed=base.population.seed, **BIOD)
+    assert np.array_equal(old.values(), base.population.values()) and "name_offset" not in old.to_config()
+
+
+def test_lora_run_trains_only_the_adapter_and_counts_exactly_it(base_run, tmp_path):
+    from peft import PeftModel
+
+    out = tmp_path / "lora"
+    report, trainer, results = adapter_run(base_run, out, lora_r=2)
+    expected = lora_param_count(base_run, 2)
+    assert report.num_params.capacity == expected == results["num_params"]
+    # the base's P: by the same rule, on this data's tokens in the report, on its own population's in base_population
+    new_tokens, own_tokens = KnowledgeData.load(out).used_token_ids(), KnowledgeData.load(base_run).used_token_ids()
+    assert report.num_params.base_capacity == count_parameters(load_causal_lm(base_run), new_tokens).capacity
+    assert report.num_params.base_capacity == results["num_params_base"]
+    own = count_parameters(load_causal_lm(base_run), own_tokens).capacity
+    assert results["base_population"]["num_params"] == own == json.loads((base_run / "results.json").read_text())["num_params"]
+    # the base's weights are untouched, the adapter's moved
+    base_weights = load_file(str(base_run / "model.safetensors"))
+    model = trainer.model
+    for name, p in model.get_base_model().named_parameters():
+        if "lora_" not in name:
+            key = name.replace(".base_layer", "")
+            assert torch.equal(p.detach(), base_weights[key]), name
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # B starts at zero; training moved it
+    # results, forgetting, and a valid adapter card
+    assert results["adapter"]["method"] == "lora" and results["adapter"]["r"] == 2
+    bp = results["base_population"]
+    assert bp["n_people"] == 40 and bp["bits_before"] > 0 and bp["bits_forgotten"] == pytest.approx(
+        bp["bits_before"] - bp["bits_after"])
+    card = (out / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["library_name"] == "peft" and meta["base_model"] == str(base_run.resolve())
+    assert "trainable adapter parameters P" in card and "PeftModel.from_pretrained" in card
+    # the adapter loads back with peft and measures the same
+    reloaded = load_adapter_run(out)  # PeftModel.from_pretrained on the base the adapter names
+    assert isinstance(reloaded, PeftModel)
+    again = evaluate_knowledge(reloaded, KnowledgeData.load(out), progress=False)
+    assert again.num_params.capacity == expected
+    assert again.bits.total == pytest.approx(report.bits.total, rel=1e-6, abs=1e-6)
+
+
+def test_full_finetuning_is_the_reference_with_the_whole_model_as_p(base_run, tmp_path):
+    report, _, results = adapter_run(base_run, tmp_path / "ft", lora_r=0)
+    # every parameter learns: P is the whole model by the paper's rule, on the tokens of the data it trains on
+    whole = count_parameters(load_causal_lm(base_run), KnowledgeData.load(tmp_path / "ft").used_token_ids())
+    assert report.num_params.capacity == whole.capacity and not report.num_params.is_adapter
+    assert results["adapter"] == {"method": "full", "base_model": str(base_run)}
+    assert results["base_population"]["bits_after"] <= results["base_population"]["bits_before"] + 1e-6
+    meta = yaml.safe_load((tmp_path / "ft" / "README.md").read_text().split("---")[1])
+    assert meta["library_name"] == "transformers" and meta["base_model"] == str(base_run)
+
+
+def test_qlora_learns_on_a_4bit_base_after_an_evaluation(base_run, tmp_path):
+    """The knowledge callback evaluates at step 0; on AVX512-BF16 CPUs that would repack the 4-bit weights
+    and stop LoRA's gradients unless the layers are told not to (the HF-stack notes' trap)."""
+    import bitsandbytes as bnb
+
+    report, trainer, results = adapter_run(base_run, tmp_path / "qlora", lora_r=2, load_in_4bit=True)
+    model = trainer.model
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and all(not m.support_avx512bf16_for_cpu for m in layers)
+    assert all(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+    assert report.num_params.capacity == lora_param_count(base_run, 2)
+    assert results["adapter"]["method"] == "qlora"
+    # P of the base counts the weights the 4-bit tensors stand for, not their packed bytes
+    full = count_parameters(load_causal_lm(base_run), KnowledgeData.load(tmp_path / "qlora").used_token_ids())
+    assert report.num_params.base_capacity == results["num_params_base"] == full.capacity
+    # eval loads it as trained: the adapter on a 4-bit base
+    loaded = load_adapter_run(tmp_path / "qlora")
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in loaded.modules())
+
+
+def test_cli_adapter_run_and_eval(base_run, tmp_path, capsys):
+    out = tmp_path / "cli_lora"
+    argv = ["train", "--init-from", str(base_run), "--lora-r", "1", "--lora-targets", "c_attn", "--N", "10",
+            "--exposures", "5", "--context-length", "128", "--batch-size", "4", "--warmup-steps", "1", "--quiet",
+            "-o", str(out)]
+    assert main(argv) == 0  # --dataset and the bioD shape come from the base run
+    printed = capsys.readouterr().out
+    assert "trainable adapter parameters P" in printed and "base population" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_params"] == lora_param_count(base_run, 1, targets=("c_attn",))
+    assert main(["eval", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["bits"] == pytest.approx(results["bits"], rel=1e-6, abs=1e-6)
+
+
+def test_train_help_shows_the_adapter_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--init-from", "--lora-r", "--lora-alpha", "--lora-dropout", "--lora-target-modules",
+                 "--load-in-4bit", "--name-offset"):
+        assert flag in text
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"lora_r": 4}, "set init_from"),
+    ({"init_from": "x", "load_in_4bit": True}, "set lora_r >= 1"),
+    ({"init_from": "x", "lora_r": -1}, "lora_r must be >= 1"),
+    ({"init_from": "x", "lora_r": 2, "lora_dropout": 1.5}, "lora_dropout must lie in"),
+    ({"init_from": "x", "lora_r": 2, "quantized": ("int8",)}, "cannot take quantized"),
+])
+def test_bad_adapter_settings_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CapacityTrainingConfig(**kwargs)
+
+
+def test_a_base_of_another_format_is_refused(base_run, tmp_path, capsys):
+    with pytest.raises(ValueError, match="trained on bioD"):
+        adapter_run(base_run, tmp_path / "x", dataset="bioS", lora_r=1)
+    with pytest.raises(ValueError, match="is not a folder"):
+        adapter_run(tmp_path / "missing", tmp_path / "y", lora_r=1)
+    argv = ["train", "--init-from", str(base_run), "--lora-r", "1", "--lora-target-modules", "nope", "--N", "5",
+            "--exposures", "1", "--context-length", "128", "--quiet", "-o", str(tmp_path / "z")]
+    assert main(argv) == 2
+    assert "c_attn" in capsys.readouterr().err  # the error names the base's Linear modules
+
+
+def test_sweep_axis_over_rank(base_run, tmp_path):
+    sweep = load_sweep({"name": "ranks", "output_dir": str(tmp_path / "s"),
+                        "base": {**{k: v for k, v in COMMON.items() if k != "biod"}, "biod": BIOD,
+                                 "init_from": str(base_run), "n_people": 20},
+                        "grid": {"lora_r": [0, 1, 4], "load_in_4bit": [False]}})
+    runs = sweep.plan()
+    assert [r.config["lora_r"] for r in runs] == [0, 1, 4]
+    assert [r.run_id.split("_")[0] for r in runs] == ["base+ft", "base+lora1", "base+lora4"]
+    assert AdapterSettings(r=4).method == "lora" and runs[2].training_config().adapter_settings().r == 4
