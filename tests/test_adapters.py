@@ -14,7 +14,7 @@ from hf_capacity.data import BioDPopulation, KnowledgeData
 from hf_capacity.evaluation import evaluate_knowledge
 from hf_capacity.models.registration import load_causal_lm
 from hf_capacity.params import count_parameters
-from hf_capacity.sweep import load_sweep
+from hf_capacity.sweep import adapter_table, load_sweep, run_sweep
 from hf_capacity.training import CapacityTrainingConfig, train_capacity
 
 BIOD = {"n_attributes": 2, "chunks_per_value": 2, "diversity": 20, "chunk_length": 1, "alphabet": 30}
@@ -177,12 +177,16 @@ def test_a_base_of_another_format_is_refused(base_run, tmp_path, capsys):
     assert "c_attn" in capsys.readouterr().err  # the error names the base's Linear modules
 
 
-def test_sweep_axis_over_rank(base_run, tmp_path):
-    sweep = load_sweep({"name": "ranks", "output_dir": str(tmp_path / "s"),
-                        "base": {**{k: v for k, v in COMMON.items() if k != "biod"}, "biod": BIOD,
-                                 "init_from": str(base_run), "n_people": 20},
-                        "grid": {"lora_r": [0, 1, 4], "load_in_4bit": [False]}})
-    runs = sweep.plan()
-    assert [r.config["lora_r"] for r in runs] == [0, 1, 4]
+def test_a_sweep_over_rank_tabulates_bits_per_trainable_parameter(base_run, tmp_path):
+    config = {"name": "ranks", "output_dir": str(tmp_path / "s"),
+              "base": {**COMMON, "init_from": str(base_run), "n_people": 10, "exposures": 2},
+              "grid": {"lora_r": [0, 1, 4]}}
+    runs = load_sweep(config).plan()
     assert [r.run_id.split("_")[0] for r in runs] == ["base+ft", "base+lora1", "base+lora4"]
     assert AdapterSettings(r=4).method == "lora" and runs[2].training_config().adapter_settings().r == 4
+    table = adapter_table(run_sweep(config, log=lambda line: None))
+    assert list(table["method"]) == ["lora", "lora", "full"] and list(table["lora_r"]) == [1, 4, 0]
+    assert list(table["P"][:2]) == [lora_param_count(base_run, 1), lora_param_count(base_run, 4)]
+    own = json.loads((base_run / "results.json").read_text())["num_params"]
+    assert (table["P_base"] == own).all() and (table["base_bits_before"] > 0).all()
+    assert table["R_max"].tolist() == pytest.approx((table["bits_max"] / table["P"]).tolist())

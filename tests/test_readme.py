@@ -18,3 +18,23 @@ def test_measure_your_own_model_script_runs_as_written(tmp_path):
     assert "exposures per person: 300 (every person exactly)" in result.stdout
     learned = int(re.search(r"bits learned\s+([\d,]+)", result.stdout).group(1).replace(",", ""))
     assert learned > 0, result.stdout[-2000:]
+
+
+def test_the_adapter_command_parses_and_builds_its_run(monkeypatch):
+    """The README's LoRA command, as written (from the repository root), is a valid adapter run on the committed
+    calibration model: its flags parse, the run config validates, and the data is the base's format."""
+    import shlex
+
+    from hf_capacity.cli import build_parser
+    from hf_capacity.cli.run import _training_config
+    from hf_capacity.training import build_data
+
+    section = README.read_text().split("## Teach a trained model new facts", 1)[1].split("\n## ", 1)[0]
+    command = re.search(r"```bash\n(.*?)\n", section.replace("\\\n", " "), re.S).group(1)
+    argv = shlex.split(command)[1:]
+    monkeypatch.chdir(README.parent)
+    args = build_parser().parse_args(argv)
+    config = _training_config(args)
+    assert config.lora_r == 8 and config.dataset == "bioD" and config.biod["diversity"] == 1000
+    data = build_data(config)
+    assert data.population.name_offset == 1500 and data.population.n_people == 300

@@ -20,7 +20,9 @@ By concept:
 - ``folders``: the file names of a sweep folder and its run folders.
 """
 
-from .analysis import SweepFit, architecture_label, capacity_points, fit_sweep, plot_sweep, precision_table
+from .analysis import (
+    SweepFit, adapter_table, architecture_label, capacity_points, fit_sweep, plot_sweep, precision_table,
+)
 from .config import Sweep, SweepConfigError, SweepRun, config_hash, load_sweep, run_slug
 from .runner import SweepRunFailed, parse_shard, run_sweep
 from .table import NoFinishedRunError, load_results, rebuild_table, require_finished_runs
@@ -42,6 +44,7 @@ __all__ = [
     "fit_sweep",
     "plot_sweep",
     "precision_table",
+    "adapter_table",
     "SweepFit",
     "run_slug",
     "config_hash",

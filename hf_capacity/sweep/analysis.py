@@ -269,3 +269,36 @@ def precision_table(df: pd.DataFrame) -> pd.DataFrame:
                 rows.append({**common, "precision": scheme, "bits": float(run[f"bits_{scheme}"]),
                              "bits_per_param": float(run[f"bits_per_param_{scheme}"])})
     return pd.DataFrame(rows, columns=PRECISION_COLUMNS)
+
+
+ADAPTER_COLUMNS = ["method", "lora_r", "N", "exposures", "P", "P_base", "R_max", "bits", "bits_max", "bits_per_param",
+                   "fraction_learned", "base_bits_before", "base_bits_after", "base_bits_forgotten", "wall_time_s",
+                   "run_id"]
+
+
+def adapter_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per finished adapter run (LoRA, QLoRA, full fine-tuning from ``init_from``), by trainable P.
+
+    Columns ``ADAPTER_COLUMNS``: P = the trainable parameters (the whole model for full fine-tuning), P_base the
+    base model's P on its own population, R_max = bits_max / P (above ~2.5 the new data is not what limits the
+    run), bits of the new population, and the base population's bits before and after (forgetting)."""
+    if "init_from" not in df.columns:
+        return pd.DataFrame(columns=ADAPTER_COLUMNS)
+    rows = []
+    for _, run in df[(df["status"] == "done") & df["init_from"].notna()].iterrows():
+        method = run.get("adapter_method") if isinstance(run.get("adapter_method"), str) else "full"
+        base_p = run.get("base_num_params")
+        rows.append({
+            "method": method, "lora_r": int(run.get("lora_r") or 0), "N": int(run["n_people"]),
+            "exposures": int(run["exposures"]), "P": int(run["num_params"]),
+            "P_base": int(base_p) if pd.notna(base_p) else None,
+            "R_max": float(run["bits_max"]) / float(run["num_params"]), "bits": float(run["bits"]),
+            "bits_max": float(run["bits_max"]), "bits_per_param": float(run["bits_per_param"]),
+            "fraction_learned": float(run["fraction_learned"]),
+            "base_bits_before": run.get("base_bits_before"), "base_bits_after": run.get("base_bits_after"),
+            "base_bits_forgotten": run.get("base_bits_forgotten"), "wall_time_s": run.get("wall_time_s"),
+            "run_id": run["run_id"],
+        })
+    table = pd.DataFrame(rows, columns=ADAPTER_COLUMNS)
+    order = table["method"].map({"lora": 0, "qlora": 1, "full": 2})  # the rank ladder, then QLoRA, then the reference
+    return table.assign(_order=order).sort_values(["_order", "P"]).drop(columns="_order").reset_index(drop=True)

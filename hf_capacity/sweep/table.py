@@ -78,6 +78,12 @@ def _run_row(folder: Path, planned: dict | None) -> dict:
         row[f"bits_per_param_{scheme}"] = q.get("bits_per_param")
         row[f"bits_{scheme}"] = q.get("bits")
         row[f"quantized_ratio_{scheme}"] = q.get("ratio_to_full_precision")
+    adapter = results.get("adapter") or {}
+    if adapter:  # an adapter run: how it adapted, the base's P, and what its own population kept
+        row["adapter_method"] = adapter.get("method")
+        row["num_params_base"] = results.get("num_params_base")
+    for key, value in (results.get("base_population") or {}).items():
+        row[f"base_{key}"] = value
     state = read_json(folder / "trainer_state.json") or {}
     history = state.get("log_history") or []
     losses = [h["loss"] for h in history if "loss" in h]
