@@ -41,7 +41,7 @@ def plan(args) -> list[tuple[str, int, str, int]]:
     for key in args.models:
         model, head_dim, ladder = MODELS[key]
         for precision in args.precisions:
-            runs += [(model, head_dim, precision, n) for n in ladder]
+            runs += [(model, head_dim, precision, n) for n in ladder if not args.N or n in args.N]
     return runs
 
 
@@ -96,6 +96,7 @@ def main() -> int:
     parser.add_argument("-o", "--output", default="studies/memorization", help="folder of the runs")
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--precisions", nargs="*", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--N", type=int, nargs="*", default=None, help="only these ladder points")
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--length", type=int, default=64)

@@ -33,8 +33,8 @@ def base_run(tmp_path_factory):
 
 
 def adapter_run(base, out, **kwargs):
-    config = CapacityTrainingConfig(output_dir=str(out), n_people=20, exposures=20, init_from=str(base),
-                                    **{**COMMON, **kwargs})
+    config = CapacityTrainingConfig(output_dir=str(out), init_from=str(base),
+                                    **{**COMMON, "n_people": 20, "exposures": 20, **kwargs})
     report, trainer = train_capacity(config)
     return report, trainer, json.loads((out / "results.json").read_text())
 
@@ -190,3 +190,42 @@ def test_a_sweep_over_rank_tabulates_bits_per_trainable_parameter(base_run, tmp_
     own = json.loads((base_run / "results.json").read_text())["num_params"]
     assert (table["P_base"] == own).all() and (table["base_bits_before"] > 0).all()
     assert table["R_max"].tolist() == pytest.approx((table["bits_max"] / table["P"]).tolist())
+
+
+def test_any_causal_lm_folder_is_a_base_with_its_own_tokenizer(tmp_path):
+    """A stock Llama saved with its own BPE tokenizer: the new people are rendered with that tokenizer (offset
+    spans) and LoRA on all linear layers trains; no base population, so no forgetting is reported."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from hf_capacity.data.offset_spans import OffsetRenderer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    bpe.train_from_iterator([LlamaConfig.__doc__] * 2, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="</s>")
+    base = tmp_path / "llama"
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                                 eos_token_id=tokenizer.eos_token_id)).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    report, trainer, results = adapter_run(base, tmp_path / "lora", lora_r=2, n_people=8)
+    data = KnowledgeData.load(tmp_path / "lora")
+    assert isinstance(data.renderer, OffsetRenderer) and data.population.name_offset == 0
+    linear = [m for m in load_causal_lm(base).modules() if isinstance(m, torch.nn.Linear) and m.out_features != len(tokenizer)]
+    assert len(linear) == 7  # q k v o gate up down
+    assert report.num_params.capacity == sum(2 * (m.in_features + m.out_features) for m in linear)
+    assert "base_population" not in results and results["adapter"]["method"] == "lora"
+
+
+def test_bios_new_people_come_after_the_base_and_its_junk():
+    from hf_capacity.data import BioSPopulation, JunkConfig
+
+    base = KnowledgeData.create(BioSPopulation(30, seed=5), vocab_size=400, junk=JunkConfig(0.5, 1000))
+    new = new_population_data(base, 12)
+    assert new.population.name_offset == 30 + 1000 and new.junk is None
+    people = lambda data: {data.population.person(i)["name"] for i in range(data.population.n_people)}  # noqa: E731
+    assert len(people(new)) == 12 and not people(new) & people(base)
+    text = base.tokenizer.decode(new.renderer.render(np.arange(2), 0).biography(0))
+    assert new.population.person(0)["name"] in text
