@@ -6,6 +6,9 @@ The public API, by concept (each lives in one module):
 - math: ``hf_capacity.bits`` (bit complexity, knowledge bits, R(F)); ``count_parameters`` (the paper's P)
 - evaluation: ``evaluate_knowledge`` → ``KnowledgeReport``
 - training: ``add_capacity_callbacks`` and the callbacks in ``hf_capacity.callbacks``; ``train_capacity``
+- adapters (peft): ``AdapterSettings`` and ``hf_capacity.adapters`` (LoRA/QLoRA/full fine-tuning from a base);
+  ``ForgettingCallback`` (the base population's bits before and after)
+- memorization (Morris et al. 2025): ``RandomSequences``, ``hf_capacity.memorization``, ``MemorizationCallback``
 - the ``evaluate`` metric: ``load_metric()``; scaling laws: ``hf_capacity.scaling``
 """
 
@@ -34,6 +37,10 @@ _EXPORTS = {
     "DivergenceCallback": "hf_capacity.callbacks",
     "TrainingDivergedError": "hf_capacity.callbacks",
     "KnowledgeOnlyEvalSet": "hf_capacity.callbacks",
+    "ForgettingCallback": "hf_capacity.callbacks",
+    "MemorizationCallback": "hf_capacity.callbacks",
+    "AdapterSettings": "hf_capacity.adapters",
+    "RandomSequences": "hf_capacity.data.random_sequences",
     "mix_knowledge": "hf_capacity.data",
     "CapacityTrainingConfig": "hf_capacity.training",
     "train_capacity": "hf_capacity.training",
