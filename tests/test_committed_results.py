@@ -18,3 +18,25 @@ def test_the_1000_exposure_run_stores_about_2_bits_per_parameter(code, capsys):
     assert measured["bits"] == pytest.approx(recorded["bits"], rel=1e-6)
     assert measured["num_params"] == recorded["num_params"]
     assert measured["bits_per_param"] >= 1.8 and measured["bits_max"] / measured["num_params"] >= 2.5
+
+
+RESULTS = RUN.parent
+README = RESULTS.parent.parent / "README.md"
+
+
+def test_the_readme_memorization_plateaus_are_the_fits_of_the_committed_table():
+    """Each plateau in the README's memorization table is what fit_memorization_plateau gives on the CSV."""
+    import pandas as pd
+
+    from hf_capacity.scaling import fit_memorization_plateau
+
+    table = pd.read_csv(RESULTS / "memorization_cpu.csv")
+    readme = README.read_text()
+    assert (table["heldout_memorized_bits"] == 0).all() and len(table) == 32
+    for (model, head_dim, precision), runs in table.groupby(["model", "head_dim", "precision"]):
+        fit = fit_memorization_plateau(runs["data_bits"], runs["memorized_bits"], num_params=int(runs["num_params"].iloc[0]))
+        low, high = (c / fit.num_params for c in fit.ci)
+        row = next(line for line in readme.splitlines() if line.startswith(f"| {model}, head dim {head_dim} |"))
+        cells = [c.strip() for c in row.split("|")]
+        cell = cells[5] if precision == "fp32" else cells[6]
+        assert cell == f"**{fit.bits_per_param:.2f}** ({low:.2f}-{high:.2f})", (model, head_dim, precision)

@@ -240,7 +240,7 @@ def plot_sweep(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
     return written
 
 
-PRECISION_COLUMNS = ["model", "mlp_type", "seed", "exposures", "precision", "N", "P", "P_non_embedding", "R_max",
+PRECISION_COLUMNS = ["model", "head_dim", "mlp_type", "seed", "exposures", "precision", "N", "P", "P_non_embedding", "R_max",
                      "bits", "bits_per_param", "run_id"]
 
 
@@ -256,7 +256,7 @@ def precision_table(df: pd.DataFrame) -> pd.DataFrame:
             match = MODEL_NAME.match(str(run["model"]))
             mlp = DEFAULT_MLP.get(match.group(1) if match else "", "standard")
         common = {
-            "model": run["model"], "mlp_type": mlp, "seed": int(run["seed"]),
+            "model": run["model"], "head_dim": int(run["head_dim"]), "mlp_type": mlp, "seed": int(run["seed"]),
             "exposures": int(run["exposures"]), "N": int(run["n_people"]), "P": int(run["num_params"]),
             "P_non_embedding": int(run["num_params_non_embedding"]),
             "R_max": float(run["bits_max"]) / float(run["num_params"]), "run_id": run["run_id"],
