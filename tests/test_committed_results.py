@@ -40,3 +40,22 @@ def test_the_readme_memorization_plateaus_are_the_fits_of_the_committed_table():
         cells = [c.strip() for c in row.split("|")]
         cell = cells[5] if precision == "fp32" else cells[6]
         assert cell == f"**{fit.bits_per_param:.2f}** ({low:.2f}-{high:.2f})", (model, head_dim, precision)
+
+
+def test_the_readme_adapter_table_is_the_committed_study():
+    """Each row of the README's adapter study is a row of docs/results/adapters_cpu.csv (bits, P, ratio)."""
+    import pandas as pd
+
+    table = pd.read_csv(RESULTS / "adapters_cpu.csv")
+    section = README.read_text().split("### CPU study: LoRA ranks", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith(("| LoRA", "| QLoRA", "| full"))]
+    assert len(rows) == len(table) == 12
+    cells = {(c := [x.strip() for x in line.split("|")])[1]: c for line in rows}
+    for run in table.itertuples():
+        label = "full fine-tuning" if run.method == "full" else f"{'QLoRA' if run.method == 'qlora' else 'LoRA'} r={run.lora_r}"
+        if run.learning_rate != 0.01:
+            label += f", lr {run.learning_rate:.0e}".replace("e-0", "e-")
+        c = cells[label]
+        assert c[2] == f"{run.P:,}" and c[4] == f"{run.bits:,.0f}" and c[5] == f"**{run.bits_per_param:.2f}**", label
+        assert c[6] == f"{run.base_bits_before:,.0f} → {run.base_bits_after:,.0f}", label
+    assert (table.loc[table.method == "lora", "P"] == 512 * table.loc[table.method == "lora", "lora_r"]).all()

@@ -271,7 +271,7 @@ def precision_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=PRECISION_COLUMNS)
 
 
-ADAPTER_COLUMNS = ["method", "lora_r", "N", "exposures", "P", "P_base", "R_max", "bits", "bits_max", "bits_per_param",
+ADAPTER_COLUMNS = ["method", "lora_r", "learning_rate", "N", "exposures", "P", "P_base", "R_max", "bits", "bits_max", "bits_per_param",
                    "fraction_learned", "base_bits_before", "base_bits_after", "base_bits_forgotten", "wall_time_s",
                    "run_id"]
 
@@ -289,7 +289,8 @@ def adapter_table(df: pd.DataFrame) -> pd.DataFrame:
         method = run.get("adapter_method") if isinstance(run.get("adapter_method"), str) else "full"
         base_p = run.get("base_num_params")
         rows.append({
-            "method": method, "lora_r": int(run.get("lora_r") or 0), "N": int(run["n_people"]),
+            "method": method, "lora_r": int(run.get("lora_r") or 0), "learning_rate": float(run["learning_rate"]),
+            "N": int(run["n_people"]),
             "exposures": int(run["exposures"]), "P": int(run["num_params"]),
             "P_base": int(base_p) if pd.notna(base_p) else None,
             "R_max": float(run["bits_max"]) / float(run["num_params"]), "bits": float(run["bits"]),
@@ -301,4 +302,5 @@ def adapter_table(df: pd.DataFrame) -> pd.DataFrame:
         })
     table = pd.DataFrame(rows, columns=ADAPTER_COLUMNS)
     order = table["method"].map({"lora": 0, "qlora": 1, "full": 2})  # the rank ladder, then QLoRA, then the reference
-    return table.assign(_order=order).sort_values(["_order", "P"]).drop(columns="_order").reset_index(drop=True)
+    return (table.assign(_order=order).sort_values(["_order", "P", "learning_rate"]).drop(columns="_order")
+            .reset_index(drop=True))
