@@ -9,6 +9,7 @@ import yaml
 from safetensors.torch import load_file
 
 from hf_capacity.adapters import AdapterSettings, load_adapter_run, new_population_data
+from hf_capacity.callbacks import ForgettingCallback
 from hf_capacity.cli import main
 from hf_capacity.data import BioDPopulation, KnowledgeData
 from hf_capacity.evaluation import evaluate_knowledge
@@ -229,3 +230,27 @@ def test_bios_new_people_come_after_the_base_and_its_junk():
     assert len(people(new)) == 12 and not people(new) & people(base)
     text = base.tokenizer.decode(new.renderer.render(np.arange(2), 0).biography(0))
     assert new.population.person(0)["name"] in text
+
+
+def test_an_adapter_run_resumes_from_its_checkpoint(base_run, tmp_path):
+    """An interrupted LoRA run (here: its final files and newest checkpoint removed, as a kill would leave it)
+    resumes from its adapter checkpoint and ends with the same adapter, bits and forgetting as an unbroken one."""
+    import shutil
+
+    settings = dict(lora_r=2, n_people=10, exposures=12, save_steps=2)
+    _, _, unbroken = adapter_run(base_run, tmp_path / "unbroken", **settings)
+    out = tmp_path / "broken"
+    adapter_run(base_run, out, **settings)
+    steps = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    assert len(steps) == 2 and (out / f"checkpoint-{steps[0]}" / "adapter_model.safetensors").is_file()  # 2 kept
+    shutil.rmtree(out / f"checkpoint-{steps[-1]}")
+    for name in ("results.json", "adapter_model.safetensors", "README.md"):
+        (out / name).unlink()
+    _, trainer, resumed = adapter_run(base_run, out, **settings)
+    forgetting = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ForgettingCallback))
+    assert forgetting.before is None  # it did not start from step 0: the base's step-0 bits came from the log
+    assert resumed["history"] == unbroken["history"]
+    assert resumed["base_population"] == unbroken["base_population"]  # its step-0 bits from the restored log
+    a = load_file(str(tmp_path / "unbroken" / "adapter_model.safetensors"))
+    b = load_file(str(out / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
