@@ -6,7 +6,8 @@ and trains on a *new* population of the same format: for a run folder, the peopl
 the base's tokenizer. Capacity accounting (``hf_capacity.params``): P is the trainable adapter parameters, the
 base's P is reported apart, and the base population's knowledge is measured before and after (forgetting).
 
-This module is the thin layer over peft and bitsandbytes; ``training.train_capacity`` and the CLI use it.
+This module is the thin layer over peft and bitsandbytes; ``training.train_capacity`` and the CLI use it. It
+imports torch only when a model is loaded, so a run config (which validates its ``AdapterSettings``) stays light.
 """
 
 from __future__ import annotations
@@ -19,11 +20,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .data import KnowledgeData
 from .data.knowledge_data import CONFIG_NAME
-from .params import is_peft_model
 
 ALL_LINEAR = "all-linear"
 """peft's shorthand for every ``nn.Linear`` but the output head."""
@@ -66,13 +64,6 @@ class AdapterSettings:
         targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
         return LoraConfig(r=self.r, lora_alpha=self.lora_alpha or self.r, lora_dropout=self.lora_dropout,
                           target_modules=targets, task_type="CAUSAL_LM")
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["method"] = self.method
-        if not isinstance(self.target_modules, str):
-            d["target_modules"] = list(self.target_modules)
-        return d
 
 
 def is_capacity_run(path: str | os.PathLike) -> bool:
@@ -136,28 +127,24 @@ def load_base_model(path: str | os.PathLike, *, load_in_4bit: bool = False, code
 
     The 4-bit layers get ``support_avx512bf16_for_cpu = False``: on AVX512-BF16 CPUs the first eval-mode forward
     would otherwise repack their weights in place and LoRA gradients would stop (see the HF-stack notes)."""
+    import torch
+
     from .models.registration import load_causal_lm
 
     folder = check_base_folder(path).resolve()  # adapter_config.json records where the base is
     if not load_in_4bit:
         return load_causal_lm(folder, code=code, dtype=torch.float32)
-    import logging
+    from .quantization import load_bnb_model, quantization_config
 
-    import bitsandbytes as bnb
-    from transformers import BitsAndBytesConfig
-
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
-    model = load_causal_lm(folder, code=code, quantization_config=config, dtype=torch.float32)
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            module.support_avx512bf16_for_cpu = False
-    return model
+    config = quantization_config("nf4", compute_dtype=torch.float32)
+    return load_bnb_model(folder, config, dtype=torch.float32, code=code)
 
 
 def add_adapter(model, settings: AdapterSettings):
     """``model`` ready to train: a ``PeftModel`` with LoRA adapters (only they train), or, for r = 0, the
     model itself with every parameter trainable (full fine-tuning)."""
+    import torch
+
     if settings.r == 0:
         for p in model.parameters():
             p.requires_grad_(True)
@@ -177,6 +164,8 @@ def add_adapter(model, settings: AdapterSettings):
 def adapter_summary(model) -> dict | None:
     """What a ``PeftModel`` adapts (for results.json and the card): method, rank, alpha, targets, base model
     path; None for an ordinary model."""
+    from .params import is_peft_model
+
     if not is_peft_model(model):
         return None
     name = getattr(model, "active_adapter", "default")

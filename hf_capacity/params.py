@@ -79,6 +79,11 @@ def _unique_numel(params: Iterable[torch.nn.Parameter]) -> int:
     return n
 
 
+def _unused_rows(embeddings: Iterable[torch.Tensor], used: int) -> int:
+    """Parameters in the rows of tokens beyond the ``used`` ones, summed over token embedding tensors."""
+    return sum((t.shape[0] - used) * (t.numel() // t.shape[0]) for t in embeddings)
+
+
 def is_peft_model(model) -> bool:
     """Whether ``model`` is a ``peft.PeftModel`` (checked without importing peft)."""
     return hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None))
@@ -115,8 +120,10 @@ def count_parameters(model: torch.nn.Module, used_token_ids: Iterable[int] | Non
 
     vocab_size = embedding_tensors[0].shape[0] if embedding_tensors else 0
     used = _used_token_count(used_token_ids, vocab_size) if embedding_tensors else 0
+    if is_peft_model(model):
+        return _adapter_count(model, embedding_tensors, used, total)
     embedding = sum(t.numel() for t in embedding_tensors)
-    unused_rows = sum((t.shape[0] - used) * (t.numel() // t.shape[0]) for t in embedding_tensors)
+    unused_rows = _unused_rows(embedding_tensors, used)
 
     position = 0
     for name, module in model.named_modules():
@@ -131,8 +138,6 @@ def count_parameters(model: torch.nn.Module, used_token_ids: Iterable[int] | Non
     memory_values = int(breakdown.get("memory_values", 0))
 
     capacity = total - unused_rows
-    if is_peft_model(model):
-        return _adapter_count(model, embedding_tensors, used, total)
     return ParameterCount(
         total=total,
         capacity=capacity,
@@ -155,15 +160,12 @@ def _adapter_count(model, embedding_tensors: list[torch.Tensor], used: int, tota
     trainable_embeddings = [t for t in embedding_tensors if id(t) in own]
     frozen_embeddings = [t for t in embedding_tensors if id(t) not in own]
 
-    def unused(tensors):
-        return sum((t.shape[0] - used) * (t.numel() // t.shape[0]) for t in tensors)
-
     trainable = _unique_numel(p for p in model.parameters() if id(p) in own)
     frozen = _unique_numel(p for p in model.parameters() if id(p) not in own)
     if trainable == 0:
         raise ValueError("this adapter model has no adapter parameter (nothing named after its adapters "
                          f"{', '.join(adapters)}, nothing trainable): nothing can learn")
-    capacity = trainable - unused(trainable_embeddings)
+    capacity = trainable - _unused_rows(trainable_embeddings, used)
     trainable_embedding = sum(t.numel() for t in trainable_embeddings)
     return ParameterCount(
         total=total,
@@ -174,5 +176,5 @@ def _adapter_count(model, embedding_tensors: list[torch.Tensor], used: int, tota
         embedding=sum(t.numel() for t in embedding_tensors),
         vocab_size=embedding_tensors[0].shape[0] if embedding_tensors else 0,
         used_tokens=used,
-        base_capacity=frozen - unused(frozen_embeddings),
+        base_capacity=frozen - _unused_rows(frozen_embeddings, used),
     )

@@ -22,15 +22,16 @@ from .evaluation import KnowledgeReport, evaluate_knowledge
 SCHEMES = ("int8", "nf4", "fp4")
 
 
-def quantization_config(scheme: str):
-    """The ``BitsAndBytesConfig`` of a scheme name: "int8", "nf4" or "fp4"."""
+def quantization_config(scheme: str, compute_dtype: torch.dtype = torch.bfloat16):
+    """The ``BitsAndBytesConfig`` of a scheme name: "int8", "nf4" or "fp4" (4-bit layers compute in
+    ``compute_dtype``)."""
     from transformers import BitsAndBytesConfig
 
     if scheme == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     if scheme in ("nf4", "fp4"):
         return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=scheme, bnb_4bit_compute_dtype=torch.bfloat16
+            load_in_4bit=True, bnb_4bit_quant_type=scheme, bnb_4bit_compute_dtype=compute_dtype
         )
     raise ValueError(f"unknown quantization scheme {scheme!r}: choose from {', '.join(SCHEMES)}")
 
@@ -38,10 +39,17 @@ def quantization_config(scheme: str):
 def load_quantized(model_dir: str | os.PathLike, scheme: str, *, code: str = "installed"):
     """Load a saved causal LM quantized with ``scheme`` (CPU-safe settings applied); ``code``: whose modeling
     code runs it, "installed" or the "folder"'s own (see ``hf_capacity.models.registration.load_causal_lm``)."""
+    return load_bnb_model(model_dir, quantization_config(scheme), dtype=torch.bfloat16, code=code).eval()
+
+
+def load_bnb_model(model_dir: str | os.PathLike, config, *, dtype: torch.dtype, code: str = "installed"):
+    """Load a saved causal LM with a ``BitsAndBytesConfig``, CPU-safe: bitsandbytes' per-matmul warnings off,
+    and ``support_avx512bf16_for_cpu = False`` on every 4-bit layer, so that on AVX512-BF16 CPUs the first
+    eval-mode forward does not repack the weights in place (which alters them and stops LoRA gradients)."""
     from .models.registration import load_causal_lm
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    model = load_causal_lm(model_dir, code=code, quantization_config=quantization_config(scheme), dtype=torch.bfloat16)
+    model = load_causal_lm(model_dir, code=code, quantization_config=config, dtype=dtype)
     try:
         import bitsandbytes as bnb
 
@@ -50,7 +58,7 @@ def load_quantized(model_dir: str | os.PathLike, scheme: str, *, code: str = "in
                 module.support_avx512bf16_for_cpu = False
     except ImportError:  # pragma: no cover - bitsandbytes is a dependency
         pass
-    return model.eval()
+    return model
 
 
 @dataclass

@@ -157,16 +157,13 @@ def build_data(config: CapacityTrainingConfig) -> KnowledgeData:
             base = KnowledgeData.load(config.init_from)
             _check_same_format(config, base)
             return adapters.new_population_data(base, config.n_people, name_offset=config.name_offset)
-        tokenizer = adapters.load_base_tokenizer(config.init_from)
-        if config.dataset == "bioD":
-            population = BioDPopulation(config.n_people, seed=config.seed, name_offset=offset, **config.biod)
-        else:
-            population = BioSPopulation(config.n_people, seed=config.seed, name_offset=offset)
-        return KnowledgeData.create(population, simple=config.dataset == "bioS-simple", tokenizer=tokenizer)
     if config.dataset == "bioD":
         population = BioDPopulation(config.n_people, seed=config.seed, name_offset=offset, **config.biod)
     else:
         population = BioSPopulation(config.n_people, seed=config.seed, name_offset=offset)
+    if config.init_from is not None:  # any other model folder: its own tokenizer
+        tokenizer = adapters.load_base_tokenizer(config.init_from)
+        return KnowledgeData.create(population, simple=config.dataset == "bioS-simple", tokenizer=tokenizer)
     junk = JunkConfig(config.junk_fraction, config.junk_n_people) if config.junk_fraction > 0 else None
     return KnowledgeData.create(
         population,
