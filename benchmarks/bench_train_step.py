@@ -1,14 +1,18 @@
-"""Training throughput of a capacity run in the Trainer path, today's loss next to the fused one, and the fraction
-of the machine's matmul peak (measured in the same run).
+"""Training throughput of a capacity run in the Trainer path: the plain loss, the fused loss with the whole BPE
+vocabulary (the baseline), the fused loss with the vocabulary fitted to the data, and the same at context 256, with
+the fraction of the machine's matmul peak (measured in the same run).
 
     python benchmarks/bench_train_step.py [--quick] [--threads 1] [--head-dim 32] [--batch 4] [--compile]
 
 The calibration config (bioD(1500, K=1, C=16, D=1000, L=1, T=1000), GPT2-1-1, context 512, AdamW, fp32) trains
-with the stock ``transformers.Trainer`` exactly as ``hf-capacity train`` builds it, once with the plain head +
-cross-entropy and once with ``--fused-loss``, in interleaved rounds of ``--steps`` steps after a warm-up round;
-a round's time runs from the end of its 5th step to its last (a callback stamps the steps), so start-up and the
-first steps' allocations are not counted. Tokens/s are medians over the rounds; the ratio is the median of the
-paired per-round ratios.
+with the stock ``transformers.Trainer`` exactly as ``hf-capacity train`` builds it: with the plain head +
+cross-entropy and the whole 5,096-token vocabulary; with ``--fused-loss`` and the whole vocabulary
+(``--no-fit-vocabulary``: the baseline, the training path before the vocabulary was fitted); with the fused loss
+and the fitted vocabulary (2,745 tokens: the same tokens in every window, the same P); and with the fitted
+vocabulary at context 256 and twice the batch (the same tokens a step). Variants run in interleaved rounds of
+``--steps`` steps after a warm-up round; a round's time runs from the end of its 5th step to its last (a callback
+stamps the steps), so start-up and the first steps' allocations are not counted. Tokens/s are medians over the
+rounds; the ratio is the median of the paired per-round ratios against the baseline.
 
 Model FLOPs per token: 6 × (linear weights: 12·d² per layer + the head's vocabulary × d) + 12 · layers · context · d
 (attention scores and values, forward and backward, the usual convention that counts the full causal square).
@@ -19,20 +23,24 @@ timed in the same run; the fraction of peak is model FLOP/s divided by it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from hf_capacity.training import CapacityTrainingConfig, build_data, build_model  # noqa: E402  (first: quiet bnb)
+from hf_capacity.models.capacity_gpt2 import modeling_capacity_gpt2 as modeling  # noqa: E402
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
 SKIP = 5
+BASELINE = "fused loss, whole vocabulary (baseline)"
 
 
 def matmul_peak_gflops(threads: int, size: int = 1024, repeats: int = 10) -> float:
@@ -57,6 +65,18 @@ class StepClock(TrainerCallback):
         self.stamps.append(time.perf_counter())
 
 
+@contextlib.contextmanager
+def chunk_rows(rows: int | None):
+    """Fix the fused loss's chunk to ``rows`` (the baseline's 128, the rule before fused_chunk_size) for a while."""
+    rule = modeling.fused_chunk_size
+    if rows is not None:
+        modeling.fused_chunk_size = lambda vocab_size: rows
+    try:
+        yield
+    finally:
+        modeling.fused_chunk_size = rule
+
+
 def flops_per_token(model, context: int) -> float:
     c = model.config
     d, layers = c.hidden_size, c.num_hidden_layers
@@ -66,9 +86,9 @@ def flops_per_token(model, context: int) -> float:
     return 6 * (linear + head) + 12 * layers * context * d
 
 
-def make_trainer(config, data, dataset, steps: int, fused: bool, compile_: bool, out: str) -> tuple[Trainer, StepClock]:
+def make_trainer(config, data, dataset, steps: int, compile_: bool, out: str) -> tuple[Trainer, StepClock]:
     torch.manual_seed(0)
-    model = build_model(CapacityTrainingConfig(**{**config.__dict__, "fused_loss": fused}), data.tokenizer)
+    model = build_model(config, data.tokenizer)
     args = TrainingArguments(
         output_dir=out, per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
         weight_decay=config.weight_decay, adam_beta2=config.adam_beta2, adam_epsilon=config.adam_epsilon,
@@ -94,43 +114,56 @@ def main() -> None:
     if args.quick:
         args.steps, args.rounds = 20, 2
     torch.set_num_threads(args.threads)
-    config = CapacityTrainingConfig(
+    base = CapacityTrainingConfig(
         dataset="bioD", n_people=1500, model="gpt2-1-1", head_dim=args.head_dim, context_length=512,
         biod={"n_attributes": 1, "chunks_per_value": 16, "diversity": 1000, "chunk_length": 1, "alphabet": 1000},
         batch_size=args.batch, learning_rate=1e-2, progress=False,
     )
-    data = build_data(config)
-    dataset = data.stream(40, 512).to_dataset(progress=False)
-    variants = [("plain loss", False, False), ("fused loss", True, False)]
+    full, fitted = build_data(replace(base, fit_vocabulary=False)), build_data(base)
+    windows = {(fit, context): data.stream(40, context).to_dataset(progress=False)
+               for fit, data in ((False, full), (True, fitted)) for context in (512, 256)}
+    variants = [  # name, config, data, fused-loss chunk rows (None: the model's rule, fused_chunk_size)
+        ("plain loss, whole vocabulary", replace(base, fit_vocabulary=False), full, None),
+        (BASELINE, replace(base, fit_vocabulary=False, fused_loss=True), full, 128),
+        ("fused loss, fitted vocabulary", replace(base, fused_loss=True), fitted, None),
+        ("fused loss, fitted vocabulary, context 256", replace(base, fused_loss=True, context_length=256,
+                                                               batch_size=2 * args.batch), fitted, None),
+    ]
     if args.compile:
-        variants += [("plain loss, compiled", False, True), ("fused loss, compiled", True, True)]
+        variants += [(name + ", compiled", replace(config, torch_compile=True), data, rows)
+                     for name, config, data, rows in variants]
     tokens_per_step = args.batch * 512
-    rates: dict[str, list[float]] = {name: [] for name, _, _ in variants}
-    per_token = None
+    rates: dict[str, list[float]] = {name: [] for name, *_ in variants}
+    per_token: dict[str, float] = {}
+    vocab: dict[str, int] = {}
     peaks = []
     with tempfile.TemporaryDirectory() as out:
         for round_ in range(args.rounds + 1):  # round 0 warms up (and compiles)
             peaks.append(matmul_peak_gflops(args.threads))
-            for name, fused, compile_ in variants:
-                trainer, clock = make_trainer(config, data, dataset, args.steps, fused, compile_, out)
-                per_token = flops_per_token(trainer.model, 512)
-                trainer.train()
+            for name, config, data, rows in variants:
+                dataset = windows[(config.fit_vocabulary, config.context_length)]
+                trainer, clock = make_trainer(config, data, dataset, args.steps, config.torch_compile, out)
+                per_token[name] = flops_per_token(trainer.model, config.context_length)
+                vocab[name] = trainer.model.config.vocab_size
+                with chunk_rows(rows):
+                    trainer.train()
                 if round_ == 0:
                     continue
                 seconds = clock.stamps[-1] - clock.stamps[SKIP - 1]
                 rates[name].append((len(clock.stamps) - SKIP) * tokens_per_step / seconds)
     peak = max(peaks)
-    base = rates["plain loss"]
-    print(f"GPT2-1-1 head dim {args.head_dim} (vocabulary {trainer.model.config.vocab_size}), batch {args.batch} × 512, "
-          f"{args.threads} thread(s); {per_token / 1e6:.3f} MFLOP a token; matmul peak {peak:.1f} GFLOP/s; "
-          f"{args.rounds} rounds of {args.steps} steps")
-    print("| path | tokens/s (median) | ratio vs plain | model GFLOP/s | fraction of matmul peak |")
-    print("|---|---:|---:|---:|---:|")
+    baseline = rates[BASELINE]
+    print(f"GPT2-1-1 head dim {args.head_dim}, {tokens_per_step} tokens a step, {args.threads} thread(s); "
+          f"matmul peak {peak:.1f} GFLOP/s; {args.rounds} rounds of {args.steps} steps")
+    print("| path | vocabulary | MFLOP a token | tokens/s (median) | ratio vs baseline | model GFLOP/s "
+          "| fraction of matmul peak |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, values in rates.items():
         median = statistics.median(values)
-        ratio = statistics.median(v / b for v, b in zip(values, base))
-        gflops = median * per_token / 1e9
-        print(f"| {name} | {median:,.0f} | {ratio:.2f}× | {gflops:.1f} | {gflops / peak:.0%} |")
+        ratio = statistics.median(v / b for v, b in zip(values, baseline))
+        gflops = median * per_token[name] / 1e9
+        print(f"| {name} | {vocab[name]:,} | {per_token[name] / 1e6:.3f} | {median:,.0f} | {ratio:.2f}× "
+              f"| {gflops:.1f} | {gflops / peak:.0%} |")
 
 
 if __name__ == "__main__":

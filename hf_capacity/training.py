@@ -50,7 +50,8 @@ class CapacityTrainingConfig:
     junk_fraction: float = 0.0
     junk_n_people: int = 100_000_000
     domain_token: bool = False
-    vocab_size: int = 4096
+    vocab_size: int = 4096  # BPE vocabulary trained on the population
+    fit_vocabulary: bool = True  # then keep only the tokens the renderings use (same P, smaller head)
     block_diagonal: bool = False
     # model
     model: str = "gpt2-2-2"  # gpt2-ℓ-h | llama-ℓ-h | memory-llama-ℓ-h (h heads of head_dim)
@@ -171,6 +172,7 @@ def build_data(config: CapacityTrainingConfig) -> KnowledgeData:
         domain_token=config.domain_token,
         junk=junk,
         vocab_size=config.vocab_size,
+        fit_vocabulary=config.fit_vocabulary,
     )
 
 

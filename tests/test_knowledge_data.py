@@ -4,8 +4,11 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
+import pytest
+
 import hf_capacity.models  # noqa: F401  (registers the families, so save_pretrained writes their code)
-from hf_capacity.data import KnowledgeData
+from hf_capacity.data import BioDPopulation, BioSPopulation, KnowledgeData
 from hf_capacity.training import CapacityTrainingConfig, build_model
 
 
@@ -32,3 +35,43 @@ def test_a_saved_data_folder_loads_back_the_same_renderings(tmp_path, bios_data)
     loaded = KnowledgeData.load(tmp_path)
     assert loaded.renderer.render([0, 5], 3).tokens.tolist() == bios_data.renderer.render([0, 5], 3).tokens.tolist()
     assert loaded.bits_max().total == bios_data.bits_max().total
+
+
+@pytest.mark.parametrize("family", ["bioS", "bioD"])
+def test_a_fitted_vocabulary_keeps_every_token_and_p_while_the_head_shrinks(family):
+    from hf_capacity.params import count_parameters
+    from hf_capacity.training import CapacityTrainingConfig, build_model
+
+    if family == "bioD":
+        population = BioDPopulation(300, n_attributes=2, chunks_per_value=4, diversity=50, chunk_length=1, alphabet=200)
+    else:
+        population = BioSPopulation(400, seed=1)
+    full = KnowledgeData.create(population, fit_vocabulary=False, vocab_size=2048)
+    fitted = KnowledgeData.create(population, vocab_size=2048)
+    assert len(fitted.tokenizer) < 0.75 * len(full.tokenizer)
+
+    people = np.arange(population.n_people)
+    a, b = full.renderer.render(people, 5), fitted.renderer.render(people, 5)
+    assert full.tokenizer.convert_ids_to_tokens(a.tokens.tolist()) == fitted.tokenizer.convert_ids_to_tokens(b.tokens.tolist())
+    np.testing.assert_array_equal(a.name, b.name)
+    np.testing.assert_array_equal(a.values, b.values)
+    # the fitted tokenizer still encodes the joined text exactly as the renderer composes it
+    texts = fitted.renderer.render_text(people[:20], 5)
+    for i, ids in enumerate(fitted.tokenizer(texts, add_special_tokens=False)["input_ids"]):
+        assert ids == b.biography(i).tolist()
+    # text outside the data still round-trips (byte symbols)
+    other = "Zebra crossing at 12:30 — ünïcode ☃"
+    assert fitted.tokenizer.decode(fitted.tokenizer(other, add_special_tokens=False)["input_ids"]) == other
+
+    config = CapacityTrainingConfig(model="gpt2-1-1", head_dim=16, progress=False)
+    p_full = count_parameters(build_model(config, full.tokenizer), full.used_token_ids())
+    p_fitted = count_parameters(build_model(config, fitted.tokenizer), fitted.used_token_ids())
+    assert p_fitted.capacity == p_full.capacity and p_fitted.total < p_full.total
+
+
+def test_a_fitted_vocabulary_saves_and_loads_back(tmp_path):
+    data = KnowledgeData.create(BioSPopulation(200, seed=2), vocab_size=1024)
+    loaded = KnowledgeData.load(data.save(tmp_path / "d"))
+    assert loaded.tokenizer.get_vocab() == data.tokenizer.get_vocab()
+    people = np.arange(50)
+    np.testing.assert_array_equal(loaded.renderer.render(people, 1).tokens, data.renderer.render(people, 1).tokens)

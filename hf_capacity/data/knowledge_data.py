@@ -18,7 +18,7 @@ from .population import BioDPopulation, BioSPopulation, Population, population_f
 from .offset_spans import OffsetRenderer
 from .render import EOS_TOKEN, Renderer
 from .stream import JunkConfig, PackedStream, junk_renderer_for
-from .tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer
+from .tokenizer import DEFAULT_VOCAB_SIZE, fit_tokenizer, train_tokenizer
 
 CONFIG_NAME = "knowledge_data.json"
 
@@ -54,16 +54,29 @@ class KnowledgeData:
         domain_token: bool = False,
         junk: JunkConfig | None = None,
         vocab_size: int = DEFAULT_VOCAB_SIZE,
+        fit_vocabulary: bool = True,
         tokenizer=None,
     ) -> KnowledgeData:
         """Bundle ``population`` with a tokenizer: by default one trained on the population (the project
         tokenizer: composed rendering, exact spans, fastest); or ``tokenizer``, any ``PreTrainedTokenizerFast``
         (a user's model's own, e.g. GPT-2's or Llama's), whose spans come from offset mappings
-        (``hf_capacity.data.offset_spans``: a span is every token overlapping the value's characters)."""
+        (``hf_capacity.data.offset_spans``: a span is every token overlapping the value's characters).
+
+        ``vocab_size``: the BPE vocabulary trained on the population. ``fit_vocabulary`` (project tokenizer
+        only): then keep only the tokens the renderings can produce, plus the special tokens and the 256 byte
+        symbols (``fit_tokenizer``): the same tokens in every biography and the same P, with a smaller embedding
+        and head, so training is faster. New people rendered later with a fitted tokenizer (adapter runs) are
+        split into byte tokens where their words were not in the data it was fitted to."""
         if junk is not None and not isinstance(population, BioSPopulation):
             raise ValueError("junk mixing is defined for bioS populations only")
         if tokenizer is None:
             tokenizer = train_tokenizer(population, vocab_size)
+            if fit_vocabulary:
+                draft = cls(population, tokenizer, simple, domain_token, junk)
+                pieces = draft.renderer.used_piece_strings()
+                if draft.junk_renderer is not None:
+                    pieces += draft.junk_renderer.used_piece_strings()
+                tokenizer = fit_tokenizer(tokenizer, pieces)
         elif not is_project_tokenizer(tokenizer) and junk is not None:
             raise ValueError("junk mixing needs the project tokenizer (leave tokenizer=None)")
         return cls(population, tokenizer, simple, domain_token, junk)

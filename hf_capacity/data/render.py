@@ -235,6 +235,10 @@ class Renderer:
         pieces = self._used_pieces()
         return np.unique(np.concatenate([self._piece_tokens(p) for p in pieces] + [np.empty(0, np.int32)]))
 
+    def used_piece_strings(self) -> list[str]:
+        """The piece strings this population's biographies can contain (what ``used_token_ids`` tokenizes)."""
+        return [self.book.strings[p] for p in self._used_pieces()]
+
     def _piece_tokens(self, piece: int) -> np.ndarray:
         start = self.table_starts[piece]
         return self.table_ids[start : start + self.table_lens[piece]]

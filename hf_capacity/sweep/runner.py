@@ -99,7 +99,7 @@ def _execute(run: SweepRun, sweep_name: str) -> dict:
 # -------------------------------------------------------------------------------------------------- dry run
 def _data_key(config) -> str:
     """Runs with the same key share ``sample_data``: the settings that change the tokenizer and the renderings."""
-    return json.dumps([config.dataset, config.vocab_size, config.domain_token,
+    return json.dumps([config.dataset, config.vocab_size, config.fit_vocabulary, config.domain_token,
                        config.biod if config.dataset == "bioD" else None, min(config.n_people, 1000)], sort_keys=True)
 
 
