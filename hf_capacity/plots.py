@@ -10,7 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 __all__ = [
-    "plot_capacity", "plot_capacity_ratio", "plot_knowledge_curves", "plot_loss_law", "plot_memorization",
+    "plot_capacity", "plot_capacity_law", "plot_capacity_ratio", "plot_knowledge_curves", "plot_loss_law", "plot_memorization",
     "training_curve_figure",
 ]
 
@@ -98,6 +98,42 @@ def plot_capacity(data: Any, out_png: str | os.PathLike, *, group_by: str | None
            title=title or "Knowledge bits vs parameters")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, out_png)
+
+
+def plot_capacity_law(table: Any, out_png: str | os.PathLike, *, fit: Any = None, slope: Any = None,
+                      label_by: str | None = "model", group_by: str = "dataset", title: str | None = None) -> str:
+    """The paper's Figure 1 shape: bits of knowledge against P on log-log axes, a point per run (one marker a
+    ``group_by`` value, each labelled by its ``label_by`` column), the 2 bits/param line, and when given the fitted
+    R*·P line (`fit`, a `CapacityLawFit`) and the least-squares line (`slope`, a `LogLogSlope`).
+
+    `table`: a DataFrame with columns P, bits (e.g. ``sweep.capacity_law_table``). Returns the PNG path."""
+    params = _positive("P", _column(table, "P"))
+    bits = _positive("bits", _column(table, "bits"))
+    labels, groups = _groups(table, group_by if _column(table, group_by, required=False) is not None else None,
+                             params.size)
+    names = _column(table, label_by, required=False) if label_by else None
+    fig = Figure(figsize=(6.5, 4.8))
+    ax = fig.add_subplot()
+    p_line = np.geomspace(params.min() / 1.6, params.max() * 1.6, 100)
+    ax.plot(p_line, 2.0 * p_line, "k-", lw=1, alpha=0.6, label="2 bits/param (Allen-Zhu & Li)")
+    if fit is not None:
+        ax.plot(p_line, fit.ratio_bits_per_param * p_line, color="tab:red", lw=1.2,
+                label=f"R* = {fit.ratio_bits_per_param:.2f} bits/param "
+                      f"[{fit.ci_low:.2f}, {fit.ci_high:.2f}]")
+    if slope is not None:
+        ax.plot(p_line, slope.prefactor * p_line ** slope.slope, color="tab:blue", lw=1, ls="--",
+                label=f"least squares: bits ∝ P^{slope.slope:.3f} [{slope.ci_low:.3f}, {slope.ci_high:.3f}]")
+    for g, marker in zip(groups, "os^Dv"):
+        m = labels == g
+        ax.scatter(params[m], bits[m], s=30, marker=marker, zorder=3, label=str(g) if len(groups) > 1 else None)
+    if names is not None:
+        for x, y, name in zip(params, bits, names):
+            ax.annotate(str(name), (x, y), xytext=(4, -10), textcoords="offset points", fontsize=7, color="dimgrey")
+    ax.set(xscale="log", yscale="log", xlabel="parameters P (the paper's count)", ylabel="bits of knowledge",
+           title=title or "Knowledge capacity: bits against parameters")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7.5, loc="upper left")
     return _save(fig, out_png)
 
 

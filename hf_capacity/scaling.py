@@ -17,6 +17,8 @@ __all__ = [
     "fit_capacity_law",
     "predict_bits",
     "capacity_ratio_by_group",
+    "LogLogSlope",
+    "fit_loglog_slope",
     # Kaplan et al. 2020
     "KaplanLaws",
     "KaplanJointLaw",
@@ -300,6 +302,45 @@ def capacity_ratio_by_group(df: Any, by: Sequence[str] = ("architecture", "expos
                        n_capacity_limited=0, converged=False, note=str(err))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+@dataclass
+class LogLogSlope:
+    """Least-squares line of log(bits) against log(P): ``bits ≈ prefactor · P^slope`` (slope 1: bits proportional
+    to parameters, the capacity law's shape), with the slope's t interval."""
+
+    slope: float
+    ci_low: float
+    ci_high: float
+    ci_level: float
+    prefactor: float
+    """bits at P = 1 on the fitted line (with slope 1, the bits per parameter)."""
+    n_points: int
+
+
+def fit_loglog_slope(params: Any, bits: Any, *, ci_level: float = 0.95) -> LogLogSlope:
+    """Fit log(bits) = log(prefactor) + slope · log(P) by least squares over the points (one a run).
+
+    The interval is the slope's Student-t interval with n − 2 degrees of freedom (exact for normal errors in
+    log bits); it needs at least 3 points at 2 or more distinct P. Bits must be > 0 (a run that stored nothing
+    has no place on a log-log plot: leave it out and say so).
+    """
+    from scipy.stats import t as student_t
+
+    p, b = _vectors(3, params=(params, True), bits=(bits, True))
+    if not 0 < ci_level < 1:
+        raise ValueError(f"ci_level must be in (0, 1); got {ci_level!r}")
+    x, y = np.log(p), np.log(b)
+    sxx = float(((x - x.mean()) ** 2).sum())
+    if sxx == 0:
+        raise ValueError("every point has the same P: a slope needs runs of different sizes")
+    slope = float(((x - x.mean()) * (y - y.mean())).sum() / sxx)
+    intercept = float(y.mean() - slope * x.mean())
+    dof = p.size - 2
+    se = math.sqrt(float(((y - intercept - slope * x) ** 2).sum()) / dof / sxx)
+    half = float(student_t.ppf(0.5 + ci_level / 2, dof)) * se
+    return LogLogSlope(slope=slope, ci_low=slope - half, ci_high=slope + half, ci_level=ci_level,
+                       prefactor=math.exp(intercept), n_points=int(p.size))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from hf_capacity.scaling import (
     evaluate_law_fit,
     fit_capacity_law,
     fit_chinchilla,
+    fit_loglog_slope,
     kaplan_critical_batch_tokens,
     kaplan_loss_d,
     kaplan_loss_n,
@@ -284,3 +285,30 @@ def test_niu_diagnostics_are_labelled_not_predictions():
 def test_validation_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_loglog_slope_is_one_when_bits_are_proportional_to_params():
+    params = np.array([4e4, 9e4, 1.8e5, 2.7e5, 3.7e5])
+    fit = fit_loglog_slope(params, 2.0 * params)
+    assert fit.slope == pytest.approx(1.0) and fit.prefactor == pytest.approx(2.0)
+    assert fit.ci_low == pytest.approx(1.0) and fit.ci_high == pytest.approx(1.0)
+
+
+def test_loglog_slope_interval_covers_the_true_slope_about_as_often_as_it_says():
+    rng = np.random.default_rng(0)
+    params = np.geomspace(4e4, 4e5, 6)
+    covered = 0
+    for _ in range(400):
+        bits = 3.0 * params**0.9 * np.exp(rng.normal(0, 0.05, params.size))
+        fit = fit_loglog_slope(params, bits, ci_level=0.9)
+        covered += fit.ci_low <= 0.9 <= fit.ci_high
+    assert 0.85 <= covered / 400 <= 0.95
+
+
+def test_loglog_slope_refuses_what_it_cannot_fit():
+    with pytest.raises(ValueError, match="at least 3"):
+        fit_loglog_slope([1e4, 2e4], [2e4, 4e4])
+    with pytest.raises(ValueError, match="same P"):
+        fit_loglog_slope([1e4, 1e4, 1e4], [2e4, 3e4, 4e4])
+    with pytest.raises(ValueError, match="bits must be > 0"):
+        fit_loglog_slope([1e4, 2e4, 3e4], [2e4, 0.0, 4e4])

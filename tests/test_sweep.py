@@ -393,3 +393,20 @@ def test_precision_table_has_a_row_per_run_and_precision(tmp_path):
     assert rows["P"].nunique() == 1 and (rows["mlp_type"] == "standard").all() and (rows["exposures"] == 1).all()
     assert rows["R_max"].iloc[0] == pytest.approx(table["bits_max"].iloc[0] / table["num_params"].iloc[0])
     assert rows["bits_per_param"].tolist() == pytest.approx((rows["bits"] / rows["P"]).tolist())
+
+
+def test_capacity_law_table_and_figure_of_a_sweep(tmp_path, tiny_sweep):
+    from hf_capacity.plots import plot_capacity_law
+    from hf_capacity.sweep import capacity_law_table
+
+    _, table = tiny_sweep
+    rows = capacity_law_table(table)
+    run = table.iloc[0]
+    assert len(rows) == len(table) and rows["P"].iloc[0] == run["num_params"]
+    assert rows["layers"].iloc[0] == int(run["model"].split("-")[1])
+    assert rows["width"].iloc[0] == int(run["model"].split("-")[2]) * run["head_dim"]
+    assert rows["non_embedding_share"].iloc[0] == pytest.approx(run["num_params_non_embedding"] / run["num_params"])
+    assert rows["R_max"].iloc[0] == pytest.approx(run["bits_max"] / run["num_params"])
+    rows = rows.assign(bits=rows["bits"].clip(lower=1.0))  # a one-step tiny run may store nothing
+    png = plot_capacity_law(rows, tmp_path / "law.png")
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

@@ -21,7 +21,8 @@ By concept:
 """
 
 from .analysis import (
-    SweepFit, adapter_table, architecture_label, capacity_points, fit_sweep, plot_sweep, precision_table,
+    SweepFit, adapter_table, architecture_label, capacity_law_table, capacity_points, fit_sweep, plot_sweep,
+    precision_table,
 )
 from .config import Sweep, SweepConfigError, SweepRun, config_hash, load_sweep, run_slug
 from .runner import SweepRunFailed, parse_shard, run_sweep
@@ -44,6 +45,7 @@ __all__ = [
     "fit_sweep",
     "plot_sweep",
     "precision_table",
+    "capacity_law_table",
     "adapter_table",
     "SweepFit",
     "run_slug",

@@ -271,6 +271,37 @@ def precision_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=PRECISION_COLUMNS)
 
 
+CAPACITY_LAW_COLUMNS = ["dataset", "model", "layers", "width", "exposures", "precision", "P", "non_embedding_share",
+                        "N", "R_max", "bits", "bits_per_param", "fraction_learned", "learning_rate", "context_length",
+                        "seed", "wall_time_s", "run_id"]
+
+
+def capacity_law_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per finished run, sorted by dataset and P: the points of a capacity law (bits against P).
+
+    Columns ``CAPACITY_LAW_COLUMNS``: layers and width (hidden size = heads × head_dim) from the model name, P the
+    paper's count, non_embedding_share = non-embedding parameters / P, R_max = bits_max / P (a run storing R bits
+    a parameter learned R / R_max of its data: capacity-limited when that is well below 1), bits and bits_per_param
+    as trained (quantized measurements are in ``precision_table``)."""
+    rows = []
+    for _, run in df[df["status"] == "done"].iterrows():
+        match = MODEL_NAME.match(str(run["model"]))
+        layers, heads = (int(match.group(2)), int(match.group(3))) if match else (None, None)
+        p = float(run["num_params"])
+        rows.append({
+            "dataset": run["dataset"], "model": run["model"], "layers": layers,
+            "width": heads * int(run["head_dim"]) if heads else None, "exposures": int(run["exposures"]),
+            "precision": "bf16" if bool(run.get("bf16")) else "fp32", "P": int(p),
+            "non_embedding_share": float(run["num_params_non_embedding"]) / p, "N": int(run["n_people"]),
+            "R_max": float(run["bits_max"]) / p, "bits": float(run["bits"]), "bits_per_param": float(run["bits_per_param"]),
+            "fraction_learned": float(run["fraction_learned"]), "learning_rate": float(run["learning_rate"]),
+            "context_length": int(run["context_length"]), "seed": int(run["seed"]),
+            "wall_time_s": run.get("wall_time_s"), "run_id": run["run_id"],
+        })
+    table = pd.DataFrame(rows, columns=CAPACITY_LAW_COLUMNS)
+    return table.sort_values(["dataset", "P", "context_length"]).reset_index(drop=True)
+
+
 ADAPTER_COLUMNS = ["method", "lora_r", "learning_rate", "N", "exposures", "P", "P_base", "R_max", "bits", "bits_max", "bits_per_param",
                    "fraction_learned", "base_bits_before", "base_bits_after", "base_bits_forgotten", "wall_time_s",
                    "run_id"]

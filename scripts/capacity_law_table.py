@@ -1,0 +1,64 @@
+"""Write the capacity-law table and figure of one or more sweeps (issue 18's ladder and its bioS runs).
+
+    python scripts/capacity_law_table.py sweeps/cpu_capacity_law [more sweeps] \\
+        -o docs/results/capacity_law.csv --figure docs/figures/capacity_law.png
+
+One row per finished run (``hf_capacity.sweep.capacity_law_table``). The law is fitted on the bioD runs at 1000
+exposures and context 256 (the ladder; the context-512 control and the bioS runs are shown, not fitted): R*
+(``fit_capacity_law``, basic bootstrap interval over runs) and the log-log slope of bits against P
+(``fit_loglog_slope``, t interval). Prints the table and the two fits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import pandas as pd
+
+from hf_capacity.plots import plot_capacity_law
+from hf_capacity.scaling import fit_capacity_law, fit_loglog_slope
+from hf_capacity.sweep import capacity_law_table, load_results, require_finished_runs
+
+
+def ladder_points(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows the law is fitted on: bioD, 1000 exposures, context 256, as trained."""
+    keep = (table["dataset"] == "bioD") & (table["exposures"] == 1000) & (table["context_length"] == 256)
+    return table[keep & (table["precision"] == "fp32")]
+
+
+def fits(table: pd.DataFrame):
+    """(R* fit, slope fit) of the ladder rows of a capacity-law table."""
+    points = ladder_points(table)
+    frame = pd.DataFrame({"params": points["P"], "bits": points["bits"], "bits_max": points["R_max"] * points["P"],
+                          "run_id": points["run_id"]})
+    return fit_capacity_law(frame, n_bootstrap=2000, seed=0), fit_loglog_slope(points["P"], points["bits"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweeps", nargs="+", help="sweep folders (or their results.csv)")
+    parser.add_argument("-o", "--output", default=None, help="CSV to write (default: print only)")
+    parser.add_argument("--figure", default=None, help="PNG to write")
+    args = parser.parse_args()
+    try:
+        table = pd.concat([capacity_law_table(require_finished_runs(load_results(s), s)) for s in args.sweeps],
+                          ignore_index=True).sort_values(["dataset", "P", "context_length"])
+        law, slope = fits(table)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.output:
+        table.to_csv(args.output, index=False, float_format="%.6g")
+    if args.figure:
+        plot_capacity_law(table, args.figure, fit=law, slope=slope)
+    print(table.drop(columns="run_id").to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    print(f"R* = {law.ratio_bits_per_param:.3f} bits/param, {law.ci_level:.0%} CI [{law.ci_low:.3f}, {law.ci_high:.3f}] "
+          f"({law.n_capacity_limited} of {law.n_runs} runs capacity-limited)")
+    print(f"log-log slope {slope.slope:.3f}, {slope.ci_level:.0%} CI [{slope.ci_low:.3f}, {slope.ci_high:.3f}] "
+          f"over {slope.n_points} runs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
