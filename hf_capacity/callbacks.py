@@ -408,7 +408,8 @@ class ExposureCallback(_TrainerBoundCallback):
 
 
 class QuantizedCapacityCallback(_TrainerBoundCallback):
-    """At the end of training, measures bits after int8 and 4-bit (nf4, fp4) quantization with bitsandbytes.
+    """At the end of training, measures bits after quantization: int8 and 4-bit (nf4, fp4) with bitsandbytes, and
+    GPTQ int4/int8 (``gptq-int4``, ``gptq-int8``, the paper's method); see ``hf_capacity.quantization``.
 
     Logs ``bits_per_param_<scheme>`` and ``quantized_ratio_<scheme>`` (bits after / bits before) at the last
     step, while the ``report_to`` backends are still open (or at ``on_train_end`` when training stopped after
@@ -423,10 +424,9 @@ class QuantizedCapacityCallback(_TrainerBoundCallback):
         knowledge_callback: KnowledgeCapacityCallback | None = None,
         **eval_kwargs,
     ):
-        from .quantization import quantization_config
+        from .quantization import check_schemes
 
-        for scheme in schemes:
-            quantization_config(scheme)
+        check_schemes(schemes)
         self.data, self.schemes, self.knowledge_callback = data, tuple(schemes), knowledge_callback
         self.eval_kwargs = {"progress": False, "distributed": False, **eval_kwargs}  # runs on rank 0 only
         self.results: dict = {}

@@ -2,6 +2,8 @@
 
     python scripts/capacity_law_table.py sweeps/cpu_capacity_law [more sweeps] \\
         -o docs/results/capacity_law.csv --figure docs/figures/capacity_law.png
+    python scripts/capacity_law_table.py sweeps/gpu_capacity_law_bios --with-table docs/results/capacity_law.csv \\
+        -o docs/results/capacity_law.csv --figure docs/figures/capacity_law.png     # add a run to the committed table
 
 One row per finished run (``hf_capacity.sweep.capacity_law_table``). The law is fitted on the bioD runs at 1000
 exposures and context 256 (the ladder; the context-512 control and the bioS runs are shown, not fitted): R*
@@ -38,12 +40,17 @@ def fits(table: pd.DataFrame):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", nargs="+", help="sweep folders (or their results.csv)")
+    parser.add_argument("--with-table", default=None, metavar="CSV",
+                        help="a capacity-law CSV written before, whose rows join the sweeps' (same run_id: the sweep's row)")
     parser.add_argument("-o", "--output", default=None, help="CSV to write (default: print only)")
     parser.add_argument("--figure", default=None, help="PNG to write")
     args = parser.parse_args()
     try:
-        table = pd.concat([capacity_law_table(require_finished_runs(load_results(s), s)) for s in args.sweeps],
-                          ignore_index=True).sort_values(["dataset", "P", "context_length"])
+        parts = [capacity_law_table(require_finished_runs(load_results(s), s)) for s in args.sweeps]
+        if args.with_table:
+            parts.insert(0, pd.read_csv(args.with_table))
+        table = (pd.concat(parts, ignore_index=True).drop_duplicates("run_id", keep="last")
+                 .sort_values(["dataset", "P", "context_length"]))
         law, slope = fits(table)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

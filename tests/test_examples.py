@@ -81,8 +81,18 @@ def test_the_slurm_array_task_plans_its_shard_through_accelerate_launch(tmp_path
     assert missing.returncode != 0 and "job array" in missing.stderr
 
 
-def test_the_gpu_recipe_refuses_to_run_without_a_gpu(tmp_path):
-    result = subprocess.run(["bash", str(EXAMPLES / "gpu" / "calibrate.sh")], cwd=tmp_path, capture_output=True,
+@pytest.mark.parametrize("recipe, sweep", [("calibrate.sh", "gpu_calibration"),
+                                           ("capacity_law_point.sh", "gpu_capacity_law_bios")])
+def test_the_gpu_recipes_refuse_to_run_without_a_gpu(tmp_path, recipe, sweep):
+    result = subprocess.run(["bash", str(EXAMPLES / "gpu" / recipe)], cwd=tmp_path, capture_output=True,
                             text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=120)
     assert result.returncode != 0 and "no CUDA device" in result.stderr
-    assert not (EXAMPLES.parent / "sweeps" / "gpu_calibration").exists()
+    assert not (EXAMPLES.parent / "sweeps" / sweep).exists()
+
+
+def test_the_gpu_capacity_law_point_is_a_valid_sweep(capsys):
+    from hf_capacity.cli import main as cli
+
+    cli(["sweep", str(EXAMPLES / "sweeps" / "gpu_capacity_law_bios.yaml"), "--dry-run"])
+    out = capsys.readouterr().out
+    assert "dry run: 1 runs" in out or "dry run: 1 run " in out

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from ._common import CLIError, add_command, add_count, add_population_args
 
+QUANTIZED_CHOICES = ["int8", "nf4", "fp4", "gptq-int4", "gptq-int8"]
+"""``hf_capacity.quantization.ALL_SCHEMES`` (not imported here: the parser must not import torch)."""
+
 DEMO = {
     "N": 100, "model": "gpt2-2-2", "head_dim": 32, "exposures": 300, "context_length": 256, "lr": 5e-3,
     "batch_size": 8, "warmup_steps": 20, "vocab_size": 4096, "eval_steps": 250, "weight_decay": 0.02,
@@ -47,7 +50,8 @@ def _add_training_args(p: argparse.ArgumentParser, defaults) -> None:
     add_count(p, "--eval-steps", default=defaults.eval_steps,
               help="measure knowledge every this many steps (default: only at the end)")
     add_count(p, "--eval-max-people", default=None, help="evaluate a subsample (default: everybody)")
-    p.add_argument("--quantized", nargs="*", default=[], choices=["int8", "nf4", "fp4"], help="schemes measured at the end")
+    p.add_argument("--quantized", nargs="*", default=[], choices=QUANTIZED_CHOICES,
+                   help="schemes measured at the end: bitsandbytes int8/nf4/fp4, GPTQ gptq-int4/gptq-int8 (the paper's)")
     p.add_argument("--bf16", action="store_true", help="train in bfloat16 mixed precision")
     p.add_argument("--torch-compile", action="store_true", help="compile the model with torch.compile")
     p.add_argument("--fused-loss", action="store_true",
@@ -261,7 +265,7 @@ def add_commands(subparsers) -> None:
     add_count(e, "--max-people", default=None, help="evaluate a subsample (adds a 95%% CI)")
     add_count(e, "--renderings", default=1, help="evaluation renderings averaged per person")
     add_count(e, "--batch-size", default=64, help="biographies per forward pass")
-    e.add_argument("--quantized", nargs="*", default=[], choices=["int8", "nf4", "fp4"],
+    e.add_argument("--quantized", nargs="*", default=[], choices=QUANTIZED_CHOICES,
                    help="also measure after quantization with these schemes")
     e.add_argument("--code", choices=["installed", "folder"], default="installed",
                    help="whose model code runs the evaluation: the installed hf-capacity classes, or the modeling "
