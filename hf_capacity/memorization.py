@@ -4,12 +4,16 @@ For uniform random sequences (``RandomSequences``) a sample's information is exa
 memorized bits = max(0, S · log2 V − (−log2 p(x | θ))), summed over samples. For a user's own text, the
 reference is another model: max(0, log2 p_θ(x) − log2 p_ref(x)) per sample (``relative_memorization``).
 Code lengths are in bits; a sample's code length is its summed next-token loss (nats) / ln 2.
+
+The memorization run itself (``MemorizationRunConfig``, ``train_memorization``, ``remeasure_memorization``) lives
+here too: `hf-capacity memorize` is a thin wrapper around it. A run folder holds the model, the config that
+regenerates its sequences, and the curve with the stop rule's verdict (``saturation``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -83,3 +87,195 @@ def relative_memorization(model, reference, input_ids, attention_mask=None, *, b
     code_ref = code_lengths_bits(reference, input_ids, batch_size, attention_mask)
     params = num_params if num_params is not None else sum(p.numel() for p in model.parameters())
     return MemorizationReport(np.maximum(0.0, code_ref - code_model), code_model, float(code_ref.sum()), params)
+
+
+# ------------------------------------------------------------------------------------------------ the run itself
+SATURATION_WINDOW = 0.2
+"""The stop rule's window: the last fifth of the steps trained so far."""
+SATURATION_TOLERANCE = 0.005
+"""The stop rule: memorized bits rose by less than 0.5% (of the last measurement) over the window."""
+PRECISIONS = ("fp32", "bf16-mixed", "bf16")
+"""fp32; bf16 autocast over fp32 weights; true bf16 (bf16 weights and AdamW state), as Morris et al. trained."""
+RUN_CONFIG_NAME = "memorization_run.json"
+RESULT_NAME = "memorization.json"
+
+
+def saturation(history: list[dict], window: float = SATURATION_WINDOW,
+               tolerance: float = SATURATION_TOLERANCE) -> dict:
+    """The stop rule on a memorization curve (``history``: dicts with ``step`` and ``memorized_bits``, in order):
+    saturated when the bits rose by less than ``tolerance`` × the last value from the last measurement at or before
+    step (1 − ``window``) × the last step to the last step. Returns ``saturated`` (False when no measurement lies
+    that early), ``relative_rise``, ``from_step``, ``to_step``, ``window``, ``tolerance``."""
+    out = {"saturated": False, "relative_rise": None, "from_step": None, "to_step": None, "window": window,
+           "tolerance": tolerance}
+    if not history:
+        return out
+    last = history[-1]
+    earlier = [h for h in history if h["step"] <= (1 - window) * last["step"]]
+    if last["step"] == 0 or not earlier:
+        return out
+    start = earlier[-1]
+    rise = last["memorized_bits"] - start["memorized_bits"]
+    relative = rise / last["memorized_bits"] if last["memorized_bits"] > 0 else math.inf
+    out.update(saturated=bool(relative < tolerance), relative_rise=relative, from_step=start["step"],
+               to_step=last["step"])
+    return out
+
+
+@dataclass
+class MemorizationRunConfig:
+    """A memorization run (Morris et al. 2025): a GPT-2 trained from scratch on uniform random sequences.
+
+    Everything needed to redo or re-measure it is here (``to_dict`` is what the run folder records): the
+    sequences are ``RandomSequences(n_sequences, length, vocab_size, seed)`` and the held-out set its
+    ``held_out(held_out)``. ``batch_size`` ≥ ``n_sequences`` trains full-batch. ``until_saturated``: stop at the
+    first measurement where the stop rule (``saturation``) holds, else at ``epochs``.
+    """
+
+    output_dir: str = "runs/memorize"
+    n_sequences: int = 1024
+    length: int = 64  # tokens a sequence (after one BOS token)
+    vocab_size: int = 2048  # symbols each token is drawn from
+    seed: int = 0  # the sequences and the initialisation
+    model: str = "gpt2-1-1"  # gpt2-<layers>-<heads>
+    head_dim: int = 32
+    fused_loss: bool = False
+    epochs: int = 100  # passes over the sequences (the most trained, with until_saturated)
+    batch_size: int = 64  # sequences a step
+    learning_rate: float = 2e-3  # peak (AdamW, cosine to min_lr_ratio × the peak)
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100  # at most a tenth of the steps
+    weight_decay: float = 0.0
+    adam_beta2: float = 0.999
+    precision: str = "fp32"  # fp32 | bf16-mixed | bf16 (PRECISIONS)
+    eval_steps: int | None = None  # measure every this many steps (None: 20 measurements)
+    until_saturated: bool = False
+    held_out: int = 256  # sequences of the held-out set (≈ 0 bits memorized for a model that memorized)
+    report_to: list[str] = field(default_factory=list)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from .training import check_model_name
+
+        family, _, _ = check_model_name(self.model)
+        if family != "gpt2":
+            raise ValueError(f"memorization runs train gpt2-<layers>-<heads> models, not {self.model!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("n_sequences", "length", "epochs", "batch_size", "head_dim", "held_out"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * -(-self.n_sequences // self.batch_size)
+
+    @property
+    def warmup(self) -> int:
+        """The warm-up that runs: ``warmup_steps``, at most a tenth of the steps (at least 1)."""
+        return min(self.warmup_steps, max(self.steps // 10, 1))
+
+    def sequences(self) -> RandomSequences:
+        return RandomSequences(self.n_sequences, self.length, self.vocab_size, seed=self.seed)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "steps": self.steps, "warmup_steps_run": self.warmup}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> MemorizationRunConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _result(config: MemorizationRunConfig, report: MemorizationReport, heldout_bits: float,
+            history: list[dict], steps_trained: int) -> dict:
+    data = config.sequences()
+    return {"model": config.model, "head_dim": config.head_dim, "num_params": report.num_params,
+            "N": config.n_sequences, "length": config.length, "vocab": config.vocab_size,
+            "data_bits": data.entropy_bits, "epochs": config.epochs, "steps_trained": steps_trained,
+            "precision": config.precision, "bf16": config.precision != "fp32", "seed": config.seed,
+            "batch_size": config.batch_size, "lr": config.learning_rate, "warmup_steps": config.warmup,
+            "memorized_bits": report.bits_total, "bits_per_param": report.bits_per_param,
+            "heldout_memorized_bits": heldout_bits, "saturation": saturation(history),
+            "config": config.to_dict(), "history": history}
+
+
+def train_memorization(config: MemorizationRunConfig) -> dict:
+    """Train ``config``'s model on its sequences with the stock ``Trainer``, measuring memorized bits (train and
+    held-out) ``eval_steps`` apart; save the model (loadable with plain ``transformers`` and
+    ``trust_remote_code``), ``memorization_run.json`` (the config) and ``memorization.json`` (the result, with the
+    curve and the stop rule's verdict) into ``output_dir``; return the result."""
+    import json
+    from pathlib import Path
+
+    from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+
+    from .callbacks import MemorizationCallback
+    from .models.capacity_gpt2 import CapacityGPT2Config, CapacityGPT2ForCausalLM
+    from .training import check_model_name
+
+    _, layers, heads = check_model_name(config.model)
+    data = config.sequences()
+    set_seed(config.seed)
+    model = CapacityGPT2ForCausalLM(CapacityGPT2Config(
+        vocab_size=data.model_vocab_size, hidden_size=heads * config.head_dim, num_hidden_layers=layers,
+        num_attention_heads=heads, max_position_embeddings=max(config.length + 1, 64), fused_loss=config.fused_loss))
+    if config.precision == "bf16":
+        model = model.to(torch.bfloat16)  # weights, gradients and AdamW's moments all in bf16
+    steps = config.steps
+    eval_steps = config.eval_steps or max(steps // 20, 1)
+    out = Path(config.output_dir)
+    args = TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay, adam_beta2=config.adam_beta2, warmup_steps=config.warmup,
+        max_steps=steps, lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio}, logging_steps=eval_steps, save_strategy="no",
+        report_to=config.report_to, bf16=config.precision == "bf16-mixed", use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=not config.progress, seed=config.seed,
+    )
+    callback = MemorizationCallback(data, eval_steps=eval_steps, held_out=data.held_out(config.held_out))
+
+    class StopWhenSaturated(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if (config.until_saturated and callback._measured_step == state.global_step
+                    and saturation(callback.history)["saturated"]):
+                control.should_training_stop = True
+
+    trainer = Trainer(model=model, args=args, train_dataset=data.to_dataset(), callbacks=[StopWhenSaturated()])
+    callback.attach(trainer)
+    trainer.train()
+    out.mkdir(parents=True, exist_ok=True)
+    trainer.save_model(str(out))
+    (out / RUN_CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    result = _result(config, callback.last_report, callback.history[-1]["heldout_memorized_bits"], callback.history,
+                     trainer.state.global_step)
+    (out / RESULT_NAME).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def remeasure_memorization(run_dir) -> dict:
+    """Re-measure a saved memorization run: regenerate its sequences (and held-out set) from its recorded config,
+    load its model and measure the bits again. Returns ``memorized_bits``, ``heldout_memorized_bits``,
+    ``bits_per_param``, ``num_params``, and ``recorded`` (what the run wrote when it finished)."""
+    import json
+    from pathlib import Path
+
+    from .models.registration import load_causal_lm
+
+    path = Path(run_dir)
+    config_file = path / RUN_CONFIG_NAME
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} has no {RUN_CONFIG_NAME}: pass a folder written by `hf-capacity memorize` "
+                                "(runs made before the config was recorded cannot be re-measured)")
+    config = MemorizationRunConfig.from_dict(json.loads(config_file.read_text()))
+    model = load_causal_lm(path).eval()
+    data = config.sequences()
+    report = memorized_bits(model, data)
+    held = memorized_bits(model, data.held_out(config.held_out))
+    recorded = json.loads((path / RESULT_NAME).read_text()) if (path / RESULT_NAME).is_file() else None
+    return {"memorized_bits": report.bits_total, "heldout_memorized_bits": held.bits_total,
+            "bits_per_param": report.bits_per_param, "num_params": report.num_params, "data_bits": data.entropy_bits,
+            "recorded": None if recorded is None else {k: recorded[k] for k in
+                                                        ("memorized_bits", "heldout_memorized_bits", "bits_per_param")}}

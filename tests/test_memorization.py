@@ -110,3 +110,56 @@ def test_the_study_figure_draws_runs_plateaus_and_the_reference(tmp_path):
     assert imread(path).shape[0] > 300
     with pytest.raises(ValueError, match="needs a 'num_params' column"):
         plot_memorization(df.drop(columns="num_params"), tmp_path / "x.png")
+
+
+def test_a_memorize_run_folder_is_loadable_and_re_measures_to_its_recorded_bits(tmp_path, capsys):
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from hf_capacity.cli import main
+
+    out = tmp_path / "mem"
+    argv = ["memorize", "--N", "24", "--length", "12", "--vocab", "16", "--model", "gpt2-1-2", "--head-dim", "16",
+            "--epochs", "60", "--batch-size", "24", "--lr", "5e-3", "--warmup-steps", "3", "--seed", "4", "--quiet",
+            "--json", "-o", str(out)]
+    assert main(argv) == 0
+    recorded = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    config = json.loads((out / "memorization_run.json").read_text())
+    assert {config[k] for k in ("seed", "batch_size", "learning_rate", "precision")} == {4, 24, 5e-3, "fp32"}
+    assert config["warmup_steps_run"] == 3 and config["steps"] == 60
+    model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)  # plain transformers
+    assert sum(p.numel() for p in model.parameters()) == recorded["num_params"]
+    assert main(["memorize", "--eval", str(out), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["memorized_bits"] == pytest.approx(recorded["memorized_bits"], rel=1e-5, abs=1e-3)
+    assert again["heldout_memorized_bits"] == pytest.approx(recorded["heldout_memorized_bits"], abs=1e-3)
+    assert recorded["memorized_bits"] > 0.1 * recorded["data_bits"]
+    assert main(["memorize", "--eval", str(tmp_path)]) == 2  # not a run folder: one line, exit 2
+
+
+def test_the_stop_rule_reads_the_last_fifth_of_the_curve():
+    from hf_capacity.memorization import saturation
+
+    rising = [{"step": s, "memorized_bits": 100.0 * s} for s in range(0, 101, 10)]
+    flat = rising[:6] + [{"step": s, "memorized_bits": 500.0 + 0.01 * s} for s in range(60, 101, 10)]
+    assert not saturation(rising)["saturated"] and saturation(rising)["from_step"] == 80
+    verdict = saturation(flat)
+    assert verdict["saturated"] and verdict["relative_rise"] < 0.005 and verdict["to_step"] == 100
+    assert not saturation(rising[:1])["saturated"] and saturation([])["relative_rise"] is None
+
+
+@pytest.mark.parametrize("precision", ["bf16", "bf16-mixed"])
+def test_bf16_runs_keep_their_weights_and_optimizer_state_as_they_say(tmp_path, precision):
+    import json
+
+    from hf_capacity.memorization import MemorizationRunConfig, train_memorization
+
+    config = MemorizationRunConfig(output_dir=str(tmp_path / precision), n_sequences=16, length=8, vocab_size=16,
+                                   model="gpt2-1-1", head_dim=16, epochs=40, batch_size=16, learning_rate=1e-2,
+                                   warmup_steps=2, precision=precision, until_saturated=True, progress=False)
+    result = train_memorization(config)
+    saved = json.loads((tmp_path / precision / "config.json").read_text())
+    assert saved["dtype"] == ("bfloat16" if precision == "bf16" else "float32")
+    assert result["precision"] == precision and result["steps_trained"] <= 40
+    assert result["saturation"]["saturated"] or result["steps_trained"] == 40
