@@ -7,7 +7,8 @@ import pytest
 
 from hf_capacity.cli import main
 
-RUN = Path(__file__).resolve().parent.parent / "docs" / "results" / "calibration_1000"
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "docs" / "results" / "calibration_1000"
 
 
 @pytest.mark.parametrize("code", ["installed", "folder"])
@@ -59,3 +60,12 @@ def test_the_readme_adapter_table_is_the_committed_study():
         assert c[2] == f"{run.P:,}" and c[4] == f"{run.bits:,.0f}" and c[5] == f"**{run.bits_per_param:.2f}**", label
         assert c[6] == f"{run.base_bits_before:,.0f} → {run.base_bits_after:,.0f}", label
     assert (table.loc[table.method == "lora", "P"] == 512 * table.loc[table.method == "lora", "lora_r"]).all()
+
+
+def test_the_committed_memorization_run_re_measures_to_its_recorded_bits():
+    from hf_capacity.memorization import remeasure_memorization
+
+    result = remeasure_memorization(ROOT / "docs" / "results" / "memorization_example")
+    assert result["memorized_bits"] == pytest.approx(result["recorded"]["memorized_bits"], rel=1e-5)
+    assert result["heldout_memorized_bits"] == pytest.approx(result["recorded"]["heldout_memorized_bits"], abs=1e-6)
+    assert result["memorized_bits"] > 0.5 * result["data_bits"]
