@@ -61,3 +61,19 @@ def test_ids_outside_the_vocabulary_are_rejected():
 def test_plain_module_without_embeddings():
     count = count_parameters(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)))
     assert count.total == count.capacity == count.non_embedding == 16 + 5
+
+
+def test_gated_and_standard_mlps_are_parameter_matched_in_both_families(bios_data):
+    """The gated-vs-standard comparison (the paper's cause of LLaMA's 100-exposure gap) compares equal P."""
+    from hf_capacity.training import CapacityTrainingConfig, build_model
+
+    def mlp_weights(model_name, mlp_type):
+        config = CapacityTrainingConfig(model=model_name, head_dim=48, mlp_type=mlp_type, progress=False)
+        model = build_model(config, bios_data.tokenizer)
+        return sum(p.numel() for n, p in model.named_parameters() if ".mlp." in n and n.endswith("weight"))
+
+    hidden = 2 * 48
+    for family in ("gpt2-1-2", "llama-1-2"):
+        gated, standard = mlp_weights(family, "gated"), mlp_weights(family, "standard")
+        assert standard == 8 * hidden**2, family
+        assert abs(gated - standard) <= 0.05 * standard, (family, gated, standard)
