@@ -69,3 +69,22 @@ def test_the_committed_memorization_run_re_measures_to_its_recorded_bits():
     assert result["memorized_bits"] == pytest.approx(result["recorded"]["memorized_bits"], rel=1e-5)
     assert result["heldout_memorized_bits"] == pytest.approx(result["recorded"]["heldout_memorized_bits"], abs=1e-6)
     assert result["memorized_bits"] > 0.5 * result["data_bits"]
+
+
+def test_the_readme_quantization_table_is_the_committed_study():
+    """Each row of the README's quantized-capacity table is a row of docs/results/quantization.csv."""
+    import pandas as pd
+
+    table = pd.read_csv(RESULTS / "quantization.csv")
+    section = README.read_text().split("## Quantized capacity", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in section.splitlines()
+            if line.startswith(("| bitsandbytes", "| GPTQ", "| **GPTQ", "| round to nearest"))]
+    assert len(rows) == 8
+    for label, bits, group, per_param, ratio in rows:
+        label = label.replace("**", "")
+        method = {"round to nearest, int4": "round to nearest", "GPTQ int4": "GPTQ", "GPTQ int8": "GPTQ"}.get(label, label)
+        found = table[(table["method"] == method) & (table["bits"] == int(bits)) & (table["group_size"] == int(group))]
+        assert len(found) == 1, label
+        run = found.iloc[0]
+        assert per_param.replace("**", "") == (f"{run.bits_per_param:.3f}" if run.bits_per_param else "0"), label
+        assert ratio == (f"{run.ratio_to_unquantized:.3f}" if run.ratio_to_unquantized else "0"), label
