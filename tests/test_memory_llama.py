@@ -129,7 +129,10 @@ def test_embedding_bag_lookup_equals_naive_gather():
 # -- equivalence with Llama -----------------------------------------------------------------------------------------
 
 
-def test_from_llama_without_memory_layers_matches_llama_logits():
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_from_llama_without_memory_layers_matches_llama_logits(attn):
+    """The LLaMA blocks (marked "Mirrors transformers.models.llama...") compute what transformers' LLaMA computes:
+    same logits (left padding included), loss and cached greedy generation, so a change on either side fails here."""
     torch.manual_seed(0)
     llama_config = LlamaConfig(
         vocab_size=VOCAB,
@@ -143,14 +146,19 @@ def test_from_llama_without_memory_layers_matches_llama_logits():
     llama = LlamaForCausalLM(llama_config).eval()
     model = MemoryLlamaForCausalLM.from_llama(llama).eval()
     assert model.config.memory_layers == [] and model.config.num_key_value_heads == 2
+    llama.config._attn_implementation = model.config._attn_implementation = attn
 
     ids = random_ids()
     mask = torch.ones_like(ids)
     mask[0, :3] = 0  # left padding exercises the causal-mask path
     with torch.no_grad():
-        expected = llama(ids, attention_mask=mask).logits
-        actual = model(ids, attention_mask=mask).logits
-    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+        expected = llama(ids, attention_mask=mask, labels=ids)
+        actual = model(ids, attention_mask=mask, labels=ids)
+    torch.testing.assert_close(actual.logits, expected.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(actual.loss, expected.loss)
+    prompt = ids[1:, :4]
+    assert torch.equal(model.generate(prompt, max_new_tokens=6, do_sample=False),
+                       llama.generate(prompt, max_new_tokens=6, do_sample=False))
 
 
 def test_from_llama_can_add_memory_layers():
@@ -386,3 +394,4 @@ def test_standard_mlp_is_ungated():
     x = torch.randn(3, 32)
     with torch.no_grad():
         torch.testing.assert_close(mlp(x), mlp.down_proj(torch.nn.functional.silu(mlp.up_proj(x))))
+

@@ -22,10 +22,15 @@ from transformers.utils.output_capturing import capture_outputs
 from .configuration_memory_llama import MemoryLlamaConfig
 
 # ----------------------------------------------------------------------------------------------------------------------
-# LLaMA building blocks
+# LLaMA building blocks. Each is marked "Mirrors transformers.models.llama.modeling_llama.<name>": written for this
+# project, it computes what transformers' LLaMA block of that name computes, and lives here because a Hub
+# remote-code folder should not depend on transformers' internal module layout. What keeps them in step:
+# tests/test_memory_llama.py::test_from_llama_without_memory_layers_matches_llama_logits (a MemoryLlama without
+# memory layers and LlamaForCausalLM on the same weights: same logits, loss and cached generation, eager and SDPA). Only the MLP differs on purpose (the standard, ungated ablation besides LLaMA's gated one).
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+# Mirrors transformers.models.llama.modeling_llama.LlamaRMSNorm
 class MemoryLlamaRMSNorm(nn.Module):
     """RMSNorm with a learnable gain, computed in float32 (as in LLaMA)."""
 
@@ -45,6 +50,7 @@ class MemoryLlamaRMSNorm(nn.Module):
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
 
 
+# Mirrors transformers.models.llama.modeling_llama.LlamaRotaryEmbedding
 class MemoryLlamaRotaryEmbedding(nn.Module):
     """Rotary position embedding configured by `config.rope_parameters`; returns (cos, sin) per position."""
 
@@ -80,16 +86,19 @@ class MemoryLlamaRotaryEmbedding(nn.Module):
         return (emb.cos() * self.attention_scaling).to(x.dtype), (emb.sin() * self.attention_scaling).to(x.dtype)
 
 
+# Mirrors transformers.models.llama.modeling_llama.rotate_half
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 
 
+# Mirrors transformers.models.llama.modeling_llama.apply_rotary_pos_emb
 def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim: int = 1):
     cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
     return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
 
 
+# Mirrors transformers.models.llama.modeling_llama.repeat_kv
 def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
     """(batch, kv_heads, seq, dim) -> (batch, kv_heads * n_rep, seq, dim), for grouped-query attention."""
     if n_rep == 1:
@@ -99,6 +108,7 @@ def repeat_kv(hidden_states: torch.Tensor, n_rep: int) -> torch.Tensor:
     return hidden_states.reshape(batch, kv_heads * n_rep, seq, dim)
 
 
+# Mirrors transformers.models.llama.modeling_llama.eager_attention_forward
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     key = repeat_kv(key, module.num_key_value_groups)
     value = repeat_kv(value, module.num_key_value_groups)
@@ -111,6 +121,7 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     return attn_output, attn_weights
 
 
+# Mirrors transformers.models.llama.modeling_llama.LlamaAttention
 class MemoryLlamaAttention(nn.Module):
     """Causal multi-head attention with rotary positions and optional grouped key/value heads."""
 
@@ -165,6 +176,7 @@ class MemoryLlamaAttention(nn.Module):
         return self.o_proj(attn_output), attn_weights
 
 
+# Mirrors transformers.models.llama.modeling_llama.LlamaMLP, plus the standard (ungated) ablation
 class MemoryLlamaMLP(nn.Module):
     """Dense MLP: gated `down(act(gate(x)) * up(x))` (LLaMA) or standard `down(act(up(x)))` (the ablation)."""
 
