@@ -58,6 +58,8 @@ class CapacityTrainingConfig:
     head_dim: int = 64
     mlp_type: str | None = None  # gpt2: standard|gated|quarter|none; llama: gated|standard
     num_experts: int = 0
+    moe_capacity_factor_train: float | None = 2.0  # gpt2 MoE: an expert's token budget in training (the paper: 2)
+    moe_capacity_factor_eval: float | None = 8.0  # ... and at evaluation (the paper: 8; None: no dropping)
     fused_loss: bool = False  # gpt2: head + cross-entropy fused chunk by chunk (same loss, faster training step)
     memory: dict = field(default_factory=lambda: {"memory_n_keys": 32, "memory_heads": 2, "memory_topk": 8, "memory_key_dim": 64})
     # training
@@ -235,7 +237,8 @@ def build_model(config: CapacityTrainingConfig, tokenizer):
         if config.fused_loss:
             extra["fused_loss"] = True
         if config.num_experts:
-            extra["num_experts"] = config.num_experts
+            extra.update(num_experts=config.num_experts, moe_capacity_factor_train=config.moe_capacity_factor_train,
+                         moe_capacity_factor_eval=config.moe_capacity_factor_eval)
         return CapacityGPT2ForCausalLM(CapacityGPT2Config(**common, **extra))
     mlp_type = config.mlp_type or "gated"
     llama = dict(common, intermediate_size=llama_mlp_width(hidden, mlp_type), mlp_type=mlp_type)

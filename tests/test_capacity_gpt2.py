@@ -400,3 +400,17 @@ def test_fused_loss_is_exact_where_a_probability_underflows():
     plain = torch.nn.functional.cross_entropy(hidden @ weight.T, labels, reduction="sum")
     torch.testing.assert_close(fused, plain)
     assert fused.item() == pytest.approx(400.0, rel=1e-5)
+
+
+def test_a_capacity_run_builds_moe_with_the_papers_capacity_factors(bios_data):
+    """32 experts top-1, capacity factor 2 in training and 8 at test (Allen-Zhu & Li), unless the run says else."""
+    from hf_capacity.training import CapacityTrainingConfig, build_model
+
+    model = build_model(CapacityTrainingConfig(model="gpt2-1-2", head_dim=16, num_experts=32, progress=False),
+                        bios_data.tokenizer)
+    config = model.config
+    assert (config.num_experts, config.num_experts_per_tok) == (32, 1)
+    assert (config.moe_capacity_factor_train, config.moe_capacity_factor_eval) == (2.0, 8.0)
+    free = build_model(CapacityTrainingConfig(model="gpt2-1-2", head_dim=16, num_experts=4,
+                                              moe_capacity_factor_eval=None, progress=False), bios_data.tokenizer)
+    assert free.config.moe_capacity_factor_eval is None
