@@ -13,7 +13,8 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
+import shutil
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .data import BioDPopulation, BioSPopulation, JunkConfig, KnowledgeData
@@ -79,7 +80,8 @@ class CapacityTrainingConfig:
     streaming: bool = False  # iterable dataset (constant memory) instead of a materialised one
     save_steps: int | None = None  # checkpoint every this many steps (None: no checkpoints)
     save_total_limit: int = 2  # checkpoints kept (the newest ones)
-    resume: bool = True  # continue from the newest checkpoint in output_dir, if there is one
+    resume: bool = True  # continue from the newest checkpoint in output_dir, if it holds this same run
+    overwrite_output_dir: bool = False  # replace a finished or different run in output_dir (default: refuse)
     # evaluation
     eval_steps: int | None = None
     eval_max_people: int | None = None
@@ -262,12 +264,63 @@ def last_checkpoint(output_dir: str | os.PathLike | None, before_step: int | Non
     return str(max(steps)[1]) if steps else None
 
 
+CONFIG_FILE = "training_config.json"
+"""A run's settings, written into its folder before its first step (so a resumed run can be recognised)."""
+PROGRESS_FIELDS = frozenset({
+    "output_dir", "resume", "overwrite_output_dir", "progress", "logging_steps", "eval_steps", "save_steps",
+    "save_total_limit", "report_to", "push_to_hub", "hub_model_id", "dataloader_num_workers", "quantized",
+})
+"""Settings that may change when a run resumes: how it is watched, saved and published, not what it learns."""
+
+
+def run_differences(recorded: dict, config: CapacityTrainingConfig) -> list[str]:
+    """The settings (outside ``PROGRESS_FIELDS``) in which ``config`` differs from a recorded run's
+    ``training_config.json``, as "name old → new"; a field the record lacks counts as its default."""
+    current = json.loads(json.dumps(config.to_dict()))
+    defaults = json.loads(json.dumps(CapacityTrainingConfig().to_dict()))
+    return [f"{f.name} {recorded.get(f.name, defaults[f.name])} → {current[f.name]}" for f in fields(config)
+            if f.name not in PROGRESS_FIELDS and recorded.get(f.name, defaults[f.name]) != current[f.name]]
+
+
+def check_output_dir(config: CapacityTrainingConfig) -> str | None:
+    """The checkpoint this run resumes from (None: it starts at step 0), once ``output_dir`` is known to hold
+    this same run or none; raises ValueError (one line) for a folder holding a finished run or another one.
+
+    A folder holds a run when it has ``training_config.json``, ``results.json`` or checkpoints. The same run is
+    one whose recorded settings equal ``config``'s outside ``PROGRESS_FIELDS``; it resumes from its newest
+    checkpoint unless ``config.resume`` is False. With ``config.overwrite_output_dir`` a run already there is
+    deleted (the whole folder, on the main process) and the new one starts at step 0."""
+    out = Path(config.output_dir)
+    recorded_file, checkpoint = out / CONFIG_FILE, last_checkpoint(out)
+    finished = (out / "results.json").is_file()
+    if not (recorded_file.is_file() or finished or checkpoint or any(out.glob("checkpoint-*"))):
+        return None
+    replace = "choose another output folder, or pass --overwrite (overwrite_output_dir) to replace it"
+    if config.overwrite_output_dir:
+        if out.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+            raise ValueError(f"--overwrite would delete {out}, which holds the current directory: "
+                             "choose another output folder")
+        if int(os.environ.get("RANK", "0")) == 0:
+            shutil.rmtree(out)
+        return None
+    differences = run_differences(json.loads(recorded_file.read_text()), config) if recorded_file.is_file() else []
+    if differences:
+        shown = ", ".join(differences[:3]) + (f" and {len(differences) - 3} more" if len(differences) > 3 else "")
+        raise ValueError(f"{out} holds another run ({shown}; see its {CONFIG_FILE}): {replace}")
+    if finished:
+        raise ValueError(f"{out} holds a finished run (results.json): {replace}")
+    if not recorded_file.is_file():
+        raise ValueError(f"{out} holds checkpoints but no {CONFIG_FILE}, so they may belong to another run: {replace}")
+    return checkpoint if config.resume else None
+
+
 def train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None = None, model=None):
     """Run one training run; returns ``(report, trainer)`` with the final ``KnowledgeReport``.
 
     With ``config.save_steps`` the run checkpoints periodically; started again on the same ``output_dir`` (after
     a kill or a crash) it resumes from its newest checkpoint: same data order (the stream is rebuilt
     deterministically and the Trainer skips the windows already trained on), same schedule and optimizer state.
+    A folder holding a finished run or another run is refused before anything is built (``check_output_dir``).
 
     With ``config.progress`` False, transformers' own progress bars (saving and loading weights) are off too
     while the run lasts, so sweep logs hold one line a run."""
@@ -290,6 +343,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
     from .adapters import is_capacity_run
     from .callbacks import CapacityReportCallback, ForgettingCallback, TrainingDivergedError, add_capacity_callbacks
 
+    checkpoint = check_output_dir(config)
     set_seed(config.seed)
     data = data or build_data(config)
     model = model or build_model(config, data.tokenizer)
@@ -344,13 +398,13 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         forgetting = ForgettingCallback(KnowledgeData.load(config.init_from), max_people=config.eval_max_people)
         forgetting.attach(trainer)
     out = Path(config.output_dir)
-    checkpoint = last_checkpoint(out) if config.resume else None
+    if trainer.is_world_process_zero():  # recorded first, so that a run killed part-way is recognised on resuming
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     except TrainingDivergedError as err:
         if trainer.is_world_process_zero():  # keep what the run had: its config, its log and why it stopped
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
             diverged = {"message": str(err), "step": err.step, "last_checkpoint": err.last_checkpoint}
             (out / "diverged.json").write_text(json.dumps(diverged, indent=2) + "\n")
             (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2) + "\n")
@@ -358,7 +412,6 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
     if trainer.is_world_process_zero():
         trainer.save_model(str(out))
         data.save(out)
-        (out / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         # written after the model and data are saved, so a push to the Hub carries everything
         writer = CapacityReportCallback(
             callbacks["knowledge"],

@@ -3,6 +3,7 @@
 import argparse
 import json
 import re
+import shutil
 
 import datasets
 import pytest
@@ -133,3 +134,35 @@ def test_eval_runs_the_installed_code_by_default_and_the_folders_own_code_on_req
                                                       "auto_map": {}}))
     assert main(["eval", str(tmp_path), "--code", "folder"]) == 2
     assert "carries no model code of its own" in capsys.readouterr().err
+
+
+TINY_RUN = ["train", "--dataset", "bioS", "--N", "30", "--model", "gpt2-1-1", "--head-dim", "16", "--exposures", "2",
+            "--context-length", "128", "--batch-size", "4", "--vocab-size", "400", "--warmup-steps", "1", "--quiet"]
+
+
+def test_a_reused_output_folder_resumes_only_the_same_run(tmp_path, capsys):
+    ck = tmp_path / "ck"
+    assert main([*TINY_RUN, "--save-steps", "2", "--max-steps", "4", "-o", str(ck)]) == 0
+    capsys.readouterr()
+    # another run in the same folder is refused in one line, naming the folder and what differs
+    for other in (["--N", "40", "--lr", "5e-3"], ["--head-dim", "32"]):
+        assert main([*TINY_RUN, "--save-steps", "2", "--max-steps", "4", *other, "-o", str(ck)]) == 2
+        out, err = capsys.readouterr()
+        assert "resuming" not in out and err.count("\n") == 1, err
+        assert f"error: {ck} holds another run (" in err and "--overwrite" in err
+        differs = "n_people 30 → 40, learning_rate 0.001 → 0.005" if "--N" in other else "head_dim 16 → 32"
+        assert differs in err, err
+    # a finished run is not trained again on top of itself
+    assert main([*TINY_RUN, "--save-steps", "2", "--max-steps", "4", "-o", str(ck)]) == 2
+    assert f"error: {ck} holds a finished run" in capsys.readouterr().err
+    # a run stopped part-way resumes, even when only how it is watched changed (evaluation, logging, quiet)
+    (ck / "results.json").unlink()
+    shutil.rmtree(ck / "checkpoint-4")
+    assert main([*TINY_RUN, "--save-steps", "2", "--max-steps", "4", "--eval-steps", "1", "-o", str(ck)]) == 0
+    assert f"resuming from {ck / 'checkpoint-2'}" in capsys.readouterr().out
+    # --overwrite replaces the run
+    (ck / "stale.txt").write_text("from the previous run")
+    assert main([*TINY_RUN, "--N", "40", "--max-steps", "4", "--overwrite", "-o", str(ck)]) == 0
+    assert "resuming" not in capsys.readouterr().out and not (ck / "stale.txt").exists()
+    assert json.loads((ck / "results.json").read_text())["n_people"] == 40
+    assert not list(ck.glob("checkpoint-*"))

@@ -61,6 +61,9 @@ def _add_training_args(p: argparse.ArgumentParser, defaults) -> None:
               help="checkpoint every this many steps; the same command run again resumes from the newest")
     p.add_argument("--no-resume", action="store_true",
                    help="ignore checkpoints already in the output folder and start from step 0")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the run already in the output folder, finished or not, and start a new one "
+                        "(default: a folder holding another run or a finished one is refused)")
     p.add_argument("--output", "-o", default=defaults.output_dir, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.add_argument_group(
@@ -140,6 +143,7 @@ def _training_config(args):
         progress=not args.quiet,
         save_steps=args.save_steps,
         resume=not args.no_resume,
+        overwrite_output_dir=args.overwrite,
         init_from=args.init_from,
         lora_r=args.lora_r,
         lora_alpha=args.lora_alpha,
@@ -151,10 +155,10 @@ def _training_config(args):
 
 
 def cmd_train(args) -> None:
-    from ..training import last_checkpoint, train_capacity
+    from ..training import check_output_dir, train_capacity
 
     config = _training_config(args)  # validated on construction, before any data is built
-    checkpoint = last_checkpoint(config.output_dir) if config.resume else None
+    checkpoint = check_output_dir(config)  # refuses a folder holding a finished run or another run
     if checkpoint:
         print(f"resuming from {checkpoint} (--no-resume starts from step 0)", flush=True)
     report, _ = train_capacity(config)
@@ -170,11 +174,13 @@ def cmd_train(args) -> None:
 
 def cmd_demo(args) -> None:
     """The README's main command: a small bioS run that a laptop CPU finishes in a few minutes."""
-    from ..training import train_capacity
+    from ..training import check_output_dir, train_capacity
 
     config = _training_config(args)  # validated on construction, before any data is built
+    checkpoint = check_output_dir(config)
     print(f"hf-capacity demo: bioS(N={config.n_people}) × {config.exposures} exposures, model {config.model} "
-          f"(head dim {config.head_dim}), on {'GPU' if _cuda() else 'CPU'}; output in {config.output_dir}\n")
+          f"(head dim {config.head_dim}), on {'GPU' if _cuda() else 'CPU'}; output in {config.output_dir}"
+          + (f"; resuming from {checkpoint}" if checkpoint else "") + "\n")
     report, trainer = train_capacity(config)
     print()
     print(report.table())

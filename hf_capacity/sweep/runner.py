@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from ..preflight import check_run, sample_data
-from ..training import last_checkpoint, train_capacity
+from ..training import CONFIG_FILE, last_checkpoint, train_capacity
 from .config import Sweep, SweepRun, load_sweep
 from .folders import DONE, ERROR_FILE, LOG_FILE, PLAN_FILE, RUN_FILE, TABLE_CSV, read_json, write_json
 from .table import flatten_config, rebuild_table
@@ -221,6 +221,9 @@ def run_sweep(
         if resumable:
             log(f"{prefix}  resuming from {os.path.basename(last_checkpoint(run.output_dir))}")
             (run.output_dir / ERROR_FILE).unlink(missing_ok=True)
+            (run.output_dir / "results.json").unlink(missing_ok=True)  # killed before DONE: measured again
+            if not (run.output_dir / CONFIG_FILE).is_file():  # a folder from before runs recorded it at the start
+                write_json(run.output_dir / CONFIG_FILE, run.training_config().to_dict())
         trained += 1
         result = _execute(run, sweep.name)
         log(f"{prefix}  {_format_status(result)}")
