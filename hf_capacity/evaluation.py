@@ -16,13 +16,17 @@ import numpy as np
 import torch
 
 from .bits import (
+    BIOS_ATTRIBUTE_CHOICES,
     LOG2_E,
     KnowledgeBits,
     biod_bits,
     biod_bits_lower_bound,
+    biod_uniform_losses_nats,
     bios_bits,
     bios_bits_lower_bound,
+    bios_uniform_value_loss_nats,
     capacity_ratio,
+    uniform_name_loss_nats,
 )
 from .data.knowledge_data import KnowledgeData
 from .data.population import BIOS_ATTRIBUTES, BioDPopulation
@@ -60,7 +64,12 @@ class SpanLosses:
 
 @dataclass
 class KnowledgeReport:
-    """What a model knows about a population: p1/p2/p3 (nats), bits by term, R(F), per-attribute results."""
+    """What a model knows about a population: p1/p2/p3 (nats), bits by term, R(F), per-attribute results.
+
+    p1 is the mean loss on a full name (nats per person); p2 the mean loss on the values, per person for bioS (all
+    of a person's counted values) and per (person, attribute) pair for bioD, as is p3 (a value's first chunk).
+    ``p1_uniform``, ``p2_uniform``, ``p3_uniform``: the same losses for uniform guessing (a model knowing nothing).
+    """
 
     family: str
     n_people: int
@@ -75,6 +84,14 @@ class KnowledgeReport:
     per_attribute: dict[str, dict[str, float]]
     bits_ci95: tuple[float, float] | None = None
     extra: dict = field(default_factory=dict)
+    p1_uniform: float | None = None
+    p2_uniform: float | None = None
+    p3_uniform: float | None = None
+
+    @property
+    def value_loss_unit(self) -> str:
+        """What p2 (and p3) are averaged over: "nats per person" (bioS) or "nats per person and attribute" (bioD)."""
+        return "nats per person and attribute" if self.family == "bioD" else "nats per person"
 
     @property
     def bits_per_param(self) -> float:
@@ -90,7 +107,11 @@ class KnowledgeReport:
         return self.bits.total / self.bits_max.total
 
     def to_dict(self) -> dict:
-        """Flat JSON-ready dict (keys include bits, bits_max, bits_per_param, num_params, p1, p2)."""
+        """Flat JSON-ready dict, the keys of ``results.json``: bits, bits_max, name_bits, value_bits, diversity_bits
+        (bits, base 2, totals over the population); bits_per_param (R = bits / P); num_params (P, the paper's count);
+        p1 (name loss, nats per person), p2 (value loss: nats per person for bioS, per person and attribute for
+        bioD), p3 (bioD first-chunk loss, nats per person and attribute), each with its ``*_uniform`` for uniform
+        guessing; per_attribute: loss (nats), uniform_loss (nats; null where not defined) and exact-match accuracy."""
         out = {
             "family": self.family,
             "n_people": self.n_people,
@@ -98,6 +119,9 @@ class KnowledgeReport:
             "p1": self.p1,
             "p2": self.p2,
             "p3": self.p3,
+            "p1_uniform": self.p1_uniform,
+            "p2_uniform": self.p2_uniform,
+            "p3_uniform": self.p3_uniform,
             "bits": self.bits.total,
             "bits_max": self.bits_max.total,
             "bits_lower_bound": self.bits_lower_bound.total,
@@ -131,7 +155,11 @@ class KnowledgeReport:
             f"{prefix}fraction_learned": self.fraction_learned,
             f"{prefix}p1_name_loss": self.p1,
             f"{prefix}p2_value_loss": self.p2,
+            f"{prefix}name_bits": self.bits.name_bits,
+            f"{prefix}value_bits": self.bits.value_bits,
         }
+        if self.family == "bioD":
+            m[f"{prefix}diversity_bits"] = self.bits.diversity_bits
         for attribute, r in self.per_attribute.items():
             m[f"{prefix}accuracy_{attribute.replace(' ', '_')}"] = r["accuracy"]
         return m
@@ -139,13 +167,15 @@ class KnowledgeReport:
     def table(self) -> str:
         """A readable summary."""
         p = self.num_params
-        lines = [
-            f"Knowledge report: {self.family}(N={self.n_people:,}), evaluated on {self.n_evaluated:,} people",
-            f"  p1 (name loss, nats/person)      {self.p1:12.4f}",
-            f"  p2 (value loss, nats/person)     {self.p2:12.4f}",
-        ]
+        losses = [("p1 (name loss, nats per person)", self.p1, self.p1_uniform),
+                  (f"p2 (value loss, {self.value_loss_unit})", self.p2, self.p2_uniform)]
         if self.p3 is not None:
-            lines.append(f"  p3 (first-chunk loss, nats)      {self.p3:12.4f}")
+            losses.append((f"p3 (first-chunk loss, {self.value_loss_unit})", self.p3, self.p3_uniform))
+        width = max(33, *(len(label) + 3 for label, _, _ in losses))
+        lines = [f"Knowledge report: {self.family}(N={self.n_people:,}), evaluated on {self.n_evaluated:,} people"]
+        for label, value, uniform in losses:
+            lines.append(f"  {label:<{width - 3}}{value:12.4f}"
+                         + (f"   (uniform guessing {uniform:.4f})" if uniform is not None else ""))
         lines += [
             f"  bits learned                     {self.bits.total:14,.0f}   of {self.bits_max.total:,.0f} "
             f"({100 * self.fraction_learned:.1f}%)",
@@ -164,10 +194,11 @@ class KnowledgeReport:
         lines += [
             params,
             f"  bits per parameter R(F)          {self.bits_per_param:14.4f}   (R_max {self.bits_max_per_param:.4f})",
-            "  per attribute                    loss (nats)   exact match",
+            "  per attribute                    loss (nats)   uniform   exact match",
         ]
         for attribute, r in self.per_attribute.items():
-            lines.append(f"    {attribute:<30}{r['loss']:12.4f}   {100 * r['accuracy']:9.1f}%")
+            uniform = f"{r['uniform_loss']:9.4f}" if r.get("uniform_loss") is not None else f"{'—':>9}"
+            lines.append(f"    {attribute:<30}{r['loss']:12.4f} {uniform}   {100 * r['accuracy']:9.1f}%")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -304,8 +335,11 @@ def knowledge_report(
     pop = data.population
     n, n_eval = pop.n_people, len(losses.people)
     p1 = float(losses.name_loss.mean())
+    p1_uniform = uniform_name_loss_nats()
     if isinstance(pop, BioDPopulation):
         labels = [f"ID {k + 1}" for k in range(pop.n_attributes)]
+        p2_uniform, p3_uniform = biod_uniform_losses_nats(pop.shape)
+        uniform = dict.fromkeys(labels, p2_uniform)
         person_value = losses.value_loss.mean(axis=1)  # mean over attributes → p2 is a mean over pairs
         p2 = float(person_value.mean())
         p3 = float(losses.first_chunk_loss.mean())
@@ -314,6 +348,8 @@ def knowledge_report(
         per_person_bits = -(losses.name_loss + pop.n_attributes * person_value) * LOG2_E
     else:
         labels = list(BIOS_ATTRIBUTES)
+        p2_uniform, p3_uniform = bios_uniform_value_loss_nats(), None
+        uniform = {a: math.log(c) for a, c in BIOS_ATTRIBUTE_CHOICES.items()}  # working city: 0 bits, no entry
         counted = [BIOS_ATTRIBUTES.index(a) for a in BIOS_VALUE_ATTRIBUTES]
         person_value = losses.value_loss[:, counted].sum(axis=1) + losses.pronoun_loss
         p2, p3 = float(person_value.mean()), None
@@ -321,12 +357,14 @@ def knowledge_report(
         lower = bios_bits_lower_bound(n, p1, p2)
         per_person_bits = -(losses.name_loss + person_value) * LOG2_E
     per_attribute = {
-        label: {"loss": float(losses.value_loss[:, k].mean()), "accuracy": float(losses.value_correct[:, k].mean())}
+        label: {"loss": float(losses.value_loss[:, k].mean()), "uniform_loss": uniform.get(label),
+                "accuracy": float(losses.value_correct[:, k].mean())}
         for k, label in enumerate(labels)
     }
     if losses.pronoun_loss is not None:
         per_attribute["gender"] = {
             "loss": float(losses.pronoun_loss.mean()),
+            "uniform_loss": uniform["gender"],
             "accuracy": float(losses.pronoun_correct.mean()),
         }
     ci = None
@@ -347,6 +385,9 @@ def knowledge_report(
         per_attribute=per_attribute,
         bits_ci95=ci,
         extra=dict(extra or {}),
+        p1_uniform=p1_uniform,
+        p2_uniform=p2_uniform,
+        p3_uniform=p3_uniform,
     )
 
 

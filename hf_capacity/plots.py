@@ -201,7 +201,8 @@ def training_curve_figure(history: Sequence[Mapping[str, Any]], bits_max: float,
     `history`: the knowledge callback's measurements, dicts with ``step`` and ``knowledge_bits`` (and
     optionally ``exposures``, ``bits_per_param``), from step 0. x: exposures per person (an entry's
     ``exposures``, else ``step * exposures_per_step``; training steps when neither is known), with training
-    steps on the top axis; y: bits from 0, with `bits_max` dashed and, when P is known (`num_params`, or
+    steps on the top axis; y: bits from 0 (and, when the history carries them, its terms ``name_bits``,
+    ``value_bits``, ``diversity_bits`` as dashed lines), with `bits_max` dashed and, when P is known (`num_params`, or
     bits / bits_per_param of the history), bits per parameter on the right axis. The title names `model` and
     `data` (e.g. "gpt2-2-2, P = 1.2M" and "bioS(N=10,000)") unless `title` is given; the last point is labelled.
     """
@@ -225,6 +226,10 @@ def training_curve_figure(history: Sequence[Mapping[str, Any]], bits_max: float,
     fig = Figure(figsize=(6.5, 4.5))
     ax = fig.add_subplot()
     ax.plot(x, bits, "o-", ms=4, lw=1.2, color="tab:blue", label="bits learned", clip_on=False, zorder=3)
+    for key, colour in (("name_bits", "tab:orange"), ("value_bits", "tab:green"), ("diversity_bits", "tab:purple")):
+        if all(key in h for h in history):  # the terms of the total, when the history carries them
+            term = np.array([history[i][key] for i in order], dtype=float)
+            ax.plot(x, term, ".--", ms=3, lw=0.9, color=colour, label=key.replace("_", " "), clip_on=False)
     ax.axhline(bits_max, color="grey", ls="--", lw=1, label=f"bits_max (data): {bits_max:,.0f}")
     label = f"{bits[-1]:,.0f} bits ({100 * bits[-1] / bits_max:.1f}% of bits_max)"
     if num_params:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -113,8 +114,20 @@ def model_card(
             f'tokenizer = AutoTokenizer.from_pretrained("{repo_hint}")\n```\n'
         )
     rows = "\n".join(
-        f"| {a} | {r['loss']:.4f} | {100 * r['accuracy']:.1f}% |" for a, r in report.per_attribute.items()
+        f"| {a} | {r['loss']:.4f} | {_number(r.get('uniform_loss'), '.4f', '—')} | {100 * r['accuracy']:.1f}% |"
+        for a, r in report.per_attribute.items()
     )
+    terms = [("name bits", "name_bits"), ("value bits", "value_bits")]
+    if report.family == "bioD":
+        terms.append(("diversity bits", "diversity_bits"))
+    bits_rows = "\n".join(f"| {label} | {getattr(report.bits, key):,.0f} of {getattr(report.bits_max, key):,.0f} |"
+                          for label, key in terms)
+    losses = [("p1 (name loss, nats per person)", report.p1, report.p1_uniform),
+              (f"p2 (value loss, {report.value_loss_unit})", report.p2, report.p2_uniform)]
+    if report.p3 is not None:
+        losses.append((f"p3 (first-chunk loss, {report.value_loss_unit})", report.p3, report.p3_uniform))
+    loss_rows = "\n".join(f"| {label} | {value:.4f} | {_number(uniform, '.4f', 'n/a')} |"
+                          for label, value, uniform in losses)
     quantized_section = ""
     if quantized:
         quantized_section = "### After quantization (bitsandbytes)\n\n| scheme | bits per parameter | ratio to full precision |\n|---|---:|---:|\n"
@@ -135,8 +148,8 @@ def model_card(
         bits_per_param=f"{d['bits_per_param']:.4f}",
         bits_max_per_param=f"{d['bits_max_per_param']:.4f}",
         num_params_non_embedding=f"{d['num_params_non_embedding']:,}",
-        p1=f"{d['p1']:.4f}",
-        p2=f"{d['p2']:.4f}",
+        bits_rows=bits_rows,
+        loss_rows=loss_rows,
         quantized_section=quantized_section,
         attribute_rows=rows,
         training_summary=training_summary or "See `results.json`.",
@@ -146,6 +159,11 @@ def model_card(
         use_section=use_section,
     )
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def _number(value: float | None, spec: str, missing: str) -> str:
+    """``value`` formatted with ``spec``, or ``missing`` when it is None or not finite."""
+    return format(value, spec) if value is not None and math.isfinite(value) else missing
 
 
 def _adapter_section(adapter: dict, base_population: dict | None, base_params: int | None) -> str:
