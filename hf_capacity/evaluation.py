@@ -37,6 +37,10 @@ BIOS_VALUE_ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "emp
 """bioS attributes whose value tokens count in p2 (plus the first pronoun for gender; working city is excluded)."""
 
 
+ALMOST_NOTHING = 0.05
+"""A report whose model stored under this share of bits_max says why (``KnowledgeReport.diagnosis``)."""
+
+
 @dataclass
 class SpanLosses:
     """Per-person summed losses (nats) and exact matches on every span of the evaluation renderings.
@@ -105,6 +109,16 @@ class KnowledgeReport:
     @property
     def fraction_learned(self) -> float:
         return self.bits.total / self.bits_max.total
+
+    def diagnosis(self) -> str | None:
+        """Why the model stored almost nothing (under ``ALMOST_NOTHING`` of bits_max): its value loss against
+        uniform guessing; None when it stored more."""
+        if self.fraction_learned >= ALMOST_NOTHING or self.p2_uniform is None:
+            return None
+        level = "not below" if self.p2 >= self.p2_uniform else "barely below"
+        return (f"stored almost nothing ({100 * self.fraction_learned:.1f}% of bits_max): value loss p2 = "
+                f"{self.p2:.4f} {self.value_loss_unit}, {level} uniform guessing ({self.p2_uniform:.4f}), so the "
+                "model has not learned the values yet; train for more exposures or steps, or at a higher learning rate")
 
     def to_dict(self) -> dict:
         """Flat JSON-ready dict, the keys of ``results.json``: bits, bits_max, name_bits, value_bits, diversity_bits
@@ -199,6 +213,8 @@ class KnowledgeReport:
         for attribute, r in self.per_attribute.items():
             uniform = f"{r['uniform_loss']:9.4f}" if r.get("uniform_loss") is not None else f"{'—':>9}"
             lines.append(f"    {attribute:<30}{r['loss']:12.4f} {uniform}   {100 * r['accuracy']:9.1f}%")
+        if self.diagnosis():
+            lines.append(f"  {self.diagnosis()}")
         return "\n".join(lines)
 
     def __str__(self) -> str:

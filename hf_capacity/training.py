@@ -273,6 +273,37 @@ PROGRESS_FIELDS = frozenset({
 """Settings that may change when a run resumes: how it is watched, saved and published, not what it learns."""
 
 
+MIN_EXPOSURES = 100
+"""Exposures per person under which a run is warned that it will learn little: the paper's models store about
+1 bit per parameter after 100 exposures and 2 after 1,000 (Allen-Zhu & Li, Results 1-2), far less before."""
+MIN_STEPS = 500
+"""Optimizer steps under which a run is warned that it will learn little: `hf-capacity demo` stores ~95% of its
+facts in ~1,000 steps and under half in ~500 (at 150 exposures); a shorter run is mostly warm-up and decay."""
+
+
+def plan_lines(config: CapacityTrainingConfig, *, steps: int, warmup_steps: int, tokens_per_step: int,
+               exposures: float, exact: bool, num_params: int, bits_max: float) -> list[str]:
+    """What a run is about to do, in two lines (steps, tokens, exposures per person, P, bits_max, R_max in
+    bits/param, the warm-up that really runs), then a "warning: ..." line for each setting known to learn little
+    (fewer than ``MIN_EXPOSURES`` exposures or ``MIN_STEPS`` steps)."""
+    seen = f"{exposures:g}" if exact else f"≈ {exposures:.1f}"
+    lines = [f"plan: {steps:,} steps × {tokens_per_step:,} tokens = {steps * tokens_per_step:,} tokens, {seen} "
+             f"exposures per person; P = {num_params:,}, bits_max = {bits_max:,.0f}, "
+             f"R_max = {bits_max / num_params:.3f} bits/param"]
+    warmup = f"warm-up {warmup_steps} step{'s' if warmup_steps != 1 else ''}"
+    if warmup_steps < config.warmup_steps:
+        warmup += f" (--warmup-steps {config.warmup_steps} is capped at a tenth of the {steps:,} steps)"
+    lines.append(f"      {warmup}, learning rate {config.learning_rate:g}, cosine decay to "
+                 f"{config.min_lr_ratio:g}× (recorded in {CONFIG_FILE})")
+    if exposures < MIN_EXPOSURES:
+        lines.append(f"warning: {seen} exposures per person: the paper's models store about 1 bit per parameter "
+                     f"after {MIN_EXPOSURES} exposures and far less before, so expect few bits (raise --exposures)")
+    if steps < MIN_STEPS:
+        lines.append(f"warning: {steps:,} optimizer steps: runs with fewer than {MIN_STEPS} learn little (the demo "
+                     "stores ~95% of its facts in ~1,000); raise --exposures or lower --batch-size")
+    return lines
+
+
 def run_differences(recorded: dict, config: CapacityTrainingConfig) -> list[str]:
     """The settings (outside ``PROGRESS_FIELDS``) in which ``config`` differs from a recorded run's
     ``training_config.json``, as "name old → new"; a field the record lacks counts as its default."""
@@ -342,6 +373,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
 
     from .adapters import is_capacity_run
     from .callbacks import CapacityReportCallback, ForgettingCallback, TrainingDivergedError, add_capacity_callbacks
+    from .params import count_parameters
 
     checkpoint = check_output_dir(config)
     set_seed(config.seed)
@@ -350,6 +382,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
     stream = data.stream(config.exposures, config.context_length, block_diagonal=config.block_diagonal)
     train_dataset = stream.to_iterable_dataset() if config.streaming else stream.to_dataset(progress=config.progress)
     max_steps = config.max_steps or steps_for_exposures(config, data, windows=None if config.streaming else len(train_dataset))
+    warmup_steps = min(config.warmup_steps, max(max_steps // 10, 1))  # at most a tenth of the run
     args = TrainingArguments(
         output_dir=config.output_dir,
         per_device_train_batch_size=config.batch_size,
@@ -360,7 +393,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         adam_epsilon=config.adam_epsilon,
         lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio},
-        warmup_steps=min(config.warmup_steps, max(max_steps // 10, 1)),
+        warmup_steps=warmup_steps,
         max_steps=max_steps,
         logging_steps=config.logging_steps,
         save_strategy="steps" if config.save_steps else "no",
@@ -400,7 +433,16 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
     out = Path(config.output_dir)
     if trainer.is_world_process_zero():  # recorded first, so that a run killed part-way is recognised on resuming
         out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        applied = {"max_steps": max_steps, "warmup_steps": warmup_steps}  # what really runs
+        (out / CONFIG_FILE).write_text(json.dumps({**config.to_dict(), "applied": applied}, indent=2) + "\n")
+        tokens_per_step = args.train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+        exact = not (config.streaming or config.max_steps)
+        exposures = config.exposures if exact else callbacks["exposures"].exposures_at(args, max_steps)
+        for line in plan_lines(config, steps=max_steps, warmup_steps=warmup_steps,
+                               tokens_per_step=tokens_per_step * config.context_length, exposures=exposures,
+                               exact=exact, num_params=count_parameters(model, data.used_token_ids()).capacity,
+                               bits_max=data.bits_max().total):
+            print(line, flush=True)
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     except TrainingDivergedError as err:

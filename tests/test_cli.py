@@ -166,3 +166,25 @@ def test_a_reused_output_folder_resumes_only_the_same_run(tmp_path, capsys):
     assert "resuming" not in capsys.readouterr().out and not (ck / "stale.txt").exists()
     assert json.loads((ck / "results.json").read_text())["n_people"] == 40
     assert not list(ck.glob("checkpoint-*"))
+
+
+def test_a_run_prints_its_plan_warns_when_it_will_learn_little_and_says_why_it_stored_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*TINY_RUN, "--lr", "1e-6", "--warmup-steps", "100", "-o", str(run)]) == 0
+    out = capsys.readouterr().out
+    applied = json.loads((run / "training_config.json").read_text())["applied"]
+    steps, warmup = applied["max_steps"], applied["warmup_steps"]
+    assert warmup == max(steps // 10, 1) < 100  # what really ran is recorded beside what was asked
+    results = json.loads((run / "results.json").read_text())
+    plan = re.search(r"plan: ([\d,]+) steps × ([\d,]+) tokens = ([\d,]+) tokens, 2 exposures per person; "
+                     r"P = ([\d,]+), bits_max = ([\d,]+), R_max = ([\d.]+) bits/param", out)
+    assert plan, out
+    assert int(plan[1]) == steps and int(plan[2]) == 4 * 128 and int(plan[3].replace(",", "")) == steps * 512
+    assert int(plan[4].replace(",", "")) == results["num_params"]
+    assert int(plan[5].replace(",", "")) == round(results["bits_max"])
+    assert float(plan[6]) == pytest.approx(results["bits_max_per_param"], abs=1e-3)
+    assert f"warm-up {warmup} step{'s' if warmup != 1 else ''} (--warmup-steps 100 is capped at a tenth" in out
+    assert "warning: 2 exposures per person" in out and f"warning: {steps} optimizer steps" in out
+    # nothing learned at a learning rate of 1e-6: the run says so, and why
+    assert "stored almost nothing" in out
+    assert re.search(r"value loss p2 = [\d.]+ nats per person, not below uniform guessing \(32\.988", out), out
