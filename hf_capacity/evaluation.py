@@ -383,10 +383,10 @@ def knowledge_report(
             "uniform_loss": uniform["gender"],
             "accuracy": float(losses.pronoun_correct.mean()),
         }
-    ci = None
-    if n_eval < n:  # bits are linear in the mean per-person loss: a normal CI on the subsample mean
+    ci, bits_max = None, data.bits_max()
+    if n_eval < n:  # bits are linear in the mean per-person loss: a normal CI on the subsample mean,
         half = 1.96 * n * float(np.std(per_person_bits, ddof=1)) / math.sqrt(n_eval) if n_eval > 1 else math.inf
-        ci = (bits.total - half, bits.total + half)
+        ci = (max(bits.total - half, 0.0), min(bits.total + half, max(bits_max.total, bits.total)))  # within [0, bits_max]
     return KnowledgeReport(
         family=data.family,
         n_people=n,
@@ -395,7 +395,7 @@ def knowledge_report(
         p2=p2,
         p3=p3,
         bits=bits,
-        bits_max=data.bits_max(),
+        bits_max=bits_max,
         bits_lower_bound=lower,
         num_params=num_params,
         per_attribute=per_attribute,
@@ -421,7 +421,7 @@ def evaluate_knowledge(
     """Measure the knowledge ``model`` stores about ``data``'s population.
 
     Exact over all people by default; ``max_people`` evaluates a seeded random subsample (the report then
-    carries a 95% confidence interval). Under ``accelerate``/DDP (``distributed=None``: auto), people are
+    carries a 95% confidence interval, kept within [0, bits_max]: bits cannot be negative). Under ``accelerate``/DDP (``distributed=None``: auto), people are
     sharded across processes and the per-person results gathered, so every rank gets the same report.
     """
     if len(data.tokenizer) > model.get_input_embeddings().weight.shape[0]:

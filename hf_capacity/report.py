@@ -20,11 +20,30 @@ def _template_path(name: str) -> Path:
     raise FileNotFoundError(f"model card template {name} not found next to the hf_capacity package")
 
 
+NO_RATIO = "n/a (the full-precision model stores no bits)"
+"""What a report says for a quantized model's ratio to full precision when the full-precision model stored 0 bits."""
+
+
+def json_safe(value):
+    """``value`` with every NaN or infinite float (numpy's too) replaced by None, so ``json.dumps`` writes null:
+    NaN is not JSON, and standard parsers refuse it."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_results(output_dir: str | os.PathLike, report: KnowledgeReport, **extra) -> Path:
-    """Write ``results.json``: the knowledge report (``to_dict``) plus ``extra`` (history, quantized runs...)."""
+    """Write ``results.json``: the knowledge report (``to_dict``) plus ``extra`` (history, quantized runs...);
+    a value that is not a finite number (a ratio to 0 bits) is written as null."""
     path = Path(output_dir) / "results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**report.to_dict(), **extra}, indent=2, default=float) + "\n")
+    path.write_text(json.dumps(json_safe({**report.to_dict(), **extra}), indent=2, default=float) + "\n")
     return path
 
 
@@ -132,7 +151,8 @@ def model_card(
     if quantized:
         quantized_section = "### After quantization (bitsandbytes)\n\n| scheme | bits per parameter | ratio to full precision |\n|---|---:|---:|\n"
         quantized_section += "\n".join(
-            f"| {s} | {q['bits_per_param']:.4f} | {q['ratio_to_full_precision']:.3f} |" for s, q in quantized.items()
+            f"| {s} | {q['bits_per_param']:.4f} | {_number(q['ratio_to_full_precision'], '.3f', NO_RATIO)} |"
+            for s, q in quantized.items()
         ) + "\n"
     body = _template_path(CARD_TEMPLATE).read_text().format(
         model_name=model_name,

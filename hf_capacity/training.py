@@ -374,6 +374,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
     from .adapters import is_capacity_run
     from .callbacks import CapacityReportCallback, ForgettingCallback, TrainingDivergedError, add_capacity_callbacks
     from .params import count_parameters
+    from .report import json_safe
 
     checkpoint = check_output_dir(config)
     set_seed(config.seed)
@@ -449,7 +450,8 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         if trainer.is_world_process_zero():  # keep what the run had: its config, its log and why it stopped
             diverged = {"message": str(err), "step": err.step, "last_checkpoint": err.last_checkpoint}
             (out / "diverged.json").write_text(json.dumps(diverged, indent=2) + "\n")
-            (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2) + "\n")
+            history = json_safe(trainer.state.log_history)  # a diverged loss is NaN: written as null
+            (out / "log_history.json").write_text(json.dumps(history, indent=2) + "\n")
         raise
     if trainer.is_world_process_zero():
         trainer.save_model(str(out))

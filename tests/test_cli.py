@@ -188,3 +188,28 @@ def test_a_run_prints_its_plan_warns_when_it_will_learn_little_and_says_why_it_s
     # nothing learned at a learning rate of 1e-6: the run says so, and why
     assert "stored almost nothing" in out
     assert re.search(r"value loss p2 = [\d.]+ nats per person, not below uniform guessing \(32\.988", out), out
+
+
+def strict_json(text: str):
+    """JSON as the standard defines it: NaN and Infinity are not numbers there."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not valid JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_eval_of_a_subsample_keeps_its_interval_within_the_bits_that_exist_and_prints_no_nan(tmp_path, capsys,
+                                                                                              bios_data):
+    from hf_capacity.training import CapacityTrainingConfig, build_model
+
+    build_model(CapacityTrainingConfig(model="gpt2-1-1", head_dim=16), bios_data.tokenizer).save_pretrained(tmp_path)
+    bios_data.save(tmp_path)  # an untrained model: it stores 0 bits, at full precision and after quantization
+    assert main(["eval", str(tmp_path), "--max-people", "50", "--quantized", "int8", "--json"]) == 0
+    report = strict_json(capsys.readouterr().out)
+    low, high = report["bits_ci95"]
+    assert 0 <= low <= report["bits"] <= high <= report["bits_max"]
+    assert report["quantized"]["int8"]["ratio_to_full_precision"] is None
+    assert main(["eval", str(tmp_path), "--max-people", "50", "--quantized", "int8"]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out.lower() and "-" not in out.split("95% CI")[1].split("\n")[0]
+    assert "ratio to full precision n/a (the full-precision model stores no bits)" in out

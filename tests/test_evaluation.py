@@ -89,8 +89,8 @@ def test_subsample_gives_a_confidence_interval(bios_data):
     part = evaluate_knowledge(oracle, bios_data, max_people=100, progress=False)
     assert part.n_evaluated == 100 and part.bits_ci95 is not None
     low, high = part.bits_ci95
-    assert low < part.bits.total < high
-    assert low < full.bits.total < high
+    assert 0 <= low <= part.bits.total < high <= part.bits_max.total  # bits cannot be negative
+    assert low <= full.bits.total < high
 
 
 def test_several_renderings_average_the_losses(bios_data):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from ._common import CLIError, add_command, add_count, add_population_args
@@ -230,12 +231,16 @@ def cmd_eval(args) -> None:
             s: {"bits": q.report.bits.total, "bits_per_param": q.bits_per_param,
                 "ratio_to_full_precision": q.ratio_to_full_precision} for s, q in results.items()
         }
+    from ..report import NO_RATIO, json_safe
+
     if args.json:
-        print(json.dumps(report.to_dict(), default=float))
+        print(json.dumps(json_safe(report.to_dict()), default=float))
         return
     print(report.table())
     for scheme, q in report.extra.get("quantized", {}).items():
-        print(f"  {scheme:<6} bits/param {q['bits_per_param']:.4f}  ratio to full precision {q['ratio_to_full_precision']:.3f}")
+        ratio = q["ratio_to_full_precision"]
+        print(f"  {scheme:<6} bits/param {q['bits_per_param']:.4f}  ratio to full precision "
+              + (f"{ratio:.3f}" if math.isfinite(ratio) else NO_RATIO))
 
 
 # ------------------------------------------------------------------------------------------------ parsers
