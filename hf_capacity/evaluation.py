@@ -384,9 +384,9 @@ def knowledge_report(
             "accuracy": float(losses.pronoun_correct.mean()),
         }
     ci, bits_max = None, data.bits_max()
-    if n_eval < n:  # bits are linear in the mean per-person loss: a normal CI on the subsample mean,
+    if n_eval < n:  # bits are linear in the mean per-person loss: a normal CI on the subsample mean, kept within
         half = 1.96 * n * float(np.std(per_person_bits, ddof=1)) / math.sqrt(n_eval) if n_eval > 1 else math.inf
-        ci = (max(bits.total - half, 0.0), min(bits.total + half, max(bits_max.total, bits.total)))  # within [0, bits_max]
+        ci = (max(bits.total - half, 0.0), min(bits.total + half, max(bits_max.total, bits.total)))  # [0, bits_max]
     return KnowledgeReport(
         family=data.family,
         n_people=n,

@@ -213,3 +213,37 @@ def test_eval_of_a_subsample_keeps_its_interval_within_the_bits_that_exist_and_p
     out = capsys.readouterr().out
     assert "nan" not in out.lower() and "-" not in out.split("95% CI")[1].split("\n")[0]
     assert "ratio to full precision n/a (the full-precision model stores no bits)" in out
+
+
+def _parsers(parser, prefix=()):
+    """(command words, parser) for ``parser`` and every subcommand under it, groups included."""
+    yield prefix, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*prefix, name))
+
+
+def test_every_command_describes_itself_shows_each_default_once_and_takes_no_abbreviations(capsys):
+    for command, parser in _parsers(build_parser()):
+        assert parser.allow_abbrev is False, " ".join(command)
+        assert parser.description and "\n" not in parser.description, " ".join(command)
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            assert formatter._get_help_string(action).count("(default:") <= 1, f"{command} {action.option_strings}"
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the laptop demo" in text and text.count("(default: 250)") == 1  # --eval-steps
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--data", "somewhere"])  # was taken for --dataset
+    assert exit_.value.code == 2 and "unrecognized arguments: --data" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    from hf_capacity import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"hf-capacity {__version__}\n"

@@ -92,3 +92,14 @@ def test_knowledge_curve_splits_name_and_value_bits():
     assert list(lines["name bits"]) == [0.0, 60.0, 180.0, 290.0]
     assert list(lines["value bits"]) == [0.0, 240.0, 720.0, 1160.0]
     assert list(lines["bits learned"]) == [0.0, 300.0, 900.0, 1450.0]
+
+
+def test_legends_say_1_bit_per_param(tmp_path, runs, monkeypatch):
+    import hf_capacity.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out_png: figures.append(fig) or str(out_png))
+    plot_capacity(runs, tmp_path / "c.png")
+    plot_capacity_ratio(runs, tmp_path / "r.png", reference_ratio=1.0)
+    labels = [text.get_text() for fig in figures for text in fig.axes[0].get_legend().get_texts()]
+    assert "2 bits/param" in labels and labels.count("1 bit/param") == 2 and "1 bits/param" not in labels

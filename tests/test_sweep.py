@@ -432,3 +432,14 @@ def test_fit_on_few_runs_says_so_and_flags_runs_that_look_undertrained(tmp_path,
     cli(["fit", str(tmp_path / "many.csv"), "--n-bootstrap", "50", "--no-loss-fit"])
     out = capsys.readouterr().out
     assert "warning" not in out and "look undertrained" not in out
+
+
+def test_dry_run_shows_each_runs_parameters_and_ceiling(tiny_sweep, tmp_path, capsys):
+    _, trained = tiny_sweep
+    lines = []
+    listing = run_sweep(tiny_config(tmp_path / "one"), dry_run=True, log=lines.append)  # seed 0 alone
+    row, seed0 = listing.iloc[0], trained[trained["seed"] == 0].iloc[0]
+    assert row["num_params"] == seed0["num_params"] and row["bits_max"] == pytest.approx(seed0["bits_max"])
+    assert row["R_max"] == pytest.approx(seed0["bits_max"] / seed0["num_params"])
+    assert f"P = {seed0['num_params']:,}, R_max = {row['R_max']:.3f} bits/param" in lines[1]
+    assert lines[0] == "sweep 'tiny': 1 run" and lines[-1].startswith("dry run: 1 run in ")

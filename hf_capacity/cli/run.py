@@ -46,7 +46,7 @@ def _add_training_args(p: argparse.ArgumentParser, defaults) -> None:
     add_count(p, "--junk-N", default=100_000_000, help="junk population size N'")
     p.add_argument("--domain-token", action="store_true", help="start useful biographies with a domain token")
     add_count(p, "--eval-steps", default=defaults.eval_steps,
-              help="measure knowledge every this many steps (default: only at the end)")
+              help="measure knowledge every this many steps (unset: only at the end)")
     add_count(p, "--eval-max-people", default=None, help="evaluate a subsample (default: everybody)")
     p.add_argument("--quantized", nargs="*", default=[], choices=["int8", "nf4", "fp4"], help="schemes measured at the end")
     p.add_argument("--bf16", action="store_true", help="train in bfloat16 mixed precision")

@@ -56,6 +56,7 @@ def _finished_table(source: str):
 
 def cmd_fit(args) -> None:
     from ..sweep import fit_sweep
+    from ..sweep.config import plural
 
     table = _finished_table(args.results)
     by = [b.strip() for b in args.by.split(",") if b.strip()]
@@ -66,8 +67,7 @@ def cmd_fit(args) -> None:
     if args.json:
         print(json.dumps(result.to_dict(), default=str))
         return
-    runs = "1 finished run" if result.n_runs == 1 else f"{result.n_runs} finished runs"
-    print(f"Capacity law bits ≈ min(bits_max, R*·P) over {runs} "
+    print(f"Capacity law bits ≈ min(bits_max, R*·P) over {plural(result.n_runs, 'finished run')} "
           f"(P: the paper's count; 95% CI: run-clustered bootstrap)")
     for warning in result.warnings:
         print(f"warning: {warning}")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..training import MODEL_NAME
-from .config import DEFAULT_MLP, short_number
+from .config import DEFAULT_MLP, plural, short_number
 
 FULL_PRECISION = "fp32"
 """The precision label of a run's own (unquantized) measurement."""
@@ -98,9 +98,6 @@ def undertrained(points: pd.DataFrame) -> pd.Series:
             low |= exposures < UNDERTRAINED_EXPOSURES
     return low
 
-
-def _runs(n: int) -> str:
-    return f"{n} run" if n == 1 else f"{n} runs"
 
 
 @dataclass
@@ -200,8 +197,8 @@ def _caveats(result: SweepFit, points: pd.DataFrame) -> None:
     """Say what the fit cannot promise: fewer than ``MIN_RUNS`` runs (a warning, or a group's note when the
     sweep has enough runs), and per group the runs that look undertrained (column ``n_undertrained``, a note)."""
     if result.n_runs < MIN_RUNS:
-        result.warnings.append(f"only {_runs(result.n_runs)}: R* and its 95% interval need {MIN_RUNS} or more (a "
-                               f"bootstrap over fewer runs cannot say how far off it is)")
+        result.warnings.append(f"only {plural(result.n_runs, 'run')}: R* and its 95% interval need {MIN_RUNS} or "
+                               "more (a bootstrap over fewer runs cannot say how far off it is)")
     flagged = points.assign(_undertrained=undertrained(points))
     counts, notes = [], []
     for row in result.capacity.to_dict("records"):
@@ -211,11 +208,11 @@ def _caveats(result: SweepFit, points: pd.DataFrame) -> None:
         n_runs, n_low = group["run_id"].nunique(), group.loc[group["_undertrained"], "run_id"].nunique()
         note = [row.get("note") or ""]
         if n_runs < MIN_RUNS <= result.n_runs:
-            note.append(f"only {_runs(n_runs)} in this group: its R* interval cannot be trusted")
+            note.append(f"only {plural(n_runs, 'run')} in this group: its R* interval cannot be trusted")
         if n_low:
-            note.append(f"{n_low} of {_runs(n_runs)} look undertrained (under {UNDERTRAINED_EXPOSURES} exposures, or "
-                        f"under {UNDERTRAINED_SHARE:.0%} of min(bits_max, 2·P) stored): their bits/param measure the "
-                        "training, not the capacity")
+            note.append(f"{n_low} of {plural(n_runs, 'run')} look undertrained (under {UNDERTRAINED_EXPOSURES} "
+                        f"exposures, or under {UNDERTRAINED_SHARE:.0%} of min(bits_max, 2·P) stored): their "
+                        "bits/param measure the training, not the capacity")
         counts.append(n_low)
         notes.append("; ".join(n for n in note if n))
     result.capacity = result.capacity.assign(n_undertrained=counts, note=notes)

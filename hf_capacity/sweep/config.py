@@ -182,6 +182,11 @@ def short_number(n: int) -> str:
     return str(n)
 
 
+def plural(count: int, noun: str) -> str:
+    """A count with its noun: "1 run", "2 runs"."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
 def run_slug(config: Mapping[str, Any]) -> str:
     """A readable name from the run's own config: ``gpt2-2-2_N1000_E100_seed0``, plus a non-default MLP or MoE,
     the bioD shape, a head dim other than 64, junk and the domain token. It never depends on the other runs, so
