@@ -193,8 +193,9 @@ def test_exposure_callback_stops_at_the_target(tmp_path):
 
 
 def test_a_tiny_model_learns_real_knowledge(tmp_path):
-    # 10 people × 150 exposures (~240 steps): a tiny GPT2 picks up a real share of their facts
-    config = tiny_config(tmp_path, n_people=10, exposures=150, model="gpt2-2-2", head_dim=32, learning_rate=5e-3,
+    # 10 people × 300 exposures (~490 steps): a tiny GPT2 picks up a real share of their facts (at 150 exposures,
+    # with the fitted vocabulary, it learns their names but its value loss stays near uniform guessing)
+    config = tiny_config(tmp_path, n_people=10, exposures=300, model="gpt2-2-2", head_dim=32, learning_rate=5e-3,
                          batch_size=8, warmup_steps=10)
     report, _ = train_capacity(config)
     assert report.bits.total > 0.1 * report.bits_max.total
