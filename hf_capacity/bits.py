@@ -239,6 +239,22 @@ def biod_bits_lower_bound(
     return _biod_terms(s, log2_names, log2_chunks, p1_nats, p2_nats, p3_nats, clip)
 
 
+def uniform_name_loss_nats(name_space: int = BIOS_NAME_SPACE) -> float:
+    """ln N0: the loss on one full name guessed uniformly from the name pools (p1 of a model that knows nothing)."""
+    return math.log(name_space)
+
+
+def bios_uniform_value_loss_nats(value_space: int = BIOS_VALUE_SPACE) -> float:
+    """ln S0 (32.99 nats): the loss on one person's bioS values guessed uniformly (p2 of a model knowing nothing)."""
+    return math.log(value_space)
+
+
+def biod_uniform_losses_nats(shape: BioDShape) -> tuple[float, float]:
+    """(p2, p3) of uniform guessing on bioD, both per (person, attribute): C·ln D for a value whose C chunks are
+    each guessed among the attribute's D chunks, and L·ln T for a first chunk guessed among all T^L strings."""
+    return shape.chunks_per_value * math.log(shape.diversity), shape.chunk_length * math.log(shape.alphabet)
+
+
 def capacity_ratio(bits: float, num_params: int) -> float:
     """R(F) = bits / P in bits per parameter (P counted by ``hf_capacity.params``)."""
     if not (isinstance(num_params, int) and num_params > 0):

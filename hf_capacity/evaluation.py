@@ -16,13 +16,17 @@ import numpy as np
 import torch
 
 from .bits import (
+    BIOS_ATTRIBUTE_CHOICES,
     LOG2_E,
     KnowledgeBits,
     biod_bits,
     biod_bits_lower_bound,
+    biod_uniform_losses_nats,
     bios_bits,
     bios_bits_lower_bound,
+    bios_uniform_value_loss_nats,
     capacity_ratio,
+    uniform_name_loss_nats,
 )
 from .data.knowledge_data import KnowledgeData
 from .data.population import BIOS_ATTRIBUTES, BioDPopulation
@@ -31,6 +35,10 @@ from .params import ParameterCount, count_parameters
 
 BIOS_VALUE_ATTRIBUTES = ("birth_date", "birth_city", "university", "major", "employer")
 """bioS attributes whose value tokens count in p2 (plus the first pronoun for gender; working city is excluded)."""
+
+
+ALMOST_NOTHING = 0.05
+"""A report whose model stored under this share of bits_max says why (``KnowledgeReport.diagnosis``)."""
 
 
 @dataclass
@@ -60,7 +68,12 @@ class SpanLosses:
 
 @dataclass
 class KnowledgeReport:
-    """What a model knows about a population: p1/p2/p3 (nats), bits by term, R(F), per-attribute results."""
+    """What a model knows about a population: p1/p2/p3 (nats), bits by term, R(F), per-attribute results.
+
+    p1 is the mean loss on a full name (nats per person); p2 the mean loss on the values, per person for bioS (all
+    of a person's counted values) and per (person, attribute) pair for bioD, as is p3 (a value's first chunk).
+    ``p1_uniform``, ``p2_uniform``, ``p3_uniform``: the same losses for uniform guessing (a model knowing nothing).
+    """
 
     family: str
     n_people: int
@@ -75,6 +88,14 @@ class KnowledgeReport:
     per_attribute: dict[str, dict[str, float]]
     bits_ci95: tuple[float, float] | None = None
     extra: dict = field(default_factory=dict)
+    p1_uniform: float | None = None
+    p2_uniform: float | None = None
+    p3_uniform: float | None = None
+
+    @property
+    def value_loss_unit(self) -> str:
+        """What p2 (and p3) are averaged over: "nats per person" (bioS) or "nats per person and attribute" (bioD)."""
+        return "nats per person and attribute" if self.family == "bioD" else "nats per person"
 
     @property
     def bits_per_param(self) -> float:
@@ -89,8 +110,22 @@ class KnowledgeReport:
     def fraction_learned(self) -> float:
         return self.bits.total / self.bits_max.total
 
+    def diagnosis(self) -> str | None:
+        """Why the model stored almost nothing (under ``ALMOST_NOTHING`` of bits_max): its value loss against
+        uniform guessing; None when it stored more."""
+        if self.fraction_learned >= ALMOST_NOTHING or self.p2_uniform is None:
+            return None
+        level = "not below" if self.p2 >= self.p2_uniform else "barely below"
+        return (f"stored almost nothing ({100 * self.fraction_learned:.1f}% of bits_max): value loss p2 = "
+                f"{self.p2:.4f} {self.value_loss_unit}, {level} uniform guessing ({self.p2_uniform:.4f}), so the "
+                "model has not learned the values yet; train for more exposures or steps, or at a higher learning rate")
+
     def to_dict(self) -> dict:
-        """Flat JSON-ready dict (keys include bits, bits_max, bits_per_param, num_params, p1, p2)."""
+        """Flat JSON-ready dict, the keys of ``results.json``: bits, bits_max, name_bits, value_bits, diversity_bits
+        (bits, base 2, totals over the population); bits_per_param (R = bits / P); num_params (P, the paper's count);
+        p1 (name loss, nats per person), p2 (value loss: nats per person for bioS, per person and attribute for
+        bioD), p3 (bioD first-chunk loss, nats per person and attribute), each with its ``*_uniform`` for uniform
+        guessing; per_attribute: loss (nats), uniform_loss (nats; null where not defined) and exact-match accuracy."""
         out = {
             "family": self.family,
             "n_people": self.n_people,
@@ -98,6 +133,9 @@ class KnowledgeReport:
             "p1": self.p1,
             "p2": self.p2,
             "p3": self.p3,
+            "p1_uniform": self.p1_uniform,
+            "p2_uniform": self.p2_uniform,
+            "p3_uniform": self.p3_uniform,
             "bits": self.bits.total,
             "bits_max": self.bits_max.total,
             "bits_lower_bound": self.bits_lower_bound.total,
@@ -131,7 +169,11 @@ class KnowledgeReport:
             f"{prefix}fraction_learned": self.fraction_learned,
             f"{prefix}p1_name_loss": self.p1,
             f"{prefix}p2_value_loss": self.p2,
+            f"{prefix}name_bits": self.bits.name_bits,
+            f"{prefix}value_bits": self.bits.value_bits,
         }
+        if self.family == "bioD":
+            m[f"{prefix}diversity_bits"] = self.bits.diversity_bits
         for attribute, r in self.per_attribute.items():
             m[f"{prefix}accuracy_{attribute.replace(' ', '_')}"] = r["accuracy"]
         return m
@@ -139,13 +181,15 @@ class KnowledgeReport:
     def table(self) -> str:
         """A readable summary."""
         p = self.num_params
-        lines = [
-            f"Knowledge report: {self.family}(N={self.n_people:,}), evaluated on {self.n_evaluated:,} people",
-            f"  p1 (name loss, nats/person)      {self.p1:12.4f}",
-            f"  p2 (value loss, nats/person)     {self.p2:12.4f}",
-        ]
+        losses = [("p1 (name loss, nats per person)", self.p1, self.p1_uniform),
+                  (f"p2 (value loss, {self.value_loss_unit})", self.p2, self.p2_uniform)]
         if self.p3 is not None:
-            lines.append(f"  p3 (first-chunk loss, nats)      {self.p3:12.4f}")
+            losses.append((f"p3 (first-chunk loss, {self.value_loss_unit})", self.p3, self.p3_uniform))
+        width = max(33, *(len(label) + 3 for label, _, _ in losses))
+        lines = [f"Knowledge report: {self.family}(N={self.n_people:,}), evaluated on {self.n_evaluated:,} people"]
+        for label, value, uniform in losses:
+            lines.append(f"  {label:<{width - 3}}{value:12.4f}"
+                         + (f"   (uniform guessing {uniform:.4f})" if uniform is not None else ""))
         lines += [
             f"  bits learned                     {self.bits.total:14,.0f}   of {self.bits_max.total:,.0f} "
             f"({100 * self.fraction_learned:.1f}%)",
@@ -164,10 +208,13 @@ class KnowledgeReport:
         lines += [
             params,
             f"  bits per parameter R(F)          {self.bits_per_param:14.4f}   (R_max {self.bits_max_per_param:.4f})",
-            "  per attribute                    loss (nats)   exact match",
+            "  per attribute                    loss (nats)   uniform   exact match",
         ]
         for attribute, r in self.per_attribute.items():
-            lines.append(f"    {attribute:<30}{r['loss']:12.4f}   {100 * r['accuracy']:9.1f}%")
+            uniform = f"{r['uniform_loss']:9.4f}" if r.get("uniform_loss") is not None else f"{'—':>9}"
+            lines.append(f"    {attribute:<30}{r['loss']:12.4f} {uniform}   {100 * r['accuracy']:9.1f}%")
+        if self.diagnosis():
+            lines.append(f"  {self.diagnosis()}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -304,8 +351,11 @@ def knowledge_report(
     pop = data.population
     n, n_eval = pop.n_people, len(losses.people)
     p1 = float(losses.name_loss.mean())
+    p1_uniform = uniform_name_loss_nats()
     if isinstance(pop, BioDPopulation):
         labels = [f"ID {k + 1}" for k in range(pop.n_attributes)]
+        p2_uniform, p3_uniform = biod_uniform_losses_nats(pop.shape)
+        uniform = dict.fromkeys(labels, p2_uniform)
         person_value = losses.value_loss.mean(axis=1)  # mean over attributes → p2 is a mean over pairs
         p2 = float(person_value.mean())
         p3 = float(losses.first_chunk_loss.mean())
@@ -314,6 +364,8 @@ def knowledge_report(
         per_person_bits = -(losses.name_loss + pop.n_attributes * person_value) * LOG2_E
     else:
         labels = list(BIOS_ATTRIBUTES)
+        p2_uniform, p3_uniform = bios_uniform_value_loss_nats(), None
+        uniform = {a: math.log(c) for a, c in BIOS_ATTRIBUTE_CHOICES.items()}  # working city: 0 bits, no entry
         counted = [BIOS_ATTRIBUTES.index(a) for a in BIOS_VALUE_ATTRIBUTES]
         person_value = losses.value_loss[:, counted].sum(axis=1) + losses.pronoun_loss
         p2, p3 = float(person_value.mean()), None
@@ -321,18 +373,20 @@ def knowledge_report(
         lower = bios_bits_lower_bound(n, p1, p2)
         per_person_bits = -(losses.name_loss + person_value) * LOG2_E
     per_attribute = {
-        label: {"loss": float(losses.value_loss[:, k].mean()), "accuracy": float(losses.value_correct[:, k].mean())}
+        label: {"loss": float(losses.value_loss[:, k].mean()), "uniform_loss": uniform.get(label),
+                "accuracy": float(losses.value_correct[:, k].mean())}
         for k, label in enumerate(labels)
     }
     if losses.pronoun_loss is not None:
         per_attribute["gender"] = {
             "loss": float(losses.pronoun_loss.mean()),
+            "uniform_loss": uniform["gender"],
             "accuracy": float(losses.pronoun_correct.mean()),
         }
-    ci = None
-    if n_eval < n:  # bits are linear in the mean per-person loss: a normal CI on the subsample mean
+    ci, bits_max = None, data.bits_max()
+    if n_eval < n:  # bits are linear in the mean per-person loss: a normal CI on the subsample mean, kept within
         half = 1.96 * n * float(np.std(per_person_bits, ddof=1)) / math.sqrt(n_eval) if n_eval > 1 else math.inf
-        ci = (bits.total - half, bits.total + half)
+        ci = (max(bits.total - half, 0.0), min(bits.total + half, max(bits_max.total, bits.total)))  # [0, bits_max]
     return KnowledgeReport(
         family=data.family,
         n_people=n,
@@ -341,12 +395,15 @@ def knowledge_report(
         p2=p2,
         p3=p3,
         bits=bits,
-        bits_max=data.bits_max(),
+        bits_max=bits_max,
         bits_lower_bound=lower,
         num_params=num_params,
         per_attribute=per_attribute,
         bits_ci95=ci,
         extra=dict(extra or {}),
+        p1_uniform=p1_uniform,
+        p2_uniform=p2_uniform,
+        p3_uniform=p3_uniform,
     )
 
 
@@ -364,7 +421,7 @@ def evaluate_knowledge(
     """Measure the knowledge ``model`` stores about ``data``'s population.
 
     Exact over all people by default; ``max_people`` evaluates a seeded random subsample (the report then
-    carries a 95% confidence interval). Under ``accelerate``/DDP (``distributed=None``: auto), people are
+    carries a 95% confidence interval, kept within [0, bits_max]: bits cannot be negative). Under ``accelerate``/DDP (``distributed=None``: auto), people are
     sharded across processes and the per-person results gathered, so every rank gets the same report.
     """
     if len(data.tokenizer) > model.get_input_embeddings().weight.shape[0]:

@@ -45,6 +45,11 @@ def _groups(data: Any, by: str | None, n: int) -> tuple[np.ndarray, list[Any]]:
     return labels, list(dict.fromkeys(labels.tolist()))
 
 
+def _per_param(ratio: float) -> str:
+    """"2 bits/param", "1 bit/param"."""
+    return f"{ratio:g} bit{'' if ratio == 1 else 's'}/param"
+
+
 def _save(fig: Figure, out_png: str | os.PathLike) -> str:
     path = os.fspath(out_png)
     if not path.lower().endswith(".png"):
@@ -84,7 +89,7 @@ def plot_capacity(data: Any, out_png: str | os.PathLike, *, group_by: str | None
         ax.scatter(params[shown], bits[shown], s=18, label=str(g) if group_by else None, zorder=3)
     p_line = np.geomspace(params.min() / 1.5, params.max() * 1.5, 100)
     for ratio, style in zip(ratio_lines, ("-", "--", ":", "-.")):
-        ax.plot(p_line, ratio * p_line, "k" + style, lw=1, alpha=0.6, label=f"{ratio:g} bits/param")
+        ax.plot(p_line, ratio * p_line, "k" + style, lw=1, alpha=0.6, label=_per_param(ratio))
     for value in np.unique(bits_max):
         where = np.flatnonzero(bits_max == value)
         label = f"bits_max (N={n_people[where[0]]:,.0f})" if n_people is not None else f"bits_max {value:.3g}"
@@ -158,7 +163,7 @@ def plot_capacity_ratio(data: Any, out_png: str | os.PathLike, by: str | None = 
         order = np.argsort(params[m])
         ax.plot(params[m][order], ratio[m][order], "o-", ms=4, lw=0.8, label=str(g) if by else None)
     if reference_ratio is not None:
-        ax.axhline(reference_ratio, color="k", ls=":", lw=1, label=f"{reference_ratio:g} bits/param")
+        ax.axhline(reference_ratio, color="k", ls=":", lw=1, label=_per_param(reference_ratio))
     ax.set(xscale="log", xlabel="parameters P", ylabel="R = bits / P", title=title or "Capacity ratio")
     ax.set_ylim(bottom=min(0.0, float(ratio.min())))
     ax.grid(True, alpha=0.3)
@@ -184,7 +189,7 @@ def plot_knowledge_curves(curves: Mapping[str, tuple[Any, Any]], out_png: str | 
         order = np.argsort(x)
         ax.plot(x[order], y[order], "o-", ms=3, lw=1, label=str(label))
     if reference_ratio is not None:
-        ax.axhline(reference_ratio, color="k", ls=":", lw=1, label=f"{reference_ratio:g} bits/param")
+        ax.axhline(reference_ratio, color="k", ls=":", lw=1, label=_per_param(reference_ratio))
     ax.set(xlabel="exposures", ylabel="R = bits / P", title=title or "Knowledge learned during training")
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
@@ -201,7 +206,8 @@ def training_curve_figure(history: Sequence[Mapping[str, Any]], bits_max: float,
     `history`: the knowledge callback's measurements, dicts with ``step`` and ``knowledge_bits`` (and
     optionally ``exposures``, ``bits_per_param``), from step 0. x: exposures per person (an entry's
     ``exposures``, else ``step * exposures_per_step``; training steps when neither is known), with training
-    steps on the top axis; y: bits from 0, with `bits_max` dashed and, when P is known (`num_params`, or
+    steps on the top axis; y: bits from 0 (and, when the history carries them, its terms ``name_bits``,
+    ``value_bits``, ``diversity_bits`` as dashed lines), with `bits_max` dashed and, when P is known (`num_params`, or
     bits / bits_per_param of the history), bits per parameter on the right axis. The title names `model` and
     `data` (e.g. "gpt2-2-2, P = 1.2M" and "bioS(N=10,000)") unless `title` is given; the last point is labelled.
     """
@@ -225,6 +231,10 @@ def training_curve_figure(history: Sequence[Mapping[str, Any]], bits_max: float,
     fig = Figure(figsize=(6.5, 4.5))
     ax = fig.add_subplot()
     ax.plot(x, bits, "o-", ms=4, lw=1.2, color="tab:blue", label="bits learned", clip_on=False, zorder=3)
+    for key, colour in (("name_bits", "tab:orange"), ("value_bits", "tab:green"), ("diversity_bits", "tab:purple")):
+        if all(key in h for h in history):  # the terms of the total, when the history carries them
+            term = np.array([history[i][key] for i in order], dtype=float)
+            ax.plot(x, term, ".--", ms=3, lw=0.9, color=colour, label=key.replace("_", " "), clip_on=False)
     ax.axhline(bits_max, color="grey", ls="--", lw=1, label=f"bits_max (data): {bits_max:,.0f}")
     label = f"{bits[-1]:,.0f} bits ({100 * bits[-1] / bits_max:.1f}% of bits_max)"
     if num_params:
@@ -330,7 +340,7 @@ def plot_memorization(data: Any, out_png: str | os.PathLike, *, fits: Mapping[tu
         if reference_bits_per_param:
             ax.axhline(reference_bits_per_param * p, color=colours[key], ls=":", lw=1)
     if reference_bits_per_param:
-        ax.plot([], [], color="k", ls=":", lw=1, label=f"{reference_bits_per_param:g} bits/param · P (Morris et al.)")
+        ax.plot([], [], color="k", ls=":", lw=1, label=f"{_per_param(reference_bits_per_param)} · P (Morris et al.)")
     ax.set(xscale="log", yscale="log", xlabel="data bits (N · S · log2 V)", ylabel="memorized bits",
            title=title or "Memorization of uniform random sequences")
     ax.grid(True, which="major", alpha=0.3)

@@ -23,8 +23,9 @@ def sample_data(config: CapacityTrainingConfig) -> KnowledgeData:
     return build_data(sample)
 
 
-def check_run(config: CapacityTrainingConfig, data: KnowledgeData | None = None) -> None:
-    """Raise ValueError if ``config`` could not start training; trains nothing.
+def check_run(config: CapacityTrainingConfig, data: KnowledgeData | None = None) -> int | None:
+    """Raise ValueError if ``config`` could not start training; trains nothing. Returns the model's P (the paper's
+    count, on ``data``'s tokens: exact up to ``SAMPLE_PEOPLE`` people), or None for a run from a base model.
 
     Checks what ``train_capacity`` checks before its first step: the model name, the data settings (on ``data``,
     by default ``sample_data(config)``), the junk options, the training stream, the model's config, eval_steps
@@ -32,19 +33,22 @@ def check_run(config: CapacityTrainingConfig, data: KnowledgeData | None = None)
     """
     import torch
 
+    from .params import count_parameters
     from .quantization import quantization_config
 
     if config.junk_fraction > 0:  # the model name was checked when the config was built
         JunkConfig(config.junk_fraction, config.junk_n_people)
     data = data if data is not None else sample_data(config)
     data.stream(config.exposures, config.context_length, block_diagonal=config.block_diagonal)
+    num_params = None
     if config.init_from is not None:  # the base folder was checked by build_data; the adapter by the config
         if config.lora_r:
             import peft  # noqa: F401 - a missing peft says so before any training
     else:
         with torch.device("meta"):
-            build_model(config, data.tokenizer)
+            num_params = count_parameters(build_model(config, data.tokenizer), data.used_token_ids()).capacity
     if config.eval_steps is not None and config.eval_steps < 1:
         raise ValueError(f"eval_steps must be >= 1 (or None: only at the end), got {config.eval_steps}")
     for scheme in config.quantized:
         quantization_config(scheme)
+    return num_params

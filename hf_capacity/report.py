@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -19,11 +20,30 @@ def _template_path(name: str) -> Path:
     raise FileNotFoundError(f"model card template {name} not found next to the hf_capacity package")
 
 
+NO_RATIO = "n/a (the full-precision model stores no bits)"
+"""What a report says for a quantized model's ratio to full precision when the full-precision model stored 0 bits."""
+
+
+def json_safe(value):
+    """``value`` with every NaN or infinite float (numpy's too) replaced by None, so ``json.dumps`` writes null:
+    NaN is not JSON, and standard parsers refuse it."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_results(output_dir: str | os.PathLike, report: KnowledgeReport, **extra) -> Path:
-    """Write ``results.json``: the knowledge report (``to_dict``) plus ``extra`` (history, quantized runs...)."""
+    """Write ``results.json``: the knowledge report (``to_dict``) plus ``extra`` (history, quantized runs...);
+    a value that is not a finite number (a ratio to 0 bits) is written as null."""
     path = Path(output_dir) / "results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**report.to_dict(), **extra}, indent=2, default=float) + "\n")
+    path.write_text(json.dumps(json_safe({**report.to_dict(), **extra}), indent=2, default=float) + "\n")
     return path
 
 
@@ -113,13 +133,26 @@ def model_card(
             f'tokenizer = AutoTokenizer.from_pretrained("{repo_hint}")\n```\n'
         )
     rows = "\n".join(
-        f"| {a} | {r['loss']:.4f} | {100 * r['accuracy']:.1f}% |" for a, r in report.per_attribute.items()
+        f"| {a} | {r['loss']:.4f} | {_number(r.get('uniform_loss'), '.4f', '—')} | {100 * r['accuracy']:.1f}% |"
+        for a, r in report.per_attribute.items()
     )
+    terms = [("name bits", "name_bits"), ("value bits", "value_bits")]
+    if report.family == "bioD":
+        terms.append(("diversity bits", "diversity_bits"))
+    bits_rows = "\n".join(f"| {label} | {getattr(report.bits, key):,.0f} of {getattr(report.bits_max, key):,.0f} |"
+                          for label, key in terms)
+    losses = [("p1 (name loss, nats per person)", report.p1, report.p1_uniform),
+              (f"p2 (value loss, {report.value_loss_unit})", report.p2, report.p2_uniform)]
+    if report.p3 is not None:
+        losses.append((f"p3 (first-chunk loss, {report.value_loss_unit})", report.p3, report.p3_uniform))
+    loss_rows = "\n".join(f"| {label} | {value:.4f} | {_number(uniform, '.4f', 'n/a')} |"
+                          for label, value, uniform in losses)
     quantized_section = ""
     if quantized:
         quantized_section = "### After quantization (bitsandbytes)\n\n| scheme | bits per parameter | ratio to full precision |\n|---|---:|---:|\n"
         quantized_section += "\n".join(
-            f"| {s} | {q['bits_per_param']:.4f} | {q['ratio_to_full_precision']:.3f} |" for s, q in quantized.items()
+            f"| {s} | {q['bits_per_param']:.4f} | {_number(q['ratio_to_full_precision'], '.3f', NO_RATIO)} |"
+            for s, q in quantized.items()
         ) + "\n"
     body = _template_path(CARD_TEMPLATE).read_text().format(
         model_name=model_name,
@@ -135,8 +168,8 @@ def model_card(
         bits_per_param=f"{d['bits_per_param']:.4f}",
         bits_max_per_param=f"{d['bits_max_per_param']:.4f}",
         num_params_non_embedding=f"{d['num_params_non_embedding']:,}",
-        p1=f"{d['p1']:.4f}",
-        p2=f"{d['p2']:.4f}",
+        bits_rows=bits_rows,
+        loss_rows=loss_rows,
         quantized_section=quantized_section,
         attribute_rows=rows,
         training_summary=training_summary or "See `results.json`.",
@@ -146,6 +179,11 @@ def model_card(
         use_section=use_section,
     )
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def _number(value: float | None, spec: str, missing: str) -> str:
+    """``value`` formatted with ``spec``, or ``missing`` when it is None or not finite."""
+    return format(value, spec) if value is not None and math.isfinite(value) else missing
 
 
 def _adapter_section(adapter: dict, base_population: dict | None, base_params: int | None) -> str:

@@ -13,7 +13,8 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
+import shutil
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .data import BioDPopulation, BioSPopulation, JunkConfig, KnowledgeData
@@ -81,7 +82,8 @@ class CapacityTrainingConfig:
     streaming: bool = False  # iterable dataset (constant memory) instead of a materialised one
     save_steps: int | None = None  # checkpoint every this many steps (None: no checkpoints)
     save_total_limit: int = 2  # checkpoints kept (the newest ones)
-    resume: bool = True  # continue from the newest checkpoint in output_dir, if there is one
+    resume: bool = True  # continue from the newest checkpoint in output_dir, if it holds this same run
+    overwrite_output_dir: bool = False  # replace a finished or different run in output_dir (default: refuse)
     # evaluation
     eval_steps: int | None = None
     eval_max_people: int | None = None
@@ -275,12 +277,94 @@ def last_checkpoint(output_dir: str | os.PathLike | None, before_step: int | Non
     return str(max(steps)[1]) if steps else None
 
 
+CONFIG_FILE = "training_config.json"
+"""A run's settings, written into its folder before its first step (so a resumed run can be recognised)."""
+PROGRESS_FIELDS = frozenset({
+    "output_dir", "resume", "overwrite_output_dir", "progress", "logging_steps", "eval_steps", "save_steps",
+    "save_total_limit", "report_to", "push_to_hub", "hub_model_id", "dataloader_num_workers", "quantized",
+})
+"""Settings that may change when a run resumes: how it is watched, saved and published, not what it learns."""
+
+
+MIN_EXPOSURES = 100
+"""Exposures per person under which a run is warned that it will learn little: the paper's models store about
+1 bit per parameter after 100 exposures and 2 after 1,000 (Allen-Zhu & Li, Results 1-2), far less before."""
+MIN_STEPS = 500
+"""Optimizer steps under which a run is warned that it will learn little: `hf-capacity demo` stores ~95% of its
+facts in ~1,000 steps and under half in ~500 (at 150 exposures); a shorter run is mostly warm-up and decay."""
+
+
+def plan_lines(config: CapacityTrainingConfig, *, steps: int, warmup_steps: int, tokens_per_step: int,
+               exposures: float, exact: bool, num_params: int, bits_max: float) -> list[str]:
+    """What a run is about to do, in two lines (steps, tokens, exposures per person, P, bits_max, R_max in
+    bits/param, the warm-up that really runs), then a "warning: ..." line for each setting known to learn little
+    (fewer than ``MIN_EXPOSURES`` exposures or ``MIN_STEPS`` steps)."""
+    seen = f"{exposures:g}" if exact else f"≈ {exposures:.1f}"
+    lines = [f"plan: {steps:,} steps × {tokens_per_step:,} tokens = {steps * tokens_per_step:,} tokens, {seen} "
+             f"exposures per person; P = {num_params:,}, bits_max = {bits_max:,.0f}, "
+             f"R_max = {bits_max / num_params:.3f} bits/param"]
+    warmup = f"warm-up {warmup_steps} step{'s' if warmup_steps != 1 else ''}"
+    if warmup_steps < config.warmup_steps:
+        warmup += f" (--warmup-steps {config.warmup_steps} is capped at a tenth of the {steps:,} steps)"
+    lines.append(f"      {warmup}, learning rate {config.learning_rate:g}, cosine decay to "
+                 f"{config.min_lr_ratio:g}× (recorded in {CONFIG_FILE})")
+    if exposures < MIN_EXPOSURES:
+        lines.append(f"warning: {seen} exposures per person: the paper's models store about 1 bit per parameter "
+                     f"after {MIN_EXPOSURES} exposures and far less before, so expect few bits (raise --exposures)")
+    if steps < MIN_STEPS:
+        lines.append(f"warning: {steps:,} optimizer steps: runs with fewer than {MIN_STEPS} learn little (the demo "
+                     "stores ~95% of its facts in ~1,000); raise --exposures or lower --batch-size")
+    return lines
+
+
+def run_differences(recorded: dict, config: CapacityTrainingConfig) -> list[str]:
+    """The settings (outside ``PROGRESS_FIELDS``) in which ``config`` differs from a recorded run's
+    ``training_config.json``, as "name old → new"; a field the record lacks counts as its default."""
+    current = json.loads(json.dumps(config.to_dict()))
+    defaults = json.loads(json.dumps(CapacityTrainingConfig().to_dict()))
+    return [f"{f.name} {recorded.get(f.name, defaults[f.name])} → {current[f.name]}" for f in fields(config)
+            if f.name not in PROGRESS_FIELDS and recorded.get(f.name, defaults[f.name]) != current[f.name]]
+
+
+def check_output_dir(config: CapacityTrainingConfig) -> str | None:
+    """The checkpoint this run resumes from (None: it starts at step 0), once ``output_dir`` is known to hold
+    this same run or none; raises ValueError (one line) for a folder holding a finished run or another one.
+
+    A folder holds a run when it has ``training_config.json``, ``results.json`` or checkpoints. The same run is
+    one whose recorded settings equal ``config``'s outside ``PROGRESS_FIELDS``; it resumes from its newest
+    checkpoint unless ``config.resume`` is False. With ``config.overwrite_output_dir`` a run already there is
+    deleted (the whole folder, on the main process) and the new one starts at step 0."""
+    out = Path(config.output_dir)
+    recorded_file, checkpoint = out / CONFIG_FILE, last_checkpoint(out)
+    finished = (out / "results.json").is_file()
+    if not (recorded_file.is_file() or finished or checkpoint or any(out.glob("checkpoint-*"))):
+        return None
+    replace = "choose another output folder, or pass --overwrite (overwrite_output_dir) to replace it"
+    if config.overwrite_output_dir:
+        if out.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents):
+            raise ValueError(f"--overwrite would delete {out}, which holds the current directory: "
+                             "choose another output folder")
+        if int(os.environ.get("RANK", "0")) == 0:
+            shutil.rmtree(out)
+        return None
+    differences = run_differences(json.loads(recorded_file.read_text()), config) if recorded_file.is_file() else []
+    if differences:
+        shown = ", ".join(differences[:3]) + (f" and {len(differences) - 3} more" if len(differences) > 3 else "")
+        raise ValueError(f"{out} holds another run ({shown}; see its {CONFIG_FILE}): {replace}")
+    if finished:
+        raise ValueError(f"{out} holds a finished run (results.json): {replace}")
+    if not recorded_file.is_file():
+        raise ValueError(f"{out} holds checkpoints but no {CONFIG_FILE}, so they may belong to another run: {replace}")
+    return checkpoint if config.resume else None
+
+
 def train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None = None, model=None):
     """Run one training run; returns ``(report, trainer)`` with the final ``KnowledgeReport``.
 
     With ``config.save_steps`` the run checkpoints periodically; started again on the same ``output_dir`` (after
     a kill or a crash) it resumes from its newest checkpoint: same data order (the stream is rebuilt
     deterministically and the Trainer skips the windows already trained on), same schedule and optimizer state.
+    A folder holding a finished run or another run is refused before anything is built (``check_output_dir``).
 
     With ``config.progress`` False, transformers' own progress bars (saving and loading weights) are off too
     while the run lasts, so sweep logs hold one line a run."""
@@ -302,13 +386,17 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
 
     from .adapters import is_capacity_run
     from .callbacks import CapacityReportCallback, ForgettingCallback, TrainingDivergedError, add_capacity_callbacks
+    from .params import count_parameters
+    from .report import json_safe
 
+    checkpoint = check_output_dir(config)
     set_seed(config.seed)
     data = data or build_data(config)
     model = model or build_model(config, data.tokenizer)
     stream = data.stream(config.exposures, config.context_length, block_diagonal=config.block_diagonal)
     train_dataset = stream.to_iterable_dataset() if config.streaming else stream.to_dataset(progress=config.progress)
     max_steps = config.max_steps or steps_for_exposures(config, data, windows=None if config.streaming else len(train_dataset))
+    warmup_steps = min(config.warmup_steps, max(max_steps // 10, 1))  # at most a tenth of the run
     args = TrainingArguments(
         output_dir=config.output_dir,
         per_device_train_batch_size=config.batch_size,
@@ -319,7 +407,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         adam_epsilon=config.adam_epsilon,
         lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio},
-        warmup_steps=min(config.warmup_steps, max(max_steps // 10, 1)),
+        warmup_steps=warmup_steps,
         max_steps=max_steps,
         logging_steps=config.logging_steps,
         save_strategy="steps" if config.save_steps else "no",
@@ -357,21 +445,30 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         forgetting = ForgettingCallback(KnowledgeData.load(config.init_from), max_people=config.eval_max_people)
         forgetting.attach(trainer)
     out = Path(config.output_dir)
-    checkpoint = last_checkpoint(out) if config.resume else None
+    if trainer.is_world_process_zero():  # recorded first, so that a run killed part-way is recognised on resuming
+        out.mkdir(parents=True, exist_ok=True)
+        applied = {"max_steps": max_steps, "warmup_steps": warmup_steps}  # what really runs
+        (out / CONFIG_FILE).write_text(json.dumps({**config.to_dict(), "applied": applied}, indent=2) + "\n")
+        tokens_per_step = args.train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
+        exact = not (config.streaming or config.max_steps)
+        exposures = config.exposures if exact else callbacks["exposures"].exposures_at(args, max_steps)
+        for line in plan_lines(config, steps=max_steps, warmup_steps=warmup_steps,
+                               tokens_per_step=tokens_per_step * config.context_length, exposures=exposures,
+                               exact=exact, num_params=count_parameters(model, data.used_token_ids()).capacity,
+                               bits_max=data.bits_max().total):
+            print(line, flush=True)
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     except TrainingDivergedError as err:
         if trainer.is_world_process_zero():  # keep what the run had: its config, its log and why it stopped
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
             diverged = {"message": str(err), "step": err.step, "last_checkpoint": err.last_checkpoint}
             (out / "diverged.json").write_text(json.dumps(diverged, indent=2) + "\n")
-            (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2) + "\n")
+            history = json_safe(trainer.state.log_history)  # a diverged loss is NaN: written as null
+            (out / "log_history.json").write_text(json.dumps(history, indent=2) + "\n")
         raise
     if trainer.is_world_process_zero():
         trainer.save_model(str(out))
         data.save(out)
-        (out / "training_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         # written after the model and data are saved, so a push to the Hub carries everything
         writer = CapacityReportCallback(
             callbacks["knowledge"],

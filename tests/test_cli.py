@@ -3,6 +3,7 @@
 import argparse
 import json
 import re
+import shutil
 
 import datasets
 import pytest
@@ -133,3 +134,116 @@ def test_eval_runs_the_installed_code_by_default_and_the_folders_own_code_on_req
                                                       "auto_map": {}}))
     assert main(["eval", str(tmp_path), "--code", "folder"]) == 2
     assert "carries no model code of its own" in capsys.readouterr().err
+
+
+TINY_RUN = ["train", "--dataset", "bioS", "--N", "30", "--model", "gpt2-1-1", "--head-dim", "16", "--exposures", "2",
+            "--context-length", "128", "--batch-size", "4", "--vocab-size", "400", "--warmup-steps", "1", "--quiet"]
+
+
+def test_a_reused_output_folder_resumes_only_the_same_run(tmp_path, capsys):
+    ck = tmp_path / "ck"
+    assert main([*TINY_RUN, "--save-steps", "2", "--max-steps", "4", "-o", str(ck)]) == 0
+    capsys.readouterr()
+    # another run in the same folder is refused in one line, naming the folder and what differs
+    for other in (["--N", "40", "--lr", "5e-3"], ["--head-dim", "32"]):
+        assert main([*TINY_RUN, "--save-steps", "2", "--max-steps", "4", *other, "-o", str(ck)]) == 2
+        out, err = capsys.readouterr()
+        assert "resuming" not in out and err.count("\n") == 1, err
+        assert f"error: {ck} holds another run (" in err and "--overwrite" in err
+        differs = "n_people 30 → 40, learning_rate 0.001 → 0.005" if "--N" in other else "head_dim 16 → 32"
+        assert differs in err, err
+    # a finished run is not trained again on top of itself
+    assert main([*TINY_RUN, "--save-steps", "2", "--max-steps", "4", "-o", str(ck)]) == 2
+    assert f"error: {ck} holds a finished run" in capsys.readouterr().err
+    # a run stopped part-way resumes, even when only how it is watched changed (evaluation, logging, quiet)
+    (ck / "results.json").unlink()
+    shutil.rmtree(ck / "checkpoint-4")
+    assert main([*TINY_RUN, "--save-steps", "2", "--max-steps", "4", "--eval-steps", "1", "-o", str(ck)]) == 0
+    assert f"resuming from {ck / 'checkpoint-2'}" in capsys.readouterr().out
+    # --overwrite replaces the run
+    (ck / "stale.txt").write_text("from the previous run")
+    assert main([*TINY_RUN, "--N", "40", "--max-steps", "4", "--overwrite", "-o", str(ck)]) == 0
+    assert "resuming" not in capsys.readouterr().out and not (ck / "stale.txt").exists()
+    assert json.loads((ck / "results.json").read_text())["n_people"] == 40
+    assert not list(ck.glob("checkpoint-*"))
+
+
+def test_a_run_prints_its_plan_warns_when_it_will_learn_little_and_says_why_it_stored_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*TINY_RUN, "--lr", "1e-6", "--warmup-steps", "100", "-o", str(run)]) == 0
+    out = capsys.readouterr().out
+    applied = json.loads((run / "training_config.json").read_text())["applied"]
+    steps, warmup = applied["max_steps"], applied["warmup_steps"]
+    assert warmup == max(steps // 10, 1) < 100  # what really ran is recorded beside what was asked
+    results = json.loads((run / "results.json").read_text())
+    plan = re.search(r"plan: ([\d,]+) steps × ([\d,]+) tokens = ([\d,]+) tokens, 2 exposures per person; "
+                     r"P = ([\d,]+), bits_max = ([\d,]+), R_max = ([\d.]+) bits/param", out)
+    assert plan, out
+    assert int(plan[1]) == steps and int(plan[2]) == 4 * 128 and int(plan[3].replace(",", "")) == steps * 512
+    assert int(plan[4].replace(",", "")) == results["num_params"]
+    assert int(plan[5].replace(",", "")) == round(results["bits_max"])
+    assert float(plan[6]) == pytest.approx(results["bits_max_per_param"], abs=1e-3)
+    assert f"warm-up {warmup} step{'s' if warmup != 1 else ''} (--warmup-steps 100 is capped at a tenth" in out
+    assert "warning: 2 exposures per person" in out and f"warning: {steps} optimizer steps" in out
+    # nothing learned at a learning rate of 1e-6: the run says so, and why
+    assert "stored almost nothing" in out
+    assert re.search(r"value loss p2 = [\d.]+ nats per person, not below uniform guessing \(32\.988", out), out
+
+
+def strict_json(text: str):
+    """JSON as the standard defines it: NaN and Infinity are not numbers there."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not valid JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_eval_of_a_subsample_keeps_its_interval_within_the_bits_that_exist_and_prints_no_nan(tmp_path, capsys,
+                                                                                              bios_data):
+    from hf_capacity.training import CapacityTrainingConfig, build_model
+
+    build_model(CapacityTrainingConfig(model="gpt2-1-1", head_dim=16), bios_data.tokenizer).save_pretrained(tmp_path)
+    bios_data.save(tmp_path)  # an untrained model: it stores 0 bits, at full precision and after quantization
+    assert main(["eval", str(tmp_path), "--max-people", "50", "--quantized", "int8", "--json"]) == 0
+    report = strict_json(capsys.readouterr().out)
+    low, high = report["bits_ci95"]
+    assert 0 <= low <= report["bits"] <= high <= report["bits_max"]
+    assert report["quantized"]["int8"]["ratio_to_full_precision"] is None
+    assert main(["eval", str(tmp_path), "--max-people", "50", "--quantized", "int8"]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out.lower() and "-" not in out.split("95% CI")[1].split("\n")[0]
+    assert "ratio to full precision n/a (the full-precision model stores no bits)" in out
+
+
+def _parsers(parser, prefix=()):
+    """(command words, parser) for ``parser`` and every subcommand under it, groups included."""
+    yield prefix, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*prefix, name))
+
+
+def test_every_command_describes_itself_shows_each_default_once_and_takes_no_abbreviations(capsys):
+    for command, parser in _parsers(build_parser()):
+        assert parser.allow_abbrev is False, " ".join(command)
+        assert parser.description and "\n" not in parser.description, " ".join(command)
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            assert formatter._get_help_string(action).count("(default:") <= 1, f"{command} {action.option_strings}"
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the laptop demo" in text and text.count("(default: 250)") == 1  # --eval-steps
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--data", "somewhere"])  # was taken for --dataset
+    assert exit_.value.code == 2 and "unrecognized arguments: --data" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    from hf_capacity import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"hf-capacity {__version__}\n"

@@ -89,8 +89,8 @@ def test_subsample_gives_a_confidence_interval(bios_data):
     part = evaluate_knowledge(oracle, bios_data, max_people=100, progress=False)
     assert part.n_evaluated == 100 and part.bits_ci95 is not None
     low, high = part.bits_ci95
-    assert low < part.bits.total < high
-    assert low < full.bits.total < high
+    assert 0 <= low <= part.bits.total < high <= part.bits_max.total  # bits cannot be negative
+    assert low <= full.bits.total < high
 
 
 def test_several_renderings_average_the_losses(bios_data):
@@ -115,3 +115,40 @@ def test_model_and_data_that_do_not_belong_together(bios_data):
     short.config.n_positions = 20
     with pytest.raises(ValueError, match="positions"):
         evaluate_knowledge(short, bios_data, progress=False)
+
+
+def test_biod_losses_are_labelled_per_person_and_attribute_beside_uniform_guessing(biod_data):
+    from hf_capacity.report import model_card
+
+    report = evaluate_knowledge(Oracle(len(biod_data.tokenizer), confidence=3.0), biod_data, progress=False)
+    shape = biod_data.population.shape
+    # p2 is a mean over (person, attribute) pairs: uniform guessing costs C·ln D nats on one value
+    assert report.p2_uniform == pytest.approx(shape.chunks_per_value * math.log(shape.diversity))
+    assert report.p1_uniform == pytest.approx(log2_bios_name_space() * math.log(2))
+    assert report.p3_uniform == pytest.approx(shape.chunk_length * math.log(shape.alphabet))
+    table = report.table()
+    assert "p2 (value loss, nats per person and attribute)" in table and "nats/person" not in table
+    assert f"uniform guessing {report.p2_uniform:.4f}" in table
+    assert f"uniform guessing {report.p1_uniform:.4f}" in table
+    d = report.to_dict()
+    assert (d["p1_uniform"], d["p2_uniform"]) == (report.p1_uniform, report.p2_uniform)
+    assert d["per_attribute"]["ID 1"]["uniform_loss"] == pytest.approx(report.p2_uniform)
+    card = model_card(report, model_name="m").text
+    assert f"| p2 (value loss, nats per person and attribute) | {report.p2:.4f} | {report.p2_uniform:.4f} |" in card
+    for term in ("name bits", "value bits", "diversity bits"):
+        assert f"| {term} |" in card
+
+
+def test_bios_losses_are_per_person_and_the_card_splits_name_and_value_bits(bios_data):
+    from hf_capacity.bits import BIOS_ATTRIBUTE_CHOICES
+    from hf_capacity.report import model_card
+
+    report = evaluate_knowledge(Oracle(len(bios_data.tokenizer), confidence=3.0), bios_data, progress=False)
+    assert report.p2_uniform == pytest.approx(log2_bios_value_space() * math.log(2))
+    assert report.per_attribute["major"]["uniform_loss"] == pytest.approx(math.log(BIOS_ATTRIBUTE_CHOICES["major"]))
+    assert "p2 (value loss, nats per person)" in report.table()
+    card = model_card(report, model_name="m").text
+    assert f"| name bits | {report.bits.name_bits:,.0f} of {report.bits_max.name_bits:,.0f} |" in card
+    assert f"| value bits | {report.bits.value_bits:,.0f} of {report.bits_max.value_bits:,.0f} |" in card
+    assert "diversity bits" not in card
+    assert {"name_bits", "value_bits"} <= set(report.log_metrics())  # so the curve can split them too

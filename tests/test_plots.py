@@ -83,3 +83,23 @@ def test_knowledge_curve_without_exposures_falls_back_to_steps():
     assert ax.get_xlabel() == "exposures per person" and len(ax.child_axes) == 2  # P from bits / bits_per_param
     with pytest.raises(ValueError, match="history is empty"):
         training_curve_figure([], 1850.0)
+
+
+def test_knowledge_curve_splits_name_and_value_bits():
+    history = [{**h, "name_bits": 0.2 * h["knowledge_bits"], "value_bits": 0.8 * h["knowledge_bits"]} for h in HISTORY]
+    ax = training_curve_figure(history, 1850.0, num_params=20_000, exposures_per_step=0.625).axes[0]
+    lines = {line.get_label(): line.get_ydata() for line in ax.lines}
+    assert list(lines["name bits"]) == [0.0, 60.0, 180.0, 290.0]
+    assert list(lines["value bits"]) == [0.0, 240.0, 720.0, 1160.0]
+    assert list(lines["bits learned"]) == [0.0, 300.0, 900.0, 1450.0]
+
+
+def test_legends_say_1_bit_per_param(tmp_path, runs, monkeypatch):
+    import hf_capacity.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out_png: figures.append(fig) or str(out_png))
+    plot_capacity(runs, tmp_path / "c.png")
+    plot_capacity_ratio(runs, tmp_path / "r.png", reference_ratio=1.0)
+    labels = [text.get_text() for fig in figures for text in fig.axes[0].get_legend().get_texts()]
+    assert "2 bits/param" in labels and labels.count("1 bit/param") == 2 and "1 bits/param" not in labels

@@ -410,3 +410,36 @@ def test_capacity_law_table_and_figure_of_a_sweep(tmp_path, tiny_sweep):
     rows = rows.assign(bits=rows["bits"].clip(lower=1.0))  # a one-step tiny run may store nothing
     png = plot_capacity_law(rows, tmp_path / "law.png")
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fit_on_few_runs_says_so_and_flags_runs_that_look_undertrained(tmp_path, capsys):
+    # two short runs of 20 exposures: each stored a few thousand bits of its 5.8 million
+    pd.DataFrame({
+        "run_id": ["a", "b"], "status": "done", "model": "gpt2-2-2", "mlp_type": "", "num_experts": 0,
+        "exposures": 20, "n_people": 100_000, "num_params": [100_000, 200_000], "bits": [5_200.0, 8_000.0],
+        "bits_max": 5.82e6,
+    }).to_csv(tmp_path / "results.csv", index=False)
+    cli(["fit", str(tmp_path / "results.csv"), "--n-bootstrap", "50", "--no-loss-fit"])
+    out = capsys.readouterr().out
+    assert "over 2 finished runs" in out
+    assert "warning: only 2 runs" in out and "5 or more" in out
+    assert "2 of 2 runs look undertrained" in out
+    cli(["fit", str(tmp_path / "results.csv"), "--n-bootstrap", "50", "--no-loss-fit", "--json"])
+    row = json.loads(capsys.readouterr().out)["capacity"][0]
+    assert row["n_undertrained"] == 2 and "undertrained" in row["note"]
+    # a sweep of many well-trained runs carries neither warning
+    synthetic_results(tmp_path / "many.csv")
+    cli(["fit", str(tmp_path / "many.csv"), "--n-bootstrap", "50", "--no-loss-fit"])
+    out = capsys.readouterr().out
+    assert "warning" not in out and "look undertrained" not in out
+
+
+def test_dry_run_shows_each_runs_parameters_and_ceiling(tiny_sweep, tmp_path, capsys):
+    _, trained = tiny_sweep
+    lines = []
+    listing = run_sweep(tiny_config(tmp_path / "one"), dry_run=True, log=lines.append)  # seed 0 alone
+    row, seed0 = listing.iloc[0], trained[trained["seed"] == 0].iloc[0]
+    assert row["num_params"] == seed0["num_params"] and row["bits_max"] == pytest.approx(seed0["bits_max"])
+    assert row["R_max"] == pytest.approx(seed0["bits_max"] / seed0["num_params"])
+    assert f"P = {seed0['num_params']:,}, R_max = {row['R_max']:.3f} bits/param" in lines[1]
+    assert lines[0] == "sweep 'tiny': 1 run" and lines[-1].startswith("dry run: 1 run in ")

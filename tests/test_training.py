@@ -193,8 +193,9 @@ def test_exposure_callback_stops_at_the_target(tmp_path):
 
 
 def test_a_tiny_model_learns_real_knowledge(tmp_path):
-    # 10 people × 150 exposures (~240 steps): a tiny GPT2 picks up a real share of their facts
-    config = tiny_config(tmp_path, n_people=10, exposures=150, model="gpt2-2-2", head_dim=32, learning_rate=5e-3,
+    # 10 people × 300 exposures (~490 steps): a tiny GPT2 picks up a real share of their facts (at 150 exposures,
+    # with the fitted vocabulary, it learns their names but its value loss stays near uniform guessing)
+    config = tiny_config(tmp_path, n_people=10, exposures=300, model="gpt2-2-2", head_dim=32, learning_rate=5e-3,
                          batch_size=8, warmup_steps=10)
     report, _ = train_capacity(config)
     assert report.bits.total > 0.1 * report.bits_max.total
@@ -241,3 +242,17 @@ def test_a_run_with_the_fused_loss_trains_like_the_plain_one(tmp_path):
     assert fused.p1 == pytest.approx(plain.p1, rel=1e-4) and fused.p2 == pytest.approx(plain.p2, rel=1e-4)
     with pytest.raises(ValueError, match="fused_loss is implemented for the gpt2 family"):
         tiny_config(tmp_path, model="llama-1-2", fused_loss=True)
+
+
+def test_a_run_that_stored_nothing_writes_valid_json_and_no_nan(tmp_path):
+    train_capacity(tiny_config(tmp_path, max_steps=2, learning_rate=1e-6, quantized=("int8",), eval_max_people=10))
+    out = tmp_path / "run"
+
+    def refuse(constant):
+        raise ValueError(f"{constant} in results.json")
+
+    results = json.loads((out / "results.json").read_text(), parse_constant=refuse)
+    assert results["bits"] == 0 and results["quantized"]["int8"]["ratio_to_full_precision"] is None
+    assert 0 <= results["bits_ci95"][0] <= results["bits_ci95"][1] <= results["bits_max"]
+    card = (out / "README.md").read_text()
+    assert "nan" not in card.lower() and "| int8 |" in card and "n/a (the full-precision model stores no bits)" in card

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import __version__
 from . import data, memorize, planning, run, sweeps
 from ._common import CLIError, HelpFormatter, is_divergence, one_line
 
@@ -26,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The `hf-capacity` parser: every command group's subcommands."""
     parser = argparse.ArgumentParser(
         prog="hf-capacity", description="Knowledge capacity of language models on the Hugging Face stack.",
-        formatter_class=HelpFormatter,
+        formatter_class=HelpFormatter, allow_abbrev=False,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for group in (planning, data, run, sweeps, memorize):
         group.add_commands(sub)

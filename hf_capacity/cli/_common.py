@@ -43,8 +43,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def add_command(subparsers, name: str, **kwargs) -> argparse.ArgumentParser:
-    """A subcommand whose ``--help`` shows the defaults."""
-    return subparsers.add_parser(name, formatter_class=HelpFormatter, **kwargs)
+    """A subcommand whose ``--help`` shows the defaults and its one-line ``help`` as description (unless given
+    one), and that takes no abbreviated option (``--data`` is not ``--dataset``)."""
+    kwargs.setdefault("description", kwargs.get("help"))
+    return subparsers.add_parser(name, formatter_class=HelpFormatter, allow_abbrev=False, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- counts

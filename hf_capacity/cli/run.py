@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from ._common import CLIError, add_command, add_count, add_population_args
@@ -48,7 +49,7 @@ def _add_training_args(p: argparse.ArgumentParser, defaults) -> None:
     add_count(p, "--junk-N", default=100_000_000, help="junk population size N'")
     p.add_argument("--domain-token", action="store_true", help="start useful biographies with a domain token")
     add_count(p, "--eval-steps", default=defaults.eval_steps,
-              help="measure knowledge every this many steps (default: only at the end)")
+              help="measure knowledge every this many steps (unset: only at the end)")
     add_count(p, "--eval-max-people", default=None, help="evaluate a subsample (default: everybody)")
     p.add_argument("--quantized", nargs="*", default=[], choices=QUANTIZED_CHOICES,
                    help="schemes measured at the end: bitsandbytes int8/nf4/fp4, GPTQ gptq-int4/gptq-int8 (the paper's)")
@@ -65,6 +66,9 @@ def _add_training_args(p: argparse.ArgumentParser, defaults) -> None:
               help="checkpoint every this many steps; the same command run again resumes from the newest")
     p.add_argument("--no-resume", action="store_true",
                    help="ignore checkpoints already in the output folder and start from step 0")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the run already in the output folder, finished or not, and start a new one "
+                        "(default: a folder holding another run or a finished one is refused)")
     p.add_argument("--output", "-o", default=defaults.output_dir, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.add_argument_group(
@@ -144,6 +148,7 @@ def _training_config(args):
         progress=not args.quiet,
         save_steps=args.save_steps,
         resume=not args.no_resume,
+        overwrite_output_dir=args.overwrite,
         init_from=args.init_from,
         lora_r=args.lora_r,
         lora_alpha=args.lora_alpha,
@@ -155,10 +160,10 @@ def _training_config(args):
 
 
 def cmd_train(args) -> None:
-    from ..training import last_checkpoint, train_capacity
+    from ..training import check_output_dir, train_capacity
 
     config = _training_config(args)  # validated on construction, before any data is built
-    checkpoint = last_checkpoint(config.output_dir) if config.resume else None
+    checkpoint = check_output_dir(config)  # refuses a folder holding a finished run or another run
     if checkpoint:
         print(f"resuming from {checkpoint} (--no-resume starts from step 0)", flush=True)
     report, _ = train_capacity(config)
@@ -174,11 +179,13 @@ def cmd_train(args) -> None:
 
 def cmd_demo(args) -> None:
     """The README's main command: a small bioS run that a laptop CPU finishes in a few minutes."""
-    from ..training import train_capacity
+    from ..training import check_output_dir, train_capacity
 
     config = _training_config(args)  # validated on construction, before any data is built
+    checkpoint = check_output_dir(config)
     print(f"hf-capacity demo: bioS(N={config.n_people}) × {config.exposures} exposures, model {config.model} "
-          f"(head dim {config.head_dim}), on {'GPU' if _cuda() else 'CPU'}; output in {config.output_dir}\n")
+          f"(head dim {config.head_dim}), on {'GPU' if _cuda() else 'CPU'}; output in {config.output_dir}"
+          + (f"; resuming from {checkpoint}" if checkpoint else "") + "\n")
     report, trainer = train_capacity(config)
     print()
     print(report.table())
@@ -228,12 +235,16 @@ def cmd_eval(args) -> None:
             s: {"bits": q.report.bits.total, "bits_per_param": q.bits_per_param,
                 "ratio_to_full_precision": q.ratio_to_full_precision} for s, q in results.items()
         }
+    from ..report import NO_RATIO, json_safe
+
     if args.json:
-        print(json.dumps(report.to_dict(), default=float))
+        print(json.dumps(json_safe(report.to_dict()), default=float))
         return
     print(report.table())
     for scheme, q in report.extra.get("quantized", {}).items():
-        print(f"  {scheme:<6} bits/param {q['bits_per_param']:.4f}  ratio to full precision {q['ratio_to_full_precision']:.3f}")
+        ratio = q["ratio_to_full_precision"]
+        print(f"  {scheme:<6} bits/param {q['bits_per_param']:.4f}  ratio to full precision "
+              + (f"{ratio:.3f}" if math.isfinite(ratio) else NO_RATIO))
 
 
 # ------------------------------------------------------------------------------------------------ parsers

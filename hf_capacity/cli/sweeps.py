@@ -56,6 +56,7 @@ def _finished_table(source: str):
 
 def cmd_fit(args) -> None:
     from ..sweep import fit_sweep
+    from ..sweep.config import plural
 
     table = _finished_table(args.results)
     by = [b.strip() for b in args.by.split(",") if b.strip()]
@@ -66,16 +67,19 @@ def cmd_fit(args) -> None:
     if args.json:
         print(json.dumps(result.to_dict(), default=str))
         return
-    print(f"Capacity law bits ≈ min(bits_max, R*·P) over {result.n_runs} finished runs "
+    print(f"Capacity law bits ≈ min(bits_max, R*·P) over {plural(result.n_runs, 'finished run')} "
           f"(P: the paper's count; 95% CI: run-clustered bootstrap)")
-    header = "".join(f"{b:<16}" for b in by) + f"{'R* (bits/param)':>16}  {'95% CI':<18}{'runs':>6}{'cap.-limited':>14}"
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    header = ("".join(f"{b:<16}" for b in by) + f"{'R* (bits/param)':>16}  {'95% CI':<18}{'runs':>6}{'cap.-limited':>14}"
+              f"{'undertrained':>14}")
     print(header)
     for row in result.capacity.to_dict("records"):
         cells = "".join(f"{str(row[b]):<16}" for b in by)
         r = row["ratio_bits_per_param"]
         r_text = "n/a" if r is None or math.isnan(r) else f"{r:.3f}"
         print(f"{cells}{r_text:>16}  {format_ci(row['ci_low'], row['ci_high']):<18}{row['n_runs']:>6}"
-              f"{row['n_capacity_limited']:>14}")
+              f"{row['n_capacity_limited']:>14}{row['n_undertrained']:>14}")
         if row.get("note"):
             print(f"    note: {row['note']}")
     if result.loss_fit is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -14,12 +14,19 @@ import numpy as np
 import pandas as pd
 
 from ..training import MODEL_NAME
-from .config import DEFAULT_MLP, short_number
+from .config import DEFAULT_MLP, plural, short_number
 
 FULL_PRECISION = "fp32"
 """The precision label of a run's own (unquantized) measurement."""
 LOSS_EXPONENT_LIMIT = 3.0
 """Fitted loss-law exponents outside (0, 3) mean the sweep does not constrain the law (published: 0.07-0.37)."""
+MIN_RUNS = 5
+"""Runs under which a fit of R* says that its bootstrap interval, resampling so few runs, cannot be trusted."""
+UNDERTRAINED_EXPOSURES = 100
+UNDERTRAINED_SHARE = 0.1
+"""A run looks undertrained when it saw fewer than ``UNDERTRAINED_EXPOSURES`` exposures per person (the paper's
+models reach ~1 bit/param at 100, ~2 at 1,000) or stored under ``UNDERTRAINED_SHARE`` of what the capacity law lets
+it store, min(bits_max, 2·P): its bits/param then measure the training more than the capacity."""
 
 
 def architecture_label(model: Any, mlp_type: Any = None, num_experts: Any = 0) -> str:
@@ -80,6 +87,19 @@ def capacity_points(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def undertrained(points: pd.DataFrame) -> pd.Series:
+    """Whether each capacity-law point (``capacity_points``) looks undertrained: fewer than
+    ``UNDERTRAINED_EXPOSURES`` exposures (``exposures_trained`` when the table has it, else ``exposures``), or bits
+    under ``UNDERTRAINED_SHARE`` · min(bits_max, 2·P)."""
+    low = points["bits"] < UNDERTRAINED_SHARE * np.minimum(points["bits_max"], 2.0 * points["params"])
+    for column in ("exposures_trained", "exposures"):
+        if column in points.columns:
+            exposures = pd.to_numeric(points[column], errors="coerce")
+            low |= exposures < UNDERTRAINED_EXPOSURES
+    return low
+
+
+
 @dataclass
 class SweepFit:
     """``fit_sweep``'s result: R* per group, and the optional Chinchilla fit of final train loss (or why not)."""
@@ -89,6 +109,7 @@ class SweepFit:
     loss_fit: Any = None
     loss_note: str = ""
     n_runs: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         def clean(v):
@@ -98,7 +119,7 @@ class SweepFit:
                 return clean(v.item())
             return v
 
-        out = {"n_runs": self.n_runs, "by": self.by,
+        out = {"n_runs": self.n_runs, "by": self.by, "warnings": self.warnings,
                "capacity": [{k: clean(v) for k, v in row.items()} for row in self.capacity.to_dict("records")]}
         if self.loss_fit is not None:
             law = self.loss_fit.law
@@ -147,6 +168,7 @@ def fit_sweep(df: pd.DataFrame, by: Sequence[str] = ("architecture", "exposures"
         raise ValueError(f"cannot group by {missing}: not a column of the table (have {sorted(points.columns)})")
     capacity = capacity_ratio_by_group(points, by=by, n_bootstrap=n_bootstrap, seed=seed)
     result = SweepFit(capacity=capacity, by=list(by), n_runs=int(points["run_id"].nunique()))
+    _caveats(result, points)
     if not loss_fit:
         result.loss_note = "loss-law fit not requested"
         return result
@@ -169,6 +191,31 @@ def fit_sweep(df: pd.DataFrame, by: Sequence[str] = ("architecture", "exposures"
             f"(0, {LOSS_EXPONENT_LIMIT})): add runs that span several model sizes and token counts"
         )
     return result
+
+
+def _caveats(result: SweepFit, points: pd.DataFrame) -> None:
+    """Say what the fit cannot promise: fewer than ``MIN_RUNS`` runs (a warning, or a group's note when the
+    sweep has enough runs), and per group the runs that look undertrained (column ``n_undertrained``, a note)."""
+    if result.n_runs < MIN_RUNS:
+        result.warnings.append(f"only {plural(result.n_runs, 'run')}: R* and its 95% interval need {MIN_RUNS} or "
+                               "more (a bootstrap over fewer runs cannot say how far off it is)")
+    flagged = points.assign(_undertrained=undertrained(points))
+    counts, notes = [], []
+    for row in result.capacity.to_dict("records"):
+        group = flagged
+        for b in result.by:
+            group = group[(group[b] == row[b]) | (group[b].isna() & pd.isna(row[b]))]
+        n_runs, n_low = group["run_id"].nunique(), group.loc[group["_undertrained"], "run_id"].nunique()
+        note = [row.get("note") or ""]
+        if n_runs < MIN_RUNS <= result.n_runs:
+            note.append(f"only {plural(n_runs, 'run')} in this group: its R* interval cannot be trusted")
+        if n_low:
+            note.append(f"{n_low} of {plural(n_runs, 'run')} look undertrained (under {UNDERTRAINED_EXPOSURES} "
+                        f"exposures, or under {UNDERTRAINED_SHARE:.0%} of min(bits_max, 2·P) stored): their "
+                        "bits/param measure the training, not the capacity")
+        counts.append(n_low)
+        notes.append("; ".join(n for n in note if n))
+    result.capacity = result.capacity.assign(n_undertrained=counts, note=notes)
 
 
 def _curves_of(points: pd.DataFrame, by: str | None) -> dict[str, tuple[list[float], list[float]]]:

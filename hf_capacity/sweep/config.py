@@ -23,8 +23,8 @@ from .folders import RUNS_DIR, is_done
 
 TOP_LEVEL_KEYS = ("name", "description", "output_dir", "base", "grid", "runs", "rules")
 NESTED_FIELDS = ("biod", "memory")
-SWEEP_OWNED = ("output_dir",)
-"""Fields the sweep sets itself (each run's folder)."""
+SWEEP_OWNED = ("output_dir", "overwrite_output_dir")
+"""Fields the sweep sets itself (each run's folder; it skips finished runs, resumes or restarts the others)."""
 NOT_IN_RUN_ID = ("output_dir", "progress", "logging_steps", "report_to", "push_to_hub", "hub_model_id")
 """Fields that do not change what a run learns, so they do not change its id (toggle them without retraining)."""
 BIOD_KEYS = ("n_attributes", "chunks_per_value", "diversity", "chunk_length", "alphabet")
@@ -118,6 +118,9 @@ def _check_overrides(mapping: Any, where: str) -> dict:
     out = {}
     for key, value in mapping.items():
         key = str(key)
+        if key == "overwrite_output_dir":
+            raise SweepConfigError(f"{where}.{key}: the sweep decides about its run folders (finished runs are "
+                                   "skipped, unfinished ones resumed): delete a run's folder to train it again")
         if key in SWEEP_OWNED:
             raise SweepConfigError(
                 f"{where}.{key}: the sweep sets each run's output_dir (runs/<run_id>/); set the sweep folder with "
@@ -177,6 +180,11 @@ def short_number(n: int) -> str:
         if n >= 10_000 and n % div == 0:
             return f"{n // div}{suffix}"
     return str(n)
+
+
+def plural(count: int, noun: str) -> str:
+    """A count with its noun: "1 run", "2 runs"."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
 def run_slug(config: Mapping[str, Any]) -> str:

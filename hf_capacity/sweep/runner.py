@@ -10,6 +10,7 @@ checks every run as the real run would before training (``preflight.check_run``)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import math
@@ -21,9 +22,11 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
+from ..bits import biod_bits_max, bios_bits_max
+from ..data import BioDPopulation
 from ..preflight import check_run, sample_data
-from ..training import last_checkpoint, train_capacity
-from .config import Sweep, SweepRun, load_sweep
+from ..training import CONFIG_FILE, last_checkpoint, train_capacity
+from .config import Sweep, SweepRun, load_sweep, plural
 from .folders import DONE, ERROR_FILE, LOG_FILE, PLAN_FILE, RUN_FILE, TABLE_CSV, read_json, write_json
 from .table import flatten_config, rebuild_table
 
@@ -116,17 +119,29 @@ def _estimate_steps(config, data) -> int:
     return math.ceil(windows / (config.batch_size * config.gradient_accumulation_steps))
 
 
-def _check(run: SweepRun, cache: dict) -> tuple[int | None, str | None]:
-    """(estimated steps, None) for a run that can start, or (None, why not): what the real run would reject."""
+def _bits_max(config, data) -> float:
+    """bits_max of the run's whole population (``data`` is its sample: the same format, at most 1000 people)."""
+    population = data.population
+    if isinstance(population, BioDPopulation):
+        return biod_bits_max(dataclasses.replace(population.shape, n_people=config.n_people)).total
+    return bios_bits_max(config.n_people).total
+
+
+def _check(run: SweepRun, cache: dict) -> tuple[dict, str | None]:
+    """({"estimated_steps", "num_params", "bits_max", "R_max"}, None) for a run that can start (P is None for a run
+    from a base model), or ({}, why not): what the real run would reject."""
     try:
         config = run.training_config()
         key = _data_key(config)
         if key not in cache:
             cache[key] = sample_data(config)
-        check_run(config, cache[key])
-        return _estimate_steps(config, cache[key]), None
+        num_params = check_run(config, cache[key])
+        bits_max = _bits_max(config, cache[key])
+        return {"estimated_steps": _estimate_steps(config, cache[key]), "num_params": num_params,
+                "bits_max": bits_max, "R_max": bits_max / num_params if num_params else None}, None
     except ValueError as err:
-        return None, str(err)
+        return {}, str(err)
+
 
 
 def _format_status(result: dict) -> str:
@@ -146,8 +161,9 @@ def _dry_run(sweep: Sweep, selected: list[SweepRun], log: Callable[[str], None])
     rows = []
     for k, run in enumerate(selected, 1):
         row = {"index": run.index, "run_id": run.run_id, "status": "would run", "estimated_steps": None,
-               "error": None, **flatten_config(run.config)}
-        steps, error = _check(run, cache)
+               "num_params": None, "bits_max": None, "R_max": None, "error": None, **flatten_config(run.config)}
+        checked, error = _check(run, cache)
+        steps = checked.get("estimated_steps")
         if run.done:  # skipped by the real run, so never rejected by it
             row["status"] = "done (skip)"
         elif error is not None:
@@ -155,15 +171,20 @@ def _dry_run(sweep: Sweep, selected: list[SweepRun], log: Callable[[str], None])
         elif run.output_dir.exists():
             checkpoint = last_checkpoint(run.output_dir)
             row["status"] = f"incomplete (resume from {os.path.basename(checkpoint)})" if checkpoint else "incomplete (restart)"
-        row["estimated_steps"] = steps
+        row.update(checked)
+        size = ""
+        if checked:
+            p = checked["num_params"]
+            size = (f", P = {p:,}, R_max = {checked['R_max']:.3f} bits/param" if p else
+                    f", P counted when it starts (a base model), bits_max = {checked['bits_max']:,.0f}")
         log(f"[{k}/{len(selected)}] {run.run_id}  {row['status']}"
-            + (f": {error}" if row["status"] == "invalid" else f"  ~{steps:,} steps" if steps is not None else ""))
+            + (f": {error}" if row["status"] == "invalid" else f"  ~{steps:,} steps{size}" if steps is not None else ""))
         rows.append(row)
     df = pd.DataFrame(rows)
     todo = df[df["status"].isin(["would run"]) | df["status"].str.startswith("incomplete")]
     total = int(todo["estimated_steps"].fillna(0).sum()) if len(todo) else 0
     invalid = int((df["status"] == "invalid").sum()) if len(df) else 0
-    log(f"dry run: {len(selected)} runs in {sweep.output_dir} ({len(todo)} to train, ~{total:,} steps in all"
+    log(f"dry run: {plural(len(selected), 'run')} in {sweep.output_dir} ({len(todo)} to train, ~{total:,} steps in all"
         + (f"; {invalid} invalid" if invalid else "") + "); nothing was trained")
     return df
 
@@ -196,14 +217,14 @@ def run_sweep(
     selected = [r for r in plan if shard_ is None or r.index % shard_[1] == shard_[0]]
     where = f" (shard {shard_[0]}/{shard_[1]}: {len(selected)} of {len(plan)})" if shard_ else ""
     if dry_run:
-        log(f"sweep {sweep.name!r}: {len(plan)} runs{where}")
+        log(f"sweep {sweep.name!r}: {plural(len(plan), 'run')}{where}")
         return _dry_run(sweep, selected, log)
 
     out = sweep.output_dir
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / PLAN_FILE, {**sweep.to_dict(), "runs": [
         {"index": r.index, "run_id": r.run_id, "overrides": r.overrides, "config": r.config} for r in plan]})
-    log(f"sweep {sweep.name!r}: {len(plan)} runs in {out}{where}")
+    log(f"sweep {sweep.name!r}: {plural(len(plan), 'run')} in {out}{where}")
     trained = 0
     failure: tuple[SweepRun, Exception] | None = None
     for k, run in enumerate(selected, 1):
@@ -213,7 +234,7 @@ def run_sweep(
             log(f"{prefix}  skipped (done)" + (f"  {r:.4f} bits/param" if isinstance(r, (int, float)) else ""))
             continue
         if max_runs is not None and trained >= max_runs:
-            log(f"stopping: trained {trained} run(s) (--max-runs {max_runs}); run the sweep again to continue")
+            log(f"stopping: trained {plural(trained, 'run')} (--max-runs {max_runs}); run the sweep again to continue")
             break
         resumable = run.output_dir.exists() and last_checkpoint(run.output_dir) is not None
         if run.output_dir.exists() and not resumable:  # a crashed (or failed) attempt with no checkpoint
@@ -221,6 +242,9 @@ def run_sweep(
         if resumable:
             log(f"{prefix}  resuming from {os.path.basename(last_checkpoint(run.output_dir))}")
             (run.output_dir / ERROR_FILE).unlink(missing_ok=True)
+            (run.output_dir / "results.json").unlink(missing_ok=True)  # killed before DONE: measured again
+            if not (run.output_dir / CONFIG_FILE).is_file():  # a folder from before runs recorded it at the start
+                write_json(run.output_dir / CONFIG_FILE, run.training_config().to_dict())
         trained += 1
         result = _execute(run, sweep.name)
         log(f"{prefix}  {_format_status(result)}")
