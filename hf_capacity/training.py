@@ -317,13 +317,23 @@ def plan_lines(config: CapacityTrainingConfig, *, steps: int, warmup_steps: int,
     return lines
 
 
+LEGACY_DEFAULTS = {"fit_vocabulary": False, "moe_capacity_factor_eval": None}
+"""What a run recorded before these settings existed did: a record without them means these values (the whole BPE
+vocabulary; no expert token budget at evaluation), not today's defaults."""
+
+
 def run_differences(recorded: dict, config: CapacityTrainingConfig) -> list[str]:
     """The settings (outside ``PROGRESS_FIELDS``) in which ``config`` differs from a recorded run's
-    ``training_config.json``, as "name old → new"; a field the record lacks counts as its default."""
+    ``training_config.json``, as "name old → new"; a field the record lacks counts as what runs did before it
+    existed (``LEGACY_DEFAULTS``), else as its default. The MoE settings count only for a model with experts."""
     current = json.loads(json.dumps(config.to_dict()))
-    defaults = json.loads(json.dumps(CapacityTrainingConfig().to_dict()))
-    return [f"{f.name} {recorded.get(f.name, defaults[f.name])} → {current[f.name]}" for f in fields(config)
-            if f.name not in PROGRESS_FIELDS and recorded.get(f.name, defaults[f.name]) != current[f.name]]
+    defaults = {**json.loads(json.dumps(CapacityTrainingConfig().to_dict())), **LEGACY_DEFAULTS}
+    before = {f.name: recorded.get(f.name, defaults[f.name]) for f in fields(config)}
+    ignored = set(PROGRESS_FIELDS)
+    if not before["num_experts"] and not current["num_experts"]:
+        ignored |= {"moe_capacity_factor_train", "moe_capacity_factor_eval"}
+    return [f"{name} {old} → {current[name]}" for name, old in before.items()
+            if name not in ignored and old != current[name]]
 
 
 def check_output_dir(config: CapacityTrainingConfig) -> str | None:
