@@ -19,10 +19,12 @@ Attaching ``KnowledgeCapacityCallback`` lets ``trainer.evaluate()`` run without 
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 from pathlib import Path
 
+import numpy as np
 from torch.utils.data import Dataset
 from transformers import TrainerCallback
 
@@ -349,8 +351,9 @@ class ExposureCallback(_TrainerBoundCallback):
 
     exposures = tokens trained on × useful fraction × knowledge fraction / (N × mean tokens per biography);
     tokens trained on = step × per-device batch × gradient accumulation × processes × context length; the useful
-    fraction leaves out junk windows, the knowledge fraction a user's own corpus mixed in (``mix_knowledge``:
-    the share of windows that are knowledge). Logged as ``exposures``.
+    fraction leaves out junk windows, the knowledge fraction a user's own corpus mixed in (the share of windows
+    that are knowledge: taken as given here; ``add_capacity_callbacks`` measures it from the training set or refuses
+    to guess). Logged as ``exposures``.
     """
 
     def __init__(
@@ -580,15 +583,76 @@ def push_capacity_files(output_dir, repo_id: str, token: str | None = None):
         ) from err
 
 
-def _knowledge_fraction(dataset) -> float:
-    """The share of knowledge windows in a ``mix_knowledge`` dataset (its ``knowledge`` column), else 1."""
+SAMPLED_WINDOWS = 64
+"""Training windows ``add_capacity_callbacks`` reads to learn the context length and to check that the training set
+is knowledge (spread over a map-style set; the first ones of a stream)."""
+
+
+def _sample_windows(dataset, count: int = SAMPLED_WINDOWS) -> list:
+    """Up to ``count`` examples of a training set: evenly spread over a map-style one, the first ones of a stream."""
+    import torch
+
+    if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
+        return list(itertools.islice(dataset, count))
+    n = len(dataset)
+    return [dataset[int(i)] for i in np.unique(np.linspace(0, n - 1, min(count, n)).round())]
+
+
+def _read_context_length(windows: list) -> int:
+    """The one length (tokens) of the sampled training windows, or a ValueError saying to pass it."""
+    lengths = sorted({len(w["input_ids"]) for w in windows if "input_ids" in w})
+    if len(lengths) != 1 or len(windows) == 0 or not all("input_ids" in w for w in windows):
+        seen = f"windows of {lengths[:5]} tokens" if lengths else "no input_ids"
+        raise ValueError(f"cannot read the context length off the training set ({seen} among its first "
+                         f"{len(windows)} examples): pack it into windows of one length, or pass context_length= to "
+                         "add_capacity_callbacks")
+    return lengths[0]
+
+
+def _other_text_windows(windows: list, data: KnowledgeData) -> int:
+    """How many ``windows`` hold tokens that no rendering of ``data`` produces (text other than the knowledge stream).
+
+    With the project tokenizer the rendering tokens are exact, so one such token decides; a user's tokenizer's are
+    read off sampled renderings and may miss a rare merge, so a window needs more than 1% of them (at least 2)."""
+    from .data.knowledge_data import is_project_tokenizer
+
+    known = np.asarray([*data.used_token_ids(), data.pad_token_id])
+    exact = is_project_tokenizer(data.tokenizer)
+    other = 0
+    for window in windows:
+        ids = np.asarray(window["input_ids"]).reshape(-1)
+        mask = window.get("attention_mask")
+        if mask is not None:
+            ids = ids[np.asarray(mask).reshape(-1) != 0]
+        unknown = int((~np.isin(ids, known)).sum())
+        other += unknown > (0 if exact else max(1, len(ids) // 100))
+    return other
+
+
+def _knowledge_fraction(dataset, windows: list, data: KnowledgeData, given: float | None) -> float:
+    """The share of the training windows that are knowledge windows: ``given``; else measured from the
+    ``knowledge`` column of a ``mix_knowledge`` dataset; else 1 for the knowledge stream alone. A training set
+    holding other text without that column is refused rather than counted as knowledge."""
     from .data.stream import KNOWLEDGE_COLUMN
 
-    columns = getattr(dataset, "column_names", None) or []
-    if KNOWLEDGE_COLUMN not in columns or not len(dataset):
-        return 1.0
-    flags = dataset[KNOWLEDGE_COLUMN]
-    return max(sum(flags) / len(flags), 1e-12)
+    if given is not None:
+        if not 0 < given <= 1:
+            raise ValueError(f"knowledge_fraction must lie in (0, 1], got {given}")
+        return float(given)
+    if windows and KNOWLEDGE_COLUMN in windows[0]:
+        if not hasattr(dataset, "__len__") or KNOWLEDGE_COLUMN not in (getattr(dataset, "column_names", None) or []):
+            raise ValueError(f"the training set streams a {KNOWLEDGE_COLUMN!r} column whose share cannot be counted "
+                             "ahead: pass knowledge_fraction= (the share of knowledge windows) to add_capacity_callbacks")
+        flags = dataset[KNOWLEDGE_COLUMN]
+        return max(sum(flags) / len(flags), 1e-12)
+    other = _other_text_windows(windows, data)
+    if other:
+        raise ValueError(
+            f"the training set holds other text besides the knowledge stream ({other} of {len(windows)} sampled windows):"
+            " mix your corpus in with hf_capacity.data.mix_knowledge (exposures counted exactly), or pass "
+            "knowledge_fraction= (the share of knowledge windows) to add_capacity_callbacks"
+        )
+    return 1.0
 
 
 def add_capacity_callbacks(
@@ -603,6 +667,7 @@ def add_capacity_callbacks(
     max_people: int | None = None,
     divergence: bool = True,
     stream_exposures: int | None = None,
+    knowledge_fraction: float | None = None,
 ) -> dict[str, TrainerCallback]:
     """Attach the capacity callbacks to ``trainer`` in one call; returns them by name.
 
@@ -616,18 +681,24 @@ def add_capacity_callbacks(
     ``divergence``: stop with ``TrainingDivergedError`` when the loss or gradients turn non-finite;
     ``stream_exposures``: the E the training set was built with (``data.stream(E, ...)``), so that a run over
     whole passes reports every person's exact exposure count instead of the token-based average.
+
+    Exposures are counted from the training set, never assumed: ``context_length`` defaults to the length of its
+    windows (a map-style set or a stream alike); the share of knowledge in it is the ``knowledge`` column of a
+    ``mix_knowledge`` dataset, 1 for the knowledge stream alone, or ``knowledge_fraction`` (the share of windows
+    that are knowledge, for a corpus mixed in by other means, e.g. ``datasets.interleave_datasets``). A training
+    set that holds other text (tokens no rendering produces, in ``SAMPLED_WINDOWS`` windows read ahead) without
+    either is refused with a ValueError, before anything is attached.
     """
+    windows = _sample_windows(trainer.train_dataset) if context_length is None or knowledge_fraction is None else []
+    context = context_length if context_length is not None else _read_context_length(windows)
+    fraction = _knowledge_fraction(trainer.train_dataset, windows, data, knowledge_fraction)
     callbacks: dict[str, TrainerCallback] = {}
     if divergence:
         callbacks["divergence"] = DivergenceCallback()
         trainer.add_callback(callbacks["divergence"])
-    context = context_length
-    if context is None:
-        sample = trainer.train_dataset[0] if hasattr(trainer.train_dataset, "__getitem__") else None
-        context = len(sample["input_ids"]) if sample is not None else 512
     # before the knowledge callback, so that a stop at the target exposures is measured at that very step
     callbacks["exposures"] = ExposureCallback(
-        data, context, exposures, stream_exposures, knowledge_fraction=_knowledge_fraction(trainer.train_dataset)
+        data, context, exposures, stream_exposures, knowledge_fraction=fraction
     ).attach(trainer)
     knowledge = KnowledgeCapacityCallback(data, eval_steps, max_people=max_people).attach(trainer)
     callbacks["knowledge"] = knowledge

@@ -338,6 +338,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         report=False,
         max_people=config.eval_max_people,
         stream_exposures=None if config.streaming or config.max_steps else config.exposures,
+        knowledge_fraction=1.0,  # the knowledge stream alone
     )
     forgetting = None
     if config.init_from is not None and is_capacity_run(config.init_from):  # the base population's knowledge

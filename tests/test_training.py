@@ -241,3 +241,52 @@ def test_a_run_with_the_fused_loss_trains_like_the_plain_one(tmp_path):
     assert fused.p1 == pytest.approx(plain.p1, rel=1e-4) and fused.p2 == pytest.approx(plain.p2, rel=1e-4)
     with pytest.raises(ValueError, match="fused_loss is implemented for the gpt2 family"):
         tiny_config(tmp_path, model="llama-1-2", fused_loss=True)
+
+
+def own_trainer(tmp_path, data, train, **args):
+    """A user's own Trainer script: a tiny model, the given training set, a few steps."""
+    settings = dict(output_dir=str(tmp_path / "own"), per_device_train_batch_size=4, max_steps=4, report_to=[],
+                    use_cpu=True, save_strategy="no", disable_tqdm=True)
+    model = build_model(tiny_config(tmp_path), data.tokenizer)
+    return Trainer(model=model, args=TrainingArguments(**{**settings, **args}), train_dataset=train)
+
+
+def test_knowledge_interleaved_into_a_corpus_without_mix_knowledge_is_refused_until_its_share_is_given(tmp_path):
+    import datasets
+    from transformers import TrainingArguments as documented
+
+    from hf_capacity.training import build_data
+
+    data = build_data(tiny_config(tmp_path))
+    knowledge = data.stream(2, 64).to_dataset(progress=False)
+    ids = data.tokenizer(documented.__doc__)["input_ids"]  # the user's own text, packed into 64-token windows
+    corpus = datasets.Dataset.from_dict({"input_ids": [ids[i : i + 64] for i in range(0, len(ids) - 63, 64)]})
+    train = datasets.interleave_datasets([corpus, knowledge], probabilities=[0.3, 0.7], seed=0)
+    trainer = own_trainer(tmp_path, data, train)
+    with pytest.raises(ValueError, match=r"other text.*mix_knowledge.*knowledge_fraction") as caught:
+        add_capacity_callbacks(trainer, data, report=False)  # 30% of the tokens are not knowledge: not assumed
+    assert "\n" not in str(caught.value)
+    assert not trainer.callback_handler.callbacks or not any(  # refused before anything was attached
+        isinstance(c, (ExposureCallback, KnowledgeCapacityCallback)) for c in trainer.callback_handler.callbacks)
+    callbacks = add_capacity_callbacks(trainer, data, report=False, knowledge_fraction=0.7)
+    pure = ExposureCallback(data, context_length=64)
+    assert callbacks["exposures"].exposures_at(trainer.args, 10) == pytest.approx(0.7 * pure.exposures_at(trainer.args, 10))
+
+
+def test_a_streamed_training_set_gives_its_own_context_length(tmp_path):
+    import datasets
+
+    from hf_capacity.training import build_data
+
+    data = build_data(tiny_config(tmp_path))
+    trainer = own_trainer(tmp_path, data, data.stream(2, 256).to_iterable_dataset())
+    callbacks = add_capacity_callbacks(trainer, data, report=False)
+    assert callbacks["exposures"].context_length == 256  # read off the stream's windows, not assumed
+
+    def ragged():  # unpacked examples: no context length to read
+        for n in (64, 32):
+            yield {"input_ids": [data.pad_token_id] * n}
+
+    trainer = own_trainer(tmp_path, data, datasets.IterableDataset.from_generator(ragged))
+    with pytest.raises(ValueError, match="context_length"):
+        add_capacity_callbacks(trainer, data, report=False)
