@@ -31,6 +31,7 @@ from transformers import TrainerCallback
 from .adapters import adapter_summary
 from .data.knowledge_data import KnowledgeData
 from .evaluation import KnowledgeReport, evaluate_knowledge
+from .training import tokens_per_step
 
 logger = logging.getLogger(__name__)
 
@@ -350,7 +351,8 @@ class ExposureCallback(_TrainerBoundCallback):
     """Counts exposures (times each person has been seen, on average) and optionally stops at a target.
 
     exposures = tokens trained on × useful fraction × knowledge fraction / (N × mean tokens per biography);
-    tokens trained on = step × per-device batch × gradient accumulation × processes × context length; the useful
+    tokens trained on = step × ``training.tokens_per_step`` (the Trainer's batch, GPUs of one process included, ×
+    gradient accumulation × processes × context length); the useful
     fraction leaves out junk windows, the knowledge fraction a user's own corpus mixed in (the share of windows
     that are knowledge: taken as given here; ``add_capacity_callbacks`` measures it from the training set or refuses
     to guess). Logged as ``exposures``.
@@ -377,16 +379,13 @@ class ExposureCallback(_TrainerBoundCallback):
                                     / (useful * knowledge_fraction))
         self.exposures = 0.0
 
-    def _tokens_per_step(self, args) -> int:
-        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
-        return batch * self.context_length
-
     def exposures_at(self, args, step: int) -> float:
-        return step * self._tokens_per_step(args) / self.tokens_per_exposure
+        """Average exposures after ``step`` optimizer steps with ``args``' batch (``training.tokens_per_step``)."""
+        return step * tokens_per_step(args, self.context_length) / self.tokens_per_exposure
 
     def steps_for(self, args, exposures: float) -> int:
         """Training steps needed for ``exposures`` exposures with ``args``' batch size."""
-        return math.ceil(exposures * self.tokens_per_exposure / self._tokens_per_step(args))
+        return math.ceil(exposures * self.tokens_per_exposure / tokens_per_step(args, self.context_length))
 
     def on_step_end(self, args, state, control, **kwargs):
         self.exposures = self.exposures_at(args, state.global_step)
@@ -642,14 +641,15 @@ def _knowledge_fraction(dataset, windows: list, data: KnowledgeData, given: floa
     if windows and KNOWLEDGE_COLUMN in windows[0]:
         if not hasattr(dataset, "__len__") or KNOWLEDGE_COLUMN not in (getattr(dataset, "column_names", None) or []):
             raise ValueError(f"the training set streams a {KNOWLEDGE_COLUMN!r} column whose share cannot be counted "
-                             "ahead: pass knowledge_fraction= (the share of knowledge windows) to add_capacity_callbacks")
+                             "ahead: pass knowledge_fraction= (the share of knowledge windows) to "
+                             "add_capacity_callbacks")
         flags = dataset[KNOWLEDGE_COLUMN]
         return max(sum(flags) / len(flags), 1e-12)
     other = _other_text_windows(windows, data)
     if other:
         raise ValueError(
-            f"the training set holds other text besides the knowledge stream ({other} of {len(windows)} sampled windows):"
-            " mix your corpus in with hf_capacity.data.mix_knowledge (exposures counted exactly), or pass "
+            f"the training set holds other text besides the knowledge stream ({other} of {len(windows)} sampled "
+            "windows): mix your corpus in with hf_capacity.data.mix_knowledge (exposures counted exactly), or pass "
             "knowledge_fraction= (the share of knowledge windows) to add_capacity_callbacks"
         )
     return 1.0

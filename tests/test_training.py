@@ -290,3 +290,17 @@ def test_a_streamed_training_set_gives_its_own_context_length(tmp_path):
     trainer = own_trainer(tmp_path, data, datasets.IterableDataset.from_generator(ragged))
     with pytest.raises(ValueError, match="context_length"):
         add_capacity_callbacks(trainer, data, report=False)
+
+
+def test_two_gpus_in_one_process_train_the_stream_once_and_report_the_exposures_they_trained(tmp_path, monkeypatch):
+    # Without torchrun a Trainer that sees 2 GPUs wraps the model in DataParallel: a step trains per-device batch
+    # × 2 windows. Simulated on the CPU (DataParallel without CUDA runs the model as it is).
+    monkeypatch.setattr(TrainingArguments, "n_gpu", property(lambda self: 2))
+    report, trainer = train_capacity(tiny_config(tmp_path, exposures=3, batch_size=4))
+    assert trainer.args.train_batch_size == 8
+    assert trainer.state.global_step == math.ceil(len(trainer.train_dataset) / 8)  # one pass, not two
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["exposures"] == 3 and results["exposures_exact"] is True
+    counted = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ExposureCallback))
+    assert counted.exposures == pytest.approx(3, rel=0.1)  # the token count (last batch partial) agrees
+    assert counted.steps_for(trainer.args, 3) == pytest.approx(trainer.state.global_step, abs=1)  # from the mean length
