@@ -317,7 +317,8 @@ def train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None = 
     deterministically and the Trainer skips the windows already trained on), same schedule and optimizer state.
 
     With ``config.progress`` False, transformers' own progress bars (saving and loading weights) are off too
-    while the run lasts, so sweep logs hold one line a run."""
+    while the run lasts, so sweep logs hold one line a run. Launched on several processes (torchrun, accelerate),
+    rank 0 writes the output folder and every rank returns only once it has (a barrier)."""
     from transformers.utils import logging as hf_logging
 
     silence = not config.progress and hf_logging.is_progress_bar_enabled()
@@ -394,4 +395,5 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         )
         writer.trainer = trainer
         writer.publish(args, trainer.state, trainer.model)
+    trainer.accelerator.wait_for_everyone()  # torchrun: no rank returns (to read results.json) before rank 0 wrote it
     return callbacks["knowledge"].last_report, trainer
