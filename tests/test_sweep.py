@@ -410,3 +410,13 @@ def test_capacity_law_table_and_figure_of_a_sweep(tmp_path, tiny_sweep):
     rows = rows.assign(bits=rows["bits"].clip(lower=1.0))  # a one-step tiny run may store nothing
     png = plot_capacity_law(rows, tmp_path / "law.png")
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_grid_of_numpy_numbers_is_a_grid_of_numbers():
+    import numpy as np
+
+    sweep = load_sweep({"output_dir": "unused", "grid": {"n_people": list(np.array([100, 200])),
+                                                         "learning_rate": list(np.array([1e-3], dtype=np.float32))}})
+    configs = [run.training_config() for run in sweep.plan()]
+    assert [c.n_people for c in configs] == [100, 200] and all(type(c.n_people) is int for c in configs)
+    assert configs[0].learning_rate == pytest.approx(1e-3)
