@@ -263,10 +263,13 @@ class ForgettingCallback(_TrainerBoundCallback):
 class DivergenceCallback(TrainerCallback):
     """Stops a run whose gradient norm or logged loss turns non-finite, with one clear line.
 
-    Every ``check_every`` optimizer steps it reads whether any gradient of the last steps was NaN or inf (one
-    host sync per check; the norms are accumulated on the device in between), and on every log whether the
-    loss or grad norm is non-finite (the Trainer's ``logging_nan_inf_filter`` hides NaN losses from the log
-    otherwise). It then raises ``TrainingDivergedError`` out of ``trainer.train()``, e.g.
+    Every ``check_every`` optimizer steps, and at the last one, it reads whether any gradient of the steps since
+    was NaN or inf (the norms are accumulated on the device in between; a read is one host sync, before the
+    optimizer step). By default (``check_every=None``) that is every step on the CPU, where a read costs nothing,
+    and on a GPU every logging step, at most ``GPU_CHECK_EVERY`` = 50 steps apart, so the run waits for the device
+    no more often than the Trainer's own loss log does; the step named is the first bad one either way. On every
+    log it also checks whether the loss or grad norm is non-finite (the Trainer's ``logging_nan_inf_filter`` hides
+    NaN losses from the log otherwise). It then raises ``TrainingDivergedError`` out of ``trainer.train()``, e.g.
     ``training diverged at step 8 (grad norm nan); lower the learning rate (now 1000.0)``, naming the last
     checkpoint saved before that step if any. With fp16 mixed precision inf gradients are the loss scaler's
     business (it skips those steps), so only the logged loss is checked there.
@@ -274,9 +277,12 @@ class DivergenceCallback(TrainerCallback):
         trainer.add_callback(DivergenceCallback())   # in your own Trainer script
     """
 
-    def __init__(self, check_every: int = 1):
-        if check_every < 1:
-            raise ValueError(f"check_every must be >= 1, got {check_every}")
+    GPU_CHECK_EVERY = 50
+
+    def __init__(self, check_every: int | None = None):
+        if check_every is not None and check_every < 1:
+            raise ValueError(f"check_every must be >= 1 (or None: every step on the CPU, every logging step on a "
+                             f"GPU), got {check_every}")
         self.check_every = check_every
         self._nonfinite = None  # device tensor: a gradient of the steps since the last check was non-finite
         self._first_bad_step = None
@@ -296,8 +302,17 @@ class DivergenceCallback(TrainerCallback):
         else:
             self._first_bad_step = torch.where(bad & ~self._nonfinite, state.global_step + 1, self._first_bad_step)
             self._nonfinite = self._nonfinite | bad
-        if (state.global_step + 1) % self.check_every == 0 and bool(self._nonfinite):
+        step = state.global_step + 1  # the step this optimizer step completes
+        if (step % self._interval(args, state) == 0 or step >= state.max_steps) and bool(self._nonfinite):
             self._diverged(args, int(self._first_bad_step), "grad norm nan")
+
+    def _interval(self, args, state) -> int:
+        """Optimizer steps between reads of the device flag (see the class docstring)."""
+        if self.check_every is not None:
+            return self.check_every
+        if args.device.type == "cpu":
+            return 1
+        return max(1, min(int(state.logging_steps or self.GPU_CHECK_EVERY), self.GPU_CHECK_EVERY))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         for key in ("loss", "grad_norm"):
