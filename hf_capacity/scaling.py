@@ -1,4 +1,5 @@
-"""Scaling laws: the capacity law bits ≈ min(bits_max, R*·P), Kaplan 2020, Chinchilla fits, ARE, Niu diagnostics."""
+"""Scaling laws: the capacity law bits ≈ min(bits_max, R*·P), Kaplan 2020, Chinchilla fits, ARE, Niu diagnostics,
+the memorization plateau."""
 
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ __all__ = [
     "NiuDiagnostic",
     "niu_cross_entropy_floor",
     "niu_params_vs_data_squared",
+    # memorization plateau (Morris et al. 2025)
+    "MemorizationPlateau",
+    "fit_memorization_plateau",
 ]
 
 

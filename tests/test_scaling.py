@@ -312,3 +312,12 @@ def test_loglog_slope_refuses_what_it_cannot_fit():
         fit_loglog_slope([1e4, 1e4, 1e4], [2e4, 3e4, 4e4])
     with pytest.raises(ValueError, match="bits must be > 0"):
         fit_loglog_slope([1e4, 2e4, 3e4], [2e4, 0.0, 4e4])
+
+
+def test_every_public_law_and_fit_is_exported():
+    import inspect
+
+    defined = {name for name, obj in vars(scaling).items() if not name.startswith("_")
+               and (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == scaling.__name__}
+    assert defined <= set(scaling.__all__), sorted(defined - set(scaling.__all__))
+    assert {"fit_memorization_plateau", "MemorizationPlateau"} <= set(scaling.__all__)
