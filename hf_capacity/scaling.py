@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
@@ -39,6 +40,7 @@ __all__ = [
     "compute_optimal_allocation",
     "fit_chinchilla",
     "bootstrap_chinchilla",
+    "UnidentifiedFitWarning",
     # Hitchhiker's guide
     "LawEvaluation",
     "drop_early_checkpoints",
@@ -489,6 +491,7 @@ class ChinchillaFit:
     resample it without re-running the grid. After a bootstrap, `ci` maps "E", "A", "B", "alpha", "beta" to
     (low, high) and `bootstrap` is a DataFrame with one row per resample: E, A, B, alpha, beta, objective,
     converged; `bootstrap_counts[i, j]` is how often point j is in resample i.
+    `unidentified` names the free parameters the data do not pin down (see `fit_chinchilla`; empty when all are).
     """
 
     law: ChinchillaLaw
@@ -509,6 +512,7 @@ class ChinchillaFit:
     loss_nats: np.ndarray | None = field(default=None, repr=False)
     run_ids: np.ndarray | None = field(default=None, repr=False)
     local_optima: np.ndarray | None = field(default=None, repr=False)
+    unidentified: tuple[str, ...] = ()
 
     @property
     def bootstrap_params(self) -> np.ndarray | None:
@@ -590,6 +594,18 @@ def _objective_unguarded(theta: np.ndarray, data: _LawData, rows: np.ndarray | N
     return f, grad
 
 
+_MAX_STEP_LENGTH = 1e3
+"""Longest first trial step of the batched L-BFGS, in θ units (e^θ overflows beyond ~709, so a longer step is never
+finite): from an astronomically long direction, backtracking by halves would never reach a finite trial."""
+
+
+def _row_norms(x: np.ndarray) -> np.ndarray:
+    """Euclidean norm of each row, without overflow for entries up to ~1e308 (scaled by the row's largest)."""
+    scale = np.abs(x).max(axis=1)
+    unit = x / np.where(scale > 0, scale, 1.0)[:, None]
+    return scale * np.sqrt(np.einsum("sk,sk->s", unit, unit))
+
+
 def _batched_lbfgs(fun: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]], x0: np.ndarray, *,
                    history: int = 10, max_iter: int = 100, gtol: float = 1e-8, ftol: float = 1e-7,
                    c1: float = 1e-4, max_backtrack: int = 40) -> tuple[np.ndarray, np.ndarray]:
@@ -612,26 +628,32 @@ def _batched_lbfgs(fun: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.
         if idx.size == 0:
             break
         gi = g[idx]
-        q = gi.copy()
-        alphas = np.zeros((idx.size, history))
-        for j in range(history - 1, -1, -1):  # newest pair is at the end
-            alphas[:, j] = rho[idx, j] * np.einsum("sk,sk->s", s_hist[idx, j], q)
-            q -= alphas[:, j:j + 1] * y_hist[idx, j]
-        yy = np.einsum("sk,sk->s", y_hist[idx, -1], y_hist[idx, -1])
-        gamma = np.where(rho[idx, -1] > 0, 1.0 / np.maximum(rho[idx, -1] * yy, 1e-300), 1.0)
-        q *= gamma[:, None]
-        for j in range(history):
-            beta = rho[idx, j] * np.einsum("sk,sk->s", y_hist[idx, j], q)
-            q += (alphas[:, j] - beta)[:, None] * s_hist[idx, j]
-        d = -q
-        slope = np.einsum("sk,sk->s", gi, d)
-        reset = ~(slope < 0)
-        if reset.any():  # not a descent direction: forget the history, use steepest descent
+        # curvature pairs from a flat (linear) stretch of the Huber loss give an astronomically long direction; it
+        # may overflow: such a direction is reset below, a merely huge one capped, neither warned about
+        with np.errstate(over="ignore", invalid="ignore"):
+            q = gi.copy()
+            alphas = np.zeros((idx.size, history))
+            for j in range(history - 1, -1, -1):  # newest pair is at the end
+                alphas[:, j] = rho[idx, j] * np.einsum("sk,sk->s", s_hist[idx, j], q)
+                q -= alphas[:, j:j + 1] * y_hist[idx, j]
+            yy = np.einsum("sk,sk->s", y_hist[idx, -1], y_hist[idx, -1])
+            gamma = np.where(rho[idx, -1] > 0, 1.0 / np.maximum(rho[idx, -1] * yy, 1e-300), 1.0)
+            q *= gamma[:, None]
+            for j in range(history):
+                beta = rho[idx, j] * np.einsum("sk,sk->s", y_hist[idx, j], q)
+                q += (alphas[:, j] - beta)[:, None] * s_hist[idx, j]
+            d = -q
+            slope = np.einsum("sk,sk->s", gi, d)
+            length = _row_norms(d)
+        reset = ~(slope < 0) | ~np.isfinite(slope) | ~np.isfinite(length)
+        if reset.any():  # not a (finite) descent direction: forget the history, use steepest descent
             rho[idx[reset]] = 0.0
             d[reset] = -gi[reset]
             slope[reset] = -np.einsum("sk,sk->s", gi[reset], gi[reset])
+            length[reset] = _row_norms(d[reset])
         fresh = rho[idx, -1] == 0
-        step = np.where(fresh, np.minimum(1.0, 1.0 / np.maximum(np.linalg.norm(d, axis=1), 1e-300)), 1.0)
+        length = np.maximum(length, 1e-300)
+        step = np.minimum(np.where(fresh, np.minimum(1.0, 1.0 / length), 1.0), _MAX_STEP_LENGTH / length)
         accepted = np.zeros(idx.size, bool)
         x_new, f_new, g_new = x[idx].copy(), f[idx].copy(), gi.copy()
         pending = np.arange(idx.size)
@@ -747,6 +769,43 @@ def _polish(fun: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray
     return (second.x, f2, converged) if f2 <= f1 else (first.x, f1, converged)
 
 
+class UnidentifiedFitWarning(UserWarning):
+    """A Chinchilla fit reached parameters its data cannot pin down (`ChinchillaFit.unidentified` names them)."""
+
+
+_UNIDENTIFIED_SHARE = 1e-3
+"""A term of the law is unidentified when it stays below this share of the loss at every point (E: of the smallest
+loss), or when it varies by less than this across the data (log-range of N or D times its exponent)."""
+
+
+def _unidentified_terms(law: ChinchillaLaw, n: np.ndarray, d: np.ndarray, ell: np.ndarray,
+                        fixed: Mapping[str, float]) -> tuple[tuple[str, ...], list[str]]:
+    """(free parameter names the data do not identify, one reason each term) for a fitted law."""
+    names: list[str] = []
+    reasons: list[str] = []
+    if "E" not in fixed and law.E < _UNIDENTIFIED_SHARE * ell.min():
+        names.append("E")
+        reasons.append(f"E = {law.E:.3g} is below {_UNIDENTIFIED_SHARE:g} of the smallest loss ({ell.min():.4g}): "
+                       "the loss never flattens")
+    with np.errstate(divide="ignore"):
+        log_terms = np.stack([math.log(law.A) - law.alpha * np.log(n), math.log(law.B) - law.beta * np.log(d),
+                              np.full(n.size, math.log(law.E))])
+    share = np.exp(log_terms - np.logaddexp.reduce(log_terms, axis=0))  # each term's share of the fitted loss
+    for k, (coef, power, x, symbol) in enumerate((("A", "alpha", n, "N"), ("B", "beta", d, "D"))):
+        span = abs(getattr(law, power)) * float(np.log(x.max() / x.min()))
+        if share[k].max() < _UNIDENTIFIED_SHARE:
+            why = f"{coef}/{symbol}^{power} is below {_UNIDENTIFIED_SHARE:g} of the loss at every point"
+        elif span < _UNIDENTIFIED_SHARE:
+            why = f"{coef}/{symbol}^{power} is constant over the data ({power}·Δlog {symbol} = {span:.2g}), like E"
+        else:
+            continue
+        free = [name for name in (coef, power) if name not in fixed]
+        if free:
+            names += free
+            reasons.append(why)
+    return tuple(names), reasons
+
+
 def fit_chinchilla(
     n_params: Any,
     n_tokens: Any,
@@ -776,6 +835,11 @@ def fit_chinchilla(
       - "lower_envelope": sum of |τ − 1[r < 0]|·r² with r = log L − log L̂ and τ = `expectile`; points
         below the curve cost (1 − τ)/τ times more, so a small τ tracks the lower envelope of the data.
     `fixed` pins parameters by their natural names, e.g. {"alpha": 0.34} or {"E": 1.69}.
+
+    Unidentified terms: when the fitted floor E is below 1e-3 of the smallest loss (the data never flatten), or
+    a term A/N^α or B/D^β stays below 1e-3 of the loss at every point or varies by less than 1e-3 across the
+    data (then it trades off with E), the data do not pin those parameters down; `fit.unidentified` names them
+    (e.g. ("E",)) and an `UnidentifiedFitWarning` says why. Fix them (`fixed`) or add points that show the term.
 
     Optimiser: L-BFGS from every point of Hoffmann's grid (α, β ∈ {0, 0.5, …, 2}, e ∈ {−1, −0.5, …, 1},
     a, b ∈ {0, 5, …, 25}; 4500 starts, fewer when parameters are fixed) with the analytic gradient.
@@ -847,6 +911,11 @@ def fit_chinchilla(
         huber_delta=float(huber_delta), expectile=float(expectile), n_params=n, n_tokens=d, loss_nats=ell,
         run_ids=runs, local_optima=problem.full(np.array(distinct)),
     )
+    fit.unidentified, reasons = _unidentified_terms(fit.law, n, d, ell, fit.fixed)
+    if reasons:
+        warnings.warn(f"fit_chinchilla: the data do not identify {', '.join(fit.unidentified)} ({'; '.join(reasons)});"
+                      " fix them (e.g. fixed={'E': ...}) or add points that show the term", UnidentifiedFitWarning,
+                      stacklevel=2)
     if n_bootstrap:
         return bootstrap_chinchilla(fit, int(n_bootstrap), seed=seed, ci_level=ci_level, ci_method=ci_method)
     return fit

@@ -2,6 +2,7 @@
 
 import math
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from hf_capacity.scaling import (
     KAPLAN_2020,
     KAPLAN_2020_JOINT,
     ChinchillaLaw,
+    UnidentifiedFitWarning,
     absolute_relative_error,
     bootstrap_chinchilla,
     capacity_ratio_by_group,
@@ -160,6 +162,30 @@ def test_fixed_exponent_stays_fixed_and_bootstrap_brackets_the_fit():
     assert fit.ci["alpha"] == (0.34, 0.34)
     low, high = fit.ci["beta"]
     assert low <= fit.law.beta <= high
+
+
+def test_a_start_whose_l_bfgs_direction_explodes_warns_only_about_what_the_fit_cannot_tell():
+    # 5% noise around a law with almost no floor: from this corner of Hoffmann's grid the curvature pairs come
+    # from a flat stretch of the Huber loss and the quasi-Newton direction grows past 1e308; it is reset or capped
+    # without a stray RuntimeWarning, and the start keeps descending, to a constant (both power terms vanish over
+    # the data), which the fit flags instead of reporting A, alpha, B and beta as if the data had set them
+    n, d, loss = law_grid(ChinchillaLaw(E=1e-6, A=400.0, B=1200.0, alpha=0.33, beta=0.30), noise=0.05, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.warns(UnidentifiedFitWarning, match=r"A, alpha, B, beta"):
+            fit = fit_chinchilla(n, d, loss, starts=np.array([[25.0, 25.0, 1.0, 0.5, 0.0]]), n_polish=0)
+    assert fit.unidentified == ("A", "alpha", "B", "beta") and fit.law.alpha > 10
+
+
+def test_a_fit_whose_data_never_flatten_says_the_floor_is_not_identified():
+    # a power law in N and D with no floor to speak of: the fit drives E toward 0, a value the data cannot pin down
+    n, d, loss = law_grid(ChinchillaLaw(E=1e-9, A=400.0, B=1200.0, alpha=0.33, beta=0.30), noise=0.0)
+    with pytest.warns(UnidentifiedFitWarning, match=r"data do not identify E .*smallest loss.*fixed="):
+        fit = fit_chinchilla(n, d, loss, starts=200)
+    assert fit.unidentified == ("E",) and fit.law.E < 1e-3 * loss.min()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fit_chinchilla(*law_grid(HOFFMANN_2022, noise=0.0), starts=200).unidentified == ()
 
 
 def huber_objective(theta, n, d, loss, weights, delta=1e-3):
