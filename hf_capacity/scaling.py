@@ -555,39 +555,68 @@ class _LawData:
     expectile: float
 
 
-def _objective(theta: np.ndarray, data: _LawData, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Objective and gradient for a batch of θ (S, 5); `rows` picks per-member weight rows."""
+def _workspace(rows: int, points: int) -> np.ndarray:
+    """Buffers for `_objective` on up to `rows` parameter rows: (7, rows, points) float64. Reused across calls, so
+    an evaluation allocates no (rows, points) temporaries: freed and faulted in again from the OS at every chunk,
+    those ~1 MB temporaries were most of a large fit's time (benchmarks/bench_chinchilla_fit.py)."""
+    return np.empty((7, rows, points))
+
+
+def _objective(theta: np.ndarray, data: _LawData, rows: np.ndarray | None = None,
+               work: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Objective and gradient for a batch of θ (S, 5); `rows` picks per-member weight rows; `work`: a `_workspace`
+    of at least S rows (default: a fresh one)."""
+    if work is None:
+        work = _workspace(theta.shape[0], data.log_n.size)
     with np.errstate(over="ignore", invalid="ignore"):  # diverging trial points become inf, rejected below
-        return _objective_unguarded(theta, data, rows)
+        return _objective_unguarded(theta, data, rows, work[:, :theta.shape[0]])
 
 
-def _objective_unguarded(theta: np.ndarray, data: _LawData, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    t1 = theta[:, 0:1] - theta[:, 3:4] * data.log_n
-    t2 = theta[:, 1:2] - theta[:, 4:5] * data.log_d
-    t3 = np.broadcast_to(theta[:, 2:3], t1.shape)
-    top = np.maximum(np.maximum(t1, t2), t3)
-    e1, e2, e3 = np.exp(t1 - top), np.exp(t2 - top), np.exp(t3 - top)
-    total = e1 + e2 + e3
-    lse = top + np.log(total)
-    w1, w2, w3 = e1 / total, e2 / total, e3 / total
+def _objective_unguarded(theta: np.ndarray, data: _LawData, rows: np.ndarray | None,
+                         work: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log L̂ = logsumexp(t1, t2, t3), t1 = a − α log N, t2 = b − β log D, t3 = e; every (S, n) array is a
+    buffer of `work` (the names say what each holds at that point)."""
+    t1, t2, t3, top, r, c, spare = work
+    a, b, e, alpha, beta = (theta[:, i:i + 1] for i in range(5))
+    np.subtract(a, np.multiply(alpha, data.log_n, out=t1), out=t1)
+    np.subtract(b, np.multiply(beta, data.log_d, out=t2), out=t2)
+    np.maximum(np.maximum(t1, t2, out=top), e, out=top)
+    e1 = np.exp(np.subtract(t1, top, out=t1), out=t1)
+    e2 = np.exp(np.subtract(t2, top, out=t2), out=t2)
+    e3 = np.exp(np.subtract(e, top, out=t3), out=t3)
+    total = np.add(np.add(e1, e2, out=r), e3, out=r)
+    w1, w2, w3 = (np.divide(x, total, out=x) for x in (e1, e2, e3))
+    lse = np.add(top, np.log(total, out=total), out=top)
     if data.kind == "least_squares":
-        pred = np.exp(lse)
-        r = data.loss - pred
-        rho, d_lse = r * r, -2.0 * r * pred
+        pred = np.exp(lse, out=lse)
+        res = np.subtract(data.loss, pred, out=r)
+        rho = np.multiply(res, res, out=c)
+        d_lse = np.multiply(np.multiply(res, pred, out=pred), -2.0, out=pred)
     else:
-        r = data.log_loss - lse
-        if data.kind == "huber":
-            ar = np.abs(r)
-            rho = np.where(ar <= data.delta, 0.5 * r * r, data.delta * (ar - 0.5 * data.delta))
-            d_lse = -np.clip(r, -data.delta, data.delta)
+        res = np.subtract(data.log_loss, lse, out=r)
+        if data.kind == "huber":  # Huber_δ(r) = q·(|r| − q/2), q = min(|r|, δ): ½r² within δ, else δ(|r| − δ/2)
+            rho = np.abs(res, out=c)
+            q = np.minimum(rho, data.delta, out=lse)
+            np.subtract(rho, np.multiply(q, 0.5, out=spare), out=rho)
+            np.multiply(rho, q, out=rho)
+            d_lse = np.negative(np.clip(res, -data.delta, data.delta, out=res), out=res)
         else:  # lower_envelope: expectile loss, points below the curve weigh (1 - τ), above τ
-            wt = np.where(r < 0, 1.0 - data.expectile, data.expectile)
-            rho, d_lse = wt * r * r, -2.0 * wt * r
-    weights = data.weights if data.weights.ndim == 1 else data.weights[rows]
-    c = weights * d_lse
-    f = (weights * rho).sum(axis=1)
-    grad = np.stack([(c * w1).sum(1), (c * w2).sum(1), (c * w3).sum(1),
-                     -(c * w1 * data.log_n).sum(1), -(c * w2 * data.log_d).sum(1)], axis=1)
+            below = np.less(res, 0.0, out=spare.view(bool)[:, :res.shape[1]])
+            wt = c
+            wt.fill(data.expectile)
+            np.copyto(wt, 1.0 - data.expectile, where=below)
+            rho = np.multiply(np.multiply(wt, res, out=lse), res, out=lse)
+            d_lse = np.multiply(np.multiply(res, wt, out=res), -2.0, out=res)
+    # (mode="clip": the rows are valid, and take's default mode copies through a buffer first)
+    weights = data.weights if data.weights.ndim == 1 else np.take(data.weights, rows, axis=0, out=spare, mode="clip")
+    f = np.multiply(rho, weights, out=rho).sum(axis=1)
+    cw = np.multiply(d_lse, weights, out=d_lse)
+    grad = np.empty((theta.shape[0], 5))
+    for k, (w, log_x) in enumerate(((w1, data.log_n), (w2, data.log_d), (w3, None))):
+        cw_k = np.multiply(cw, w, out=w)
+        grad[:, k] = cw_k.sum(axis=1)
+        if log_x is not None:
+            grad[:, 3 + k] = -(cw_k @ log_x)
     bad = ~np.isfinite(f) | ~np.isfinite(grad).all(axis=1)
     f[bad] = np.inf
     grad[bad] = 0.0
@@ -721,11 +750,12 @@ class _Problem:
         """fun(x_free, rows) → (objective, gradient); `weights` (members, points) gives member j row rows[j]."""
         data = self.data if weights is None else replace(self.data, weights=weights)
         chunk = max(1, 2 ** 17 // data.log_n.size)
+        work = _workspace(chunk, data.log_n.size)  # one set of buffers for every call of this function
 
         def fun(x_free: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             fs, gs = [], []
             for lo in range(0, x_free.shape[0], chunk):
-                f_c, g_c = _objective(self.full(x_free[lo:lo + chunk]), data, rows[lo:lo + chunk])
+                f_c, g_c = _objective(self.full(x_free[lo:lo + chunk]), data, rows[lo:lo + chunk], work)
                 fs.append(f_c)
                 gs.append(g_c[:, self.free])
             return np.concatenate(fs), np.concatenate(gs)

@@ -188,6 +188,27 @@ def test_a_fit_whose_data_never_flatten_says_the_floor_is_not_identified():
         assert fit_chinchilla(*law_grid(HOFFMANN_2022, noise=0.0), starts=200).unidentified == ()
 
 
+@pytest.mark.parametrize("loss_fn", ["huber", "least_squares", "lower_envelope"])
+def test_the_fit_objective_works_in_buffers_made_once_not_in_temporaries(loss_fn):
+    # At 5,000 points every (starts × points) temporary of the batched objective is ~1 MB, handed back to the OS
+    # and faulted in again at every chunk: most of a large fit's time. It works in buffers made with the problem.
+    import itertools
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    n, d = np.exp(rng.uniform(np.log(1e7), np.log(1e10), (2, 5000)))
+    loss = BESIROGLU_2024.predict(n, d)
+    starts = np.array(list(itertools.product(*scaling._START_GRID)))[:100]
+    for weights in (None, rng.integers(0, 3, (100, 5000)).astype(float)):  # a fit, a bootstrap's resamples
+        fun = scaling._problem(n, d, loss, loss_fn, 1e-3, 0.05, None).batch_fun(weights)
+        fun(starts, np.arange(100))
+        tracemalloc.start()
+        fun(starts, np.arange(100))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 2 ** 17 * 8 / 8, f"{peak:,} bytes of temporaries"  # an eighth of one chunk's buffer
+
+
 def huber_objective(theta, n, d, loss, weights, delta=1e-3):
     """Σ w·Huber_δ(log L − log L̂) and its gradient in θ = (log A, log B, log E, α, β), written out afresh."""
     a, b, e, alpha, beta = theta

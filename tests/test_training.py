@@ -8,6 +8,7 @@ from huggingface_hub import ModelCard
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_capacity.callbacks import (
+    DivergenceCallback,
     ExposureCallback,
     KnowledgeCapacityCallback,
     KnowledgeOnlyEvalSet,
@@ -266,11 +267,11 @@ def test_knowledge_interleaved_into_a_corpus_without_mix_knowledge_is_refused_un
     with pytest.raises(ValueError, match=r"other text.*mix_knowledge.*knowledge_fraction") as caught:
         add_capacity_callbacks(trainer, data, report=False)  # 30% of the tokens are not knowledge: not assumed
     assert "\n" not in str(caught.value)
-    assert not trainer.callback_handler.callbacks or not any(  # refused before anything was attached
-        isinstance(c, (ExposureCallback, KnowledgeCapacityCallback)) for c in trainer.callback_handler.callbacks)
+    attached = trainer.callback_handler.callbacks
+    assert not any(isinstance(c, (ExposureCallback, DivergenceCallback)) for c in attached)  # refused before attaching
     callbacks = add_capacity_callbacks(trainer, data, report=False, knowledge_fraction=0.7)
-    pure = ExposureCallback(data, context_length=64)
-    assert callbacks["exposures"].exposures_at(trainer.args, 10) == pytest.approx(0.7 * pure.exposures_at(trainer.args, 10))
+    alone = ExposureCallback(data, context_length=64).exposures_at(trainer.args, 10)  # the knowledge stream alone
+    assert callbacks["exposures"].exposures_at(trainer.args, 10) == pytest.approx(0.7 * alone)
 
 
 def test_a_streamed_training_set_gives_its_own_context_length(tmp_path):
