@@ -367,10 +367,9 @@ class ExposureCallback(_TrainerBoundCallback):
 
     exposures = tokens trained on × useful fraction × knowledge fraction / (N × mean tokens per biography);
     tokens trained on = step × ``training.tokens_per_step`` (the Trainer's batch, GPUs of one process included, ×
-    gradient accumulation × processes × context length); the useful
-    fraction leaves out junk windows, the knowledge fraction a user's own corpus mixed in (the share of windows
-    that are knowledge: taken as given here; ``add_capacity_callbacks`` measures it from the training set or refuses
-    to guess). Logged as ``exposures``.
+    gradient accumulation × processes × context length); the useful fraction leaves out junk windows, the
+    knowledge fraction a user's own corpus mixed in (the share of windows that are knowledge: taken as given here;
+    ``add_capacity_callbacks`` measures it from the training set or refuses to guess). Logged as ``exposures``.
     """
 
     def __init__(
