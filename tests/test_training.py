@@ -194,8 +194,9 @@ def test_exposure_callback_stops_at_the_target(tmp_path):
 
 
 def test_a_tiny_model_learns_real_knowledge(tmp_path):
-    # 10 people × 150 exposures (~240 steps): a tiny GPT2 picks up a real share of their facts
-    config = tiny_config(tmp_path, n_people=10, exposures=150, model="gpt2-2-2", head_dim=32, learning_rate=5e-3,
+    # 10 people × 150 exposures (~240 steps): a tiny GPT2 picks up a real share of their facts (at lr 5e-3 it now
+    # learns little but the gender: p2 31.6 nats, just above the bar below; at 1e-2, 25.8)
+    config = tiny_config(tmp_path, n_people=10, exposures=150, model="gpt2-2-2", head_dim=32, learning_rate=1e-2,
                          batch_size=8, warmup_steps=10)
     report, _ = train_capacity(config)
     assert report.bits.total > 0.1 * report.bits_max.total
