@@ -7,8 +7,14 @@ with the analytic gradient, called once per start, keeping the best. `fit_chinch
 vectorised L-BFGS batch, then polishes the best 3 distinct results with scipy. BLAS is limited to one thread,
 so the comparison is one core against one core. Repetitions are interleaved after a warm-up; medians reported.
 
+A third row runs `fit_chinchilla` with the objective as it was before issue 21 (`allocating_objective`: a fresh
+(starts × points) temporary for every intermediate, ~1 MB each at 5,000 points, handed back to the OS and faulted
+in again at every chunk) in place of the current one (buffers made once per problem); everything else is the same
+code, so the two rows differ only by those temporaries. The target: 5,000 points in under 10 s.
+
     python benchmarks/bench_chinchilla_fit.py            # 240 points (as many as Besiroglu et al. fit), full grid
     python benchmarks/bench_chinchilla_fit.py --quick    # 300 of the grid's starts, one repetition
+    python benchmarks/bench_chinchilla_fit.py --points 5000 --no-scipy   # the objective's buffers vs temporaries
 """
 
 from __future__ import annotations
@@ -71,11 +77,50 @@ def package_fit(n: np.ndarray, d: np.ndarray, loss: np.ndarray, starts: np.ndarr
     return fit.objective, np.array([np.log(law.A), np.log(law.B), np.log(law.E), law.alpha, law.beta])
 
 
+def allocating_objective(theta: np.ndarray, data, rows: np.ndarray | None = None, work=None):
+    """`scaling._objective` before issue 21, verbatim but for the signature: every intermediate a new array."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        t1 = theta[:, 0:1] - theta[:, 3:4] * data.log_n
+        t2 = theta[:, 1:2] - theta[:, 4:5] * data.log_d
+        t3 = np.broadcast_to(theta[:, 2:3], t1.shape)
+        top = np.maximum(np.maximum(t1, t2), t3)
+        e1, e2, e3 = np.exp(t1 - top), np.exp(t2 - top), np.exp(t3 - top)
+        total = e1 + e2 + e3
+        lse = top + np.log(total)
+        w1, w2, w3 = e1 / total, e2 / total, e3 / total
+        r = data.log_loss - lse  # Huber only (what this benchmark fits)
+        ar = np.abs(r)
+        rho = np.where(ar <= data.delta, 0.5 * r * r, data.delta * (ar - 0.5 * data.delta))
+        d_lse = -np.clip(r, -data.delta, data.delta)
+        weights = data.weights if data.weights.ndim == 1 else data.weights[rows]
+        c = weights * d_lse
+        f = (weights * rho).sum(axis=1)
+        grad = np.stack([(c * w1).sum(1), (c * w2).sum(1), (c * w3).sum(1),
+                         -(c * w1 * data.log_n).sum(1), -(c * w2 * data.log_d).sum(1)], axis=1)
+        bad = ~np.isfinite(f) | ~np.isfinite(grad).all(axis=1)
+        f[bad] = np.inf
+        grad[bad] = 0.0
+        return f, grad
+
+
+def allocating_package_fit(n: np.ndarray, d: np.ndarray, loss: np.ndarray, starts: np.ndarray
+                           ) -> tuple[float, np.ndarray]:
+    """`package_fit` with `allocating_objective` swapped in for the current objective (restored after)."""
+    current = scaling._objective
+    scaling._objective = allocating_objective
+    try:
+        return package_fit(n, d, loss, starts)
+    finally:
+        scaling._objective = current
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--points", type=int, default=240)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="every 15th start of the grid (300), 1 repeat")
+    parser.add_argument("--no-scipy", action="store_true",
+                        help="leave out the scipy-per-start row (slow at 5,000 points)")
     args = parser.parse_args()
 
     grid = np.array(list(itertools.product(*scaling._START_GRID)))  # Hoffmann's grid, rows (a, b, e, α, β)
@@ -90,12 +135,20 @@ def main() -> None:
         assert (np.isfinite(ours) == np.isfinite(plain)).all()
         np.testing.assert_allclose(ours[finite], plain[finite], rtol=1e-10)  # the same objective on both sides
 
-        package_fit(n, d, loss, starts[:50])  # warm-up
-        scipy_per_start(n, d, loss, starts[:20])
-        times: dict[str, list[float]] = {"fit_chinchilla": [], "scipy L-BFGS-B per start": []}
+        before = scaling._problem(n, d, loss, "huber", 1e-3, 0.05, None).data
+        some = slice(0, len(starts), max(1, len(starts) // 50))  # the same numbers before and now
+        np.testing.assert_array_equal(allocating_objective(starts[some], before)[0], ours[some])
+
+        variants = {"fit_chinchilla": package_fit, "fit_chinchilla, allocating objective (before issue 21)":
+                    allocating_package_fit, "scipy L-BFGS-B per start": scipy_per_start}
+        if args.no_scipy:
+            del variants["scipy L-BFGS-B per start"]
+        for name, run in variants.items():  # warm-up
+            run(n, d, loss, starts[:20])
+        times: dict[str, list[float]] = {name: [] for name in variants}
         results = {}
         for _ in range(repeats):
-            for name, run in (("fit_chinchilla", package_fit), ("scipy L-BFGS-B per start", scipy_per_start)):
+            for name, run in variants.items():
                 t0 = time.perf_counter()
                 results[name] = run(n, d, loss, starts)
                 times[name].append(time.perf_counter() - t0)
@@ -109,8 +162,11 @@ def main() -> None:
     for name, seconds in med.items():
         f, theta = results[name]
         print(f"| {name} | {seconds:.2f} | {f:.9e} | {theta[3]:.4f} | {theta[4]:.4f} |")
-    ratio = med["scipy L-BFGS-B per start"] / med["fit_chinchilla"]
-    print(f"\nratio scipy per start / fit_chinchilla: **{ratio:.1f}x**")
+    before = med["fit_chinchilla, allocating objective (before issue 21)"] / med["fit_chinchilla"]
+    print(f"\nratio allocating objective / fit_chinchilla: **{before:.2f}x**")
+    if "scipy L-BFGS-B per start" in med:
+        ratio = med["scipy L-BFGS-B per start"] / med["fit_chinchilla"]
+        print(f"ratio scipy per start / fit_chinchilla: **{ratio:.1f}x**")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ pass ``clip=False`` for the raw formula.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 
 LOG2_E = 1.0 / math.log(2.0)
@@ -58,7 +59,7 @@ class KnowledgeBits:
 
 
 def _check_count(name: str, value: float, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int,)) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:  # numpy ints too
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
@@ -257,7 +258,7 @@ def biod_uniform_losses_nats(shape: BioDShape) -> tuple[float, float]:
 
 def capacity_ratio(bits: float, num_params: int) -> float:
     """R(F) = bits / P in bits per parameter (P counted by ``hf_capacity.params``)."""
-    if not (isinstance(num_params, int) and num_params > 0):
+    if isinstance(num_params, bool) or not (isinstance(num_params, numbers.Integral) and num_params > 0):
         raise ValueError(f"num_params must be a positive integer, got {num_params!r}")
     if not math.isfinite(bits):
         raise ValueError(f"bits must be finite, got {bits!r}")

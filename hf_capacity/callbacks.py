@@ -19,16 +19,19 @@ Attaching ``KnowledgeCapacityCallback`` lets ``trainer.evaluate()`` run without 
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 from pathlib import Path
 
+import numpy as np
 from torch.utils.data import Dataset
 from transformers import TrainerCallback
 
 from .adapters import adapter_summary
 from .data.knowledge_data import KnowledgeData
 from .evaluation import KnowledgeReport, evaluate_knowledge
+from .training import tokens_per_step
 
 logger = logging.getLogger(__name__)
 
@@ -260,10 +263,13 @@ class ForgettingCallback(_TrainerBoundCallback):
 class DivergenceCallback(TrainerCallback):
     """Stops a run whose gradient norm or logged loss turns non-finite, with one clear line.
 
-    Every ``check_every`` optimizer steps it reads whether any gradient of the last steps was NaN or inf (one
-    host sync per check; the norms are accumulated on the device in between), and on every log whether the
-    loss or grad norm is non-finite (the Trainer's ``logging_nan_inf_filter`` hides NaN losses from the log
-    otherwise). It then raises ``TrainingDivergedError`` out of ``trainer.train()``, e.g.
+    Every ``check_every`` optimizer steps, and at the last one, it reads whether any gradient of the steps since
+    was NaN or inf (the norms are accumulated on the device in between; a read is one host sync, before the
+    optimizer step). By default (``check_every=None``) that is every step on the CPU, where a read costs nothing,
+    and on a GPU every logging step, at most ``GPU_CHECK_EVERY`` = 50 steps apart, so the run waits for the device
+    no more often than the Trainer's own loss log does; the step named is the first bad one either way. On every
+    log it also checks whether the loss or grad norm is non-finite (the Trainer's ``logging_nan_inf_filter`` hides
+    NaN losses from the log otherwise). It then raises ``TrainingDivergedError`` out of ``trainer.train()``, e.g.
     ``training diverged at step 8 (grad norm nan); lower the learning rate (now 1000.0)``, naming the last
     checkpoint saved before that step if any. With fp16 mixed precision inf gradients are the loss scaler's
     business (it skips those steps), so only the logged loss is checked there.
@@ -271,9 +277,12 @@ class DivergenceCallback(TrainerCallback):
         trainer.add_callback(DivergenceCallback())   # in your own Trainer script
     """
 
-    def __init__(self, check_every: int = 1):
-        if check_every < 1:
-            raise ValueError(f"check_every must be >= 1, got {check_every}")
+    GPU_CHECK_EVERY = 50
+
+    def __init__(self, check_every: int | None = None):
+        if check_every is not None and check_every < 1:
+            raise ValueError(f"check_every must be >= 1 (or None: every step on the CPU, every logging step on a "
+                             f"GPU), got {check_every}")
         self.check_every = check_every
         self._nonfinite = None  # device tensor: a gradient of the steps since the last check was non-finite
         self._first_bad_step = None
@@ -293,8 +302,17 @@ class DivergenceCallback(TrainerCallback):
         else:
             self._first_bad_step = torch.where(bad & ~self._nonfinite, state.global_step + 1, self._first_bad_step)
             self._nonfinite = self._nonfinite | bad
-        if (state.global_step + 1) % self.check_every == 0 and bool(self._nonfinite):
+        step = state.global_step + 1  # the step this optimizer step completes
+        if (step % self._interval(args, state) == 0 or step >= state.max_steps) and bool(self._nonfinite):
             self._diverged(args, int(self._first_bad_step), "grad norm nan")
+
+    def _interval(self, args, state) -> int:
+        """Optimizer steps between reads of the device flag (see the class docstring)."""
+        if self.check_every is not None:
+            return self.check_every
+        if args.device.type == "cpu":
+            return 1
+        return max(1, min(int(state.logging_steps or self.GPU_CHECK_EVERY), self.GPU_CHECK_EVERY))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         for key in ("loss", "grad_norm"):
@@ -348,9 +366,10 @@ class ExposureCallback(_TrainerBoundCallback):
     """Counts exposures (times each person has been seen, on average) and optionally stops at a target.
 
     exposures = tokens trained on × useful fraction × knowledge fraction / (N × mean tokens per biography);
-    tokens trained on = step × per-device batch × gradient accumulation × processes × context length; the useful
-    fraction leaves out junk windows, the knowledge fraction a user's own corpus mixed in (``mix_knowledge``:
-    the share of windows that are knowledge). Logged as ``exposures``.
+    tokens trained on = step × ``training.tokens_per_step`` (the Trainer's batch, GPUs of one process included, ×
+    gradient accumulation × processes × context length); the useful fraction leaves out junk windows, the
+    knowledge fraction a user's own corpus mixed in (the share of windows that are knowledge: taken as given here;
+    ``add_capacity_callbacks`` measures it from the training set or refuses to guess). Logged as ``exposures``.
     """
 
     def __init__(
@@ -374,16 +393,13 @@ class ExposureCallback(_TrainerBoundCallback):
                                     / (useful * knowledge_fraction))
         self.exposures = 0.0
 
-    def _tokens_per_step(self, args) -> int:
-        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
-        return batch * self.context_length
-
     def exposures_at(self, args, step: int) -> float:
-        return step * self._tokens_per_step(args) / self.tokens_per_exposure
+        """Average exposures after ``step`` optimizer steps with ``args``' batch (``training.tokens_per_step``)."""
+        return step * tokens_per_step(args, self.context_length) / self.tokens_per_exposure
 
     def steps_for(self, args, exposures: float) -> int:
         """Training steps needed for ``exposures`` exposures with ``args``' batch size."""
-        return math.ceil(exposures * self.tokens_per_exposure / self._tokens_per_step(args))
+        return math.ceil(exposures * self.tokens_per_exposure / tokens_per_step(args, self.context_length))
 
     def on_step_end(self, args, state, control, **kwargs):
         self.exposures = self.exposures_at(args, state.global_step)
@@ -580,15 +596,77 @@ def push_capacity_files(output_dir, repo_id: str, token: str | None = None):
         ) from err
 
 
-def _knowledge_fraction(dataset) -> float:
-    """The share of knowledge windows in a ``mix_knowledge`` dataset (its ``knowledge`` column), else 1."""
+SAMPLED_WINDOWS = 64
+"""Training windows ``add_capacity_callbacks`` reads to learn the context length and to check that the training set
+is knowledge (spread over a map-style set; the first ones of a stream)."""
+
+
+def _sample_windows(dataset, count: int = SAMPLED_WINDOWS) -> list:
+    """Up to ``count`` examples of a training set: evenly spread over a map-style one, the first ones of a stream."""
+    import torch
+
+    if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
+        return list(itertools.islice(dataset, count))
+    n = len(dataset)
+    return [dataset[int(i)] for i in np.unique(np.linspace(0, n - 1, min(count, n)).round())]
+
+
+def _read_context_length(windows: list) -> int:
+    """The one length (tokens) of the sampled training windows, or a ValueError saying to pass it."""
+    lengths = sorted({len(w["input_ids"]) for w in windows if "input_ids" in w})
+    if len(lengths) != 1 or len(windows) == 0 or not all("input_ids" in w for w in windows):
+        seen = f"windows of {lengths[:5]} tokens" if lengths else "no input_ids"
+        raise ValueError(f"cannot read the context length off the training set ({seen} among its first "
+                         f"{len(windows)} examples): pack it into windows of one length, or pass context_length= to "
+                         "add_capacity_callbacks")
+    return lengths[0]
+
+
+def _other_text_windows(windows: list, data: KnowledgeData) -> int:
+    """How many ``windows`` hold tokens that no rendering of ``data`` produces (text other than the knowledge stream).
+
+    With the project tokenizer the rendering tokens are exact, so one such token decides; a user's tokenizer's are
+    read off sampled renderings and may miss a rare merge, so a window needs more than 1% of them (at least 2)."""
+    from .data.knowledge_data import is_project_tokenizer
+
+    known = np.asarray([*data.used_token_ids(), data.pad_token_id])
+    exact = is_project_tokenizer(data.tokenizer)
+    other = 0
+    for window in windows:
+        ids = np.asarray(window["input_ids"]).reshape(-1)
+        mask = window.get("attention_mask")
+        if mask is not None:
+            ids = ids[np.asarray(mask).reshape(-1) != 0]
+        unknown = int((~np.isin(ids, known)).sum())
+        other += unknown > (0 if exact else max(1, len(ids) // 100))
+    return other
+
+
+def _knowledge_fraction(dataset, windows: list, data: KnowledgeData, given: float | None) -> float:
+    """The share of the training windows that are knowledge windows: ``given``; else measured from the
+    ``knowledge`` column of a ``mix_knowledge`` dataset; else 1 for the knowledge stream alone. A training set
+    holding other text without that column is refused rather than counted as knowledge."""
     from .data.stream import KNOWLEDGE_COLUMN
 
-    columns = getattr(dataset, "column_names", None) or []
-    if KNOWLEDGE_COLUMN not in columns or not len(dataset):
-        return 1.0
-    flags = dataset[KNOWLEDGE_COLUMN]
-    return max(sum(flags) / len(flags), 1e-12)
+    if given is not None:
+        if not 0 < given <= 1:
+            raise ValueError(f"knowledge_fraction must lie in (0, 1], got {given}")
+        return float(given)
+    if windows and KNOWLEDGE_COLUMN in windows[0]:
+        if not hasattr(dataset, "__len__") or KNOWLEDGE_COLUMN not in (getattr(dataset, "column_names", None) or []):
+            raise ValueError(f"the training set streams a {KNOWLEDGE_COLUMN!r} column whose share cannot be counted "
+                             "ahead: pass knowledge_fraction= (the share of knowledge windows) to "
+                             "add_capacity_callbacks")
+        flags = dataset[KNOWLEDGE_COLUMN]
+        return max(sum(flags) / len(flags), 1e-12)
+    other = _other_text_windows(windows, data)
+    if other:
+        raise ValueError(
+            f"the training set holds other text besides the knowledge stream ({other} of {len(windows)} sampled "
+            "windows): mix your corpus in with hf_capacity.data.mix_knowledge (exposures counted exactly), or pass "
+            "knowledge_fraction= (the share of knowledge windows) to add_capacity_callbacks"
+        )
+    return 1.0
 
 
 def add_capacity_callbacks(
@@ -603,6 +681,7 @@ def add_capacity_callbacks(
     max_people: int | None = None,
     divergence: bool = True,
     stream_exposures: int | None = None,
+    knowledge_fraction: float | None = None,
 ) -> dict[str, TrainerCallback]:
     """Attach the capacity callbacks to ``trainer`` in one call; returns them by name.
 
@@ -616,18 +695,24 @@ def add_capacity_callbacks(
     ``divergence``: stop with ``TrainingDivergedError`` when the loss or gradients turn non-finite;
     ``stream_exposures``: the E the training set was built with (``data.stream(E, ...)``), so that a run over
     whole passes reports every person's exact exposure count instead of the token-based average.
+
+    Exposures are counted from the training set, never assumed: ``context_length`` defaults to the length of its
+    windows (a map-style set or a stream alike); the share of knowledge in it is the ``knowledge`` column of a
+    ``mix_knowledge`` dataset, 1 for the knowledge stream alone, or ``knowledge_fraction`` (the share of windows
+    that are knowledge, for a corpus mixed in by other means, e.g. ``datasets.interleave_datasets``). A training
+    set that holds other text (tokens no rendering produces, in ``SAMPLED_WINDOWS`` windows read ahead) without
+    either is refused with a ValueError, before anything is attached.
     """
+    windows = _sample_windows(trainer.train_dataset) if context_length is None or knowledge_fraction is None else []
+    context = context_length if context_length is not None else _read_context_length(windows)
+    fraction = _knowledge_fraction(trainer.train_dataset, windows, data, knowledge_fraction)
     callbacks: dict[str, TrainerCallback] = {}
     if divergence:
         callbacks["divergence"] = DivergenceCallback()
         trainer.add_callback(callbacks["divergence"])
-    context = context_length
-    if context is None:
-        sample = trainer.train_dataset[0] if hasattr(trainer.train_dataset, "__getitem__") else None
-        context = len(sample["input_ids"]) if sample is not None else 512
     # before the knowledge callback, so that a stop at the target exposures is measured at that very step
     callbacks["exposures"] = ExposureCallback(
-        data, context, exposures, stream_exposures, knowledge_fraction=_knowledge_fraction(trainer.train_dataset)
+        data, context, exposures, stream_exposures, knowledge_fraction=fraction
     ).attach(trainer)
     knowledge = KnowledgeCapacityCallback(data, eval_steps, max_people=max_people).attach(trainer)
     callbacks["knowledge"] = knowledge

@@ -9,7 +9,10 @@ import logging
 
 # bitsandbytes >= 0.50 on CPUs with AVX512-BF16 tries to fetch an optional 4-bit GEMM kernel from the Hub
 # through the `kernels` package on import; without it, it logs this warning and uses its own CPU path, which
-# is what hf-capacity measures with (4-bit forward, generate and save work; see tests/test_quantization.py).
+# is what hf-capacity measures with (4-bit forward, QLoRA training, saving and loading work: see
+# tests/test_capacity_gpt2.py::test_quantized_loading_runs_a_forward_pass and
+# tests/test_adapters.py::test_qlora_learns_on_a_4bit_base_after_an_evaluation; this filter:
+# tests/test_quiet_terminal.py).
 _KNOWN_HARMLESS = {
     "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward from kernels-community",),
 }

@@ -1,8 +1,9 @@
 """Checks that a training run can start, without training it: the model name, the data settings, the model's own
 config (built on the meta device: no weights, no memory) and the evaluation options.
 
-``train_capacity`` finds the same problems, but only after it has built the data; ``hf-capacity train`` and
-``hf-capacity sweep --dry-run`` call these first, so a run that cannot start says why, in the user's words.
+``train_capacity`` finds the same problems, but only after it has built the data; ``hf-capacity sweep --dry-run``
+calls these for every run, so a run that cannot start says why, in the user's words, before anything trains.
+(``hf-capacity train`` does not: its settings are checked when its config is built, the rest by the run itself.)
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""Scaling laws: the capacity law bits ≈ min(bits_max, R*·P), Kaplan 2020, Chinchilla fits, ARE, Niu diagnostics."""
+"""Scaling laws: the capacity law bits ≈ min(bits_max, R*·P), Kaplan 2020, Chinchilla fits, ARE, Niu diagnostics,
+the memorization plateau."""
 
 from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
@@ -38,6 +40,7 @@ __all__ = [
     "compute_optimal_allocation",
     "fit_chinchilla",
     "bootstrap_chinchilla",
+    "UnidentifiedFitWarning",
     # Hitchhiker's guide
     "LawEvaluation",
     "drop_early_checkpoints",
@@ -48,6 +51,9 @@ __all__ = [
     "NiuDiagnostic",
     "niu_cross_entropy_floor",
     "niu_params_vs_data_squared",
+    # memorization plateau (Morris et al. 2025)
+    "MemorizationPlateau",
+    "fit_memorization_plateau",
 ]
 
 
@@ -485,6 +491,7 @@ class ChinchillaFit:
     resample it without re-running the grid. After a bootstrap, `ci` maps "E", "A", "B", "alpha", "beta" to
     (low, high) and `bootstrap` is a DataFrame with one row per resample: E, A, B, alpha, beta, objective,
     converged; `bootstrap_counts[i, j]` is how often point j is in resample i.
+    `unidentified` names the free parameters the data do not pin down (see `fit_chinchilla`; empty when all are).
     """
 
     law: ChinchillaLaw
@@ -505,6 +512,7 @@ class ChinchillaFit:
     loss_nats: np.ndarray | None = field(default=None, repr=False)
     run_ids: np.ndarray | None = field(default=None, repr=False)
     local_optima: np.ndarray | None = field(default=None, repr=False)
+    unidentified: tuple[str, ...] = ()
 
     @property
     def bootstrap_params(self) -> np.ndarray | None:
@@ -547,43 +555,84 @@ class _LawData:
     expectile: float
 
 
-def _objective(theta: np.ndarray, data: _LawData, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Objective and gradient for a batch of θ (S, 5); `rows` picks per-member weight rows."""
+def _workspace(rows: int, points: int) -> np.ndarray:
+    """Buffers for `_objective` on up to `rows` parameter rows: (7, rows, points) float64. Reused across calls, so
+    an evaluation allocates no (rows, points) temporaries: freed and faulted in again from the OS at every chunk,
+    those ~1 MB temporaries were most of a large fit's time (benchmarks/bench_chinchilla_fit.py)."""
+    return np.empty((7, rows, points))
+
+
+def _objective(theta: np.ndarray, data: _LawData, rows: np.ndarray | None = None,
+               work: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Objective and gradient for a batch of θ (S, 5); `rows` picks per-member weight rows; `work`: a `_workspace`
+    of at least S rows (default: a fresh one)."""
+    if work is None:
+        work = _workspace(theta.shape[0], data.log_n.size)
     with np.errstate(over="ignore", invalid="ignore"):  # diverging trial points become inf, rejected below
-        return _objective_unguarded(theta, data, rows)
+        return _objective_unguarded(theta, data, rows, work[:, :theta.shape[0]])
 
 
-def _objective_unguarded(theta: np.ndarray, data: _LawData, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    t1 = theta[:, 0:1] - theta[:, 3:4] * data.log_n
-    t2 = theta[:, 1:2] - theta[:, 4:5] * data.log_d
-    t3 = np.broadcast_to(theta[:, 2:3], t1.shape)
-    top = np.maximum(np.maximum(t1, t2), t3)
-    e1, e2, e3 = np.exp(t1 - top), np.exp(t2 - top), np.exp(t3 - top)
-    total = e1 + e2 + e3
-    lse = top + np.log(total)
-    w1, w2, w3 = e1 / total, e2 / total, e3 / total
+def _objective_unguarded(theta: np.ndarray, data: _LawData, rows: np.ndarray | None,
+                         work: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log L̂ = logsumexp(t1, t2, t3), t1 = a − α log N, t2 = b − β log D, t3 = e; every (S, n) array is a
+    buffer of `work` (the names say what each holds at that point)."""
+    t1, t2, t3, top, r, c, spare = work
+    a, b, e, alpha, beta = (theta[:, i:i + 1] for i in range(5))
+    np.subtract(a, np.multiply(alpha, data.log_n, out=t1), out=t1)
+    np.subtract(b, np.multiply(beta, data.log_d, out=t2), out=t2)
+    np.maximum(np.maximum(t1, t2, out=top), e, out=top)
+    e1 = np.exp(np.subtract(t1, top, out=t1), out=t1)
+    e2 = np.exp(np.subtract(t2, top, out=t2), out=t2)
+    e3 = np.exp(np.subtract(e, top, out=t3), out=t3)
+    total = np.add(np.add(e1, e2, out=r), e3, out=r)
+    w1, w2, w3 = (np.divide(x, total, out=x) for x in (e1, e2, e3))
+    lse = np.add(top, np.log(total, out=total), out=top)
     if data.kind == "least_squares":
-        pred = np.exp(lse)
-        r = data.loss - pred
-        rho, d_lse = r * r, -2.0 * r * pred
+        pred = np.exp(lse, out=lse)
+        res = np.subtract(data.loss, pred, out=r)
+        rho = np.multiply(res, res, out=c)
+        d_lse = np.multiply(np.multiply(res, pred, out=pred), -2.0, out=pred)
     else:
-        r = data.log_loss - lse
-        if data.kind == "huber":
-            ar = np.abs(r)
-            rho = np.where(ar <= data.delta, 0.5 * r * r, data.delta * (ar - 0.5 * data.delta))
-            d_lse = -np.clip(r, -data.delta, data.delta)
+        res = np.subtract(data.log_loss, lse, out=r)
+        if data.kind == "huber":  # Huber_δ(r) = q·(|r| − q/2), q = min(|r|, δ): ½r² within δ, else δ(|r| − δ/2)
+            rho = np.abs(res, out=c)
+            q = np.minimum(rho, data.delta, out=lse)
+            np.subtract(rho, np.multiply(q, 0.5, out=spare), out=rho)
+            np.multiply(rho, q, out=rho)
+            d_lse = np.negative(np.clip(res, -data.delta, data.delta, out=res), out=res)
         else:  # lower_envelope: expectile loss, points below the curve weigh (1 - τ), above τ
-            wt = np.where(r < 0, 1.0 - data.expectile, data.expectile)
-            rho, d_lse = wt * r * r, -2.0 * wt * r
-    weights = data.weights if data.weights.ndim == 1 else data.weights[rows]
-    c = weights * d_lse
-    f = (weights * rho).sum(axis=1)
-    grad = np.stack([(c * w1).sum(1), (c * w2).sum(1), (c * w3).sum(1),
-                     -(c * w1 * data.log_n).sum(1), -(c * w2 * data.log_d).sum(1)], axis=1)
+            below = np.less(res, 0.0, out=spare.view(bool)[:, :res.shape[1]])
+            wt = c
+            wt.fill(data.expectile)
+            np.copyto(wt, 1.0 - data.expectile, where=below)
+            rho = np.multiply(np.multiply(wt, res, out=lse), res, out=lse)
+            d_lse = np.multiply(np.multiply(res, wt, out=res), -2.0, out=res)
+    # (mode="clip": the rows are valid, and take's default mode copies through a buffer first)
+    weights = data.weights if data.weights.ndim == 1 else np.take(data.weights, rows, axis=0, out=spare, mode="clip")
+    f = np.multiply(rho, weights, out=rho).sum(axis=1)
+    cw = np.multiply(d_lse, weights, out=d_lse)
+    grad = np.empty((theta.shape[0], 5))
+    for k, (w, log_x) in enumerate(((w1, data.log_n), (w2, data.log_d), (w3, None))):
+        cw_k = np.multiply(cw, w, out=w)
+        grad[:, k] = cw_k.sum(axis=1)
+        if log_x is not None:
+            grad[:, 3 + k] = -(cw_k @ log_x)
     bad = ~np.isfinite(f) | ~np.isfinite(grad).all(axis=1)
     f[bad] = np.inf
     grad[bad] = 0.0
     return f, grad
+
+
+_MAX_STEP_LENGTH = 1e3
+"""Longest first trial step of the batched L-BFGS, in θ units (e^θ overflows beyond ~709, so a longer step is never
+finite): from an astronomically long direction, backtracking by halves would never reach a finite trial."""
+
+
+def _row_norms(x: np.ndarray) -> np.ndarray:
+    """Euclidean norm of each row, without overflow for entries up to ~1e308 (scaled by the row's largest)."""
+    scale = np.abs(x).max(axis=1)
+    unit = x / np.where(scale > 0, scale, 1.0)[:, None]
+    return scale * np.sqrt(np.einsum("sk,sk->s", unit, unit))
 
 
 def _batched_lbfgs(fun: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]], x0: np.ndarray, *,
@@ -608,26 +657,32 @@ def _batched_lbfgs(fun: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.
         if idx.size == 0:
             break
         gi = g[idx]
-        q = gi.copy()
-        alphas = np.zeros((idx.size, history))
-        for j in range(history - 1, -1, -1):  # newest pair is at the end
-            alphas[:, j] = rho[idx, j] * np.einsum("sk,sk->s", s_hist[idx, j], q)
-            q -= alphas[:, j:j + 1] * y_hist[idx, j]
-        yy = np.einsum("sk,sk->s", y_hist[idx, -1], y_hist[idx, -1])
-        gamma = np.where(rho[idx, -1] > 0, 1.0 / np.maximum(rho[idx, -1] * yy, 1e-300), 1.0)
-        q *= gamma[:, None]
-        for j in range(history):
-            beta = rho[idx, j] * np.einsum("sk,sk->s", y_hist[idx, j], q)
-            q += (alphas[:, j] - beta)[:, None] * s_hist[idx, j]
-        d = -q
-        slope = np.einsum("sk,sk->s", gi, d)
-        reset = ~(slope < 0)
-        if reset.any():  # not a descent direction: forget the history, use steepest descent
+        # curvature pairs from a flat (linear) stretch of the Huber loss give an astronomically long direction; it
+        # may overflow: such a direction is reset below, a merely huge one capped, neither warned about
+        with np.errstate(over="ignore", invalid="ignore"):
+            q = gi.copy()
+            alphas = np.zeros((idx.size, history))
+            for j in range(history - 1, -1, -1):  # newest pair is at the end
+                alphas[:, j] = rho[idx, j] * np.einsum("sk,sk->s", s_hist[idx, j], q)
+                q -= alphas[:, j:j + 1] * y_hist[idx, j]
+            yy = np.einsum("sk,sk->s", y_hist[idx, -1], y_hist[idx, -1])
+            gamma = np.where(rho[idx, -1] > 0, 1.0 / np.maximum(rho[idx, -1] * yy, 1e-300), 1.0)
+            q *= gamma[:, None]
+            for j in range(history):
+                beta = rho[idx, j] * np.einsum("sk,sk->s", y_hist[idx, j], q)
+                q += (alphas[:, j] - beta)[:, None] * s_hist[idx, j]
+            d = -q
+            slope = np.einsum("sk,sk->s", gi, d)
+            length = _row_norms(d)
+        reset = ~(slope < 0) | ~np.isfinite(slope) | ~np.isfinite(length)
+        if reset.any():  # not a (finite) descent direction: forget the history, use steepest descent
             rho[idx[reset]] = 0.0
             d[reset] = -gi[reset]
             slope[reset] = -np.einsum("sk,sk->s", gi[reset], gi[reset])
+            length[reset] = _row_norms(d[reset])
         fresh = rho[idx, -1] == 0
-        step = np.where(fresh, np.minimum(1.0, 1.0 / np.maximum(np.linalg.norm(d, axis=1), 1e-300)), 1.0)
+        length = np.maximum(length, 1e-300)
+        step = np.minimum(np.where(fresh, np.minimum(1.0, 1.0 / length), 1.0), _MAX_STEP_LENGTH / length)
         accepted = np.zeros(idx.size, bool)
         x_new, f_new, g_new = x[idx].copy(), f[idx].copy(), gi.copy()
         pending = np.arange(idx.size)
@@ -695,11 +750,12 @@ class _Problem:
         """fun(x_free, rows) → (objective, gradient); `weights` (members, points) gives member j row rows[j]."""
         data = self.data if weights is None else replace(self.data, weights=weights)
         chunk = max(1, 2 ** 17 // data.log_n.size)
+        work = _workspace(chunk, data.log_n.size)  # one set of buffers for every call of this function
 
         def fun(x_free: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             fs, gs = [], []
             for lo in range(0, x_free.shape[0], chunk):
-                f_c, g_c = _objective(self.full(x_free[lo:lo + chunk]), data, rows[lo:lo + chunk])
+                f_c, g_c = _objective(self.full(x_free[lo:lo + chunk]), data, rows[lo:lo + chunk], work)
                 fs.append(f_c)
                 gs.append(g_c[:, self.free])
             return np.concatenate(fs), np.concatenate(gs)
@@ -743,6 +799,43 @@ def _polish(fun: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray
     return (second.x, f2, converged) if f2 <= f1 else (first.x, f1, converged)
 
 
+class UnidentifiedFitWarning(UserWarning):
+    """A Chinchilla fit reached parameters its data cannot pin down (`ChinchillaFit.unidentified` names them)."""
+
+
+_UNIDENTIFIED_SHARE = 1e-3
+"""A term of the law is unidentified when it stays below this share of the loss at every point (E: of the smallest
+loss), or when it varies by less than this across the data (log-range of N or D times its exponent)."""
+
+
+def _unidentified_terms(law: ChinchillaLaw, n: np.ndarray, d: np.ndarray, ell: np.ndarray,
+                        fixed: Mapping[str, float]) -> tuple[tuple[str, ...], list[str]]:
+    """(free parameter names the data do not identify, one reason each term) for a fitted law."""
+    names: list[str] = []
+    reasons: list[str] = []
+    if "E" not in fixed and law.E < _UNIDENTIFIED_SHARE * ell.min():
+        names.append("E")
+        reasons.append(f"E = {law.E:.3g} is below {_UNIDENTIFIED_SHARE:g} of the smallest loss ({ell.min():.4g}): "
+                       "the loss never flattens")
+    with np.errstate(divide="ignore"):
+        log_terms = np.stack([math.log(law.A) - law.alpha * np.log(n), math.log(law.B) - law.beta * np.log(d),
+                              np.full(n.size, math.log(law.E))])
+    share = np.exp(log_terms - np.logaddexp.reduce(log_terms, axis=0))  # each term's share of the fitted loss
+    for k, (coef, power, x, symbol) in enumerate((("A", "alpha", n, "N"), ("B", "beta", d, "D"))):
+        span = abs(getattr(law, power)) * float(np.log(x.max() / x.min()))
+        if share[k].max() < _UNIDENTIFIED_SHARE:
+            why = f"{coef}/{symbol}^{power} is below {_UNIDENTIFIED_SHARE:g} of the loss at every point"
+        elif span < _UNIDENTIFIED_SHARE:
+            why = f"{coef}/{symbol}^{power} is constant over the data ({power}·Δlog {symbol} = {span:.2g}), like E"
+        else:
+            continue
+        free = [name for name in (coef, power) if name not in fixed]
+        if free:
+            names += free
+            reasons.append(why)
+    return tuple(names), reasons
+
+
 def fit_chinchilla(
     n_params: Any,
     n_tokens: Any,
@@ -772,6 +865,11 @@ def fit_chinchilla(
       - "lower_envelope": sum of |τ − 1[r < 0]|·r² with r = log L − log L̂ and τ = `expectile`; points
         below the curve cost (1 − τ)/τ times more, so a small τ tracks the lower envelope of the data.
     `fixed` pins parameters by their natural names, e.g. {"alpha": 0.34} or {"E": 1.69}.
+
+    Unidentified terms: when the fitted floor E is below 1e-3 of the smallest loss (the data never flatten), or
+    a term A/N^α or B/D^β stays below 1e-3 of the loss at every point or varies by less than 1e-3 across the
+    data (then it trades off with E), the data do not pin those parameters down; `fit.unidentified` names them
+    (e.g. ("E",)) and an `UnidentifiedFitWarning` says why. Fix them (`fixed`) or add points that show the term.
 
     Optimiser: L-BFGS from every point of Hoffmann's grid (α, β ∈ {0, 0.5, …, 2}, e ∈ {−1, −0.5, …, 1},
     a, b ∈ {0, 5, …, 25}; 4500 starts, fewer when parameters are fixed) with the analytic gradient.
@@ -843,6 +941,11 @@ def fit_chinchilla(
         huber_delta=float(huber_delta), expectile=float(expectile), n_params=n, n_tokens=d, loss_nats=ell,
         run_ids=runs, local_optima=problem.full(np.array(distinct)),
     )
+    fit.unidentified, reasons = _unidentified_terms(fit.law, n, d, ell, fit.fixed)
+    if reasons:
+        warnings.warn(f"fit_chinchilla: the data do not identify {', '.join(fit.unidentified)} ({'; '.join(reasons)});"
+                      " fix them (e.g. fixed={'E': ...}) or add points that show the term", UnidentifiedFitWarning,
+                      stacklevel=2)
     if n_bootstrap:
         return bootstrap_chinchilla(fit, int(n_bootstrap), seed=seed, ci_level=ci_level, ci_method=ci_method)
     return fit

@@ -250,14 +250,61 @@ def build_model(config: CapacityTrainingConfig, tokenizer):
     return MemoryLlamaForCausalLM(MemoryLlamaConfig(**llama))
 
 
-def steps_for_exposures(config: CapacityTrainingConfig, data: KnowledgeData, windows: int | None = None) -> int:
-    """Optimizer steps for one pass over the stream of ``config.exposures`` exposures: ceil(windows / (batch ·
-    accumulation · processes)). ``windows``: the packed stream's exact window count when it is materialised;
-    otherwise estimated as E · N · mean tokens per biography / context (junk windows included)."""
+def tokens_per_step(args, context_length: int) -> int:
+    """Tokens one optimizer step trains on: the Trainer's batch (``args.train_batch_size``: per-device batch × the
+    GPUs one process drives, as DataParallel does without torchrun) × gradient accumulation × processes
+    (``args.world_size``) × ``context_length`` tokens a window. The one count behind steps, exposures and sweep
+    tables."""
+    return args.train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1) * context_length
+
+
+def steps_for_exposures(config: CapacityTrainingConfig, data: KnowledgeData, args=None,
+                        windows: int | None = None) -> int:
+    """Optimizer steps for one pass over the stream of ``config.exposures`` exposures: ceil(windows · context /
+    ``tokens_per_step``). ``args``: the run's ``TrainingArguments`` (default: ``training_arguments(config)``, as
+    ``train_capacity`` builds them on this machine); ``windows``: the packed stream's exact window count when it is
+    materialised, otherwise estimated as E · N · mean tokens per biography / context (junk windows included)."""
     if windows is None:
         windows = data.stream(config.exposures, config.context_length).estimated_windows()
-    processes = max(int(os.environ.get("WORLD_SIZE", "1")), 1)
-    return math.ceil(windows / (config.batch_size * config.gradient_accumulation_steps * processes))
+    args = training_arguments(config) if args is None else args
+    return math.ceil(windows * config.context_length / tokens_per_step(args, config.context_length))
+
+
+def training_arguments(config: CapacityTrainingConfig):
+    """The run's ``TrainingArguments``; without ``config.max_steps`` its ``max_steps`` is -1 until
+    ``train_capacity`` sets it (and the warm-up, at most a tenth of it) from the stream's length."""
+    import torch
+    from transformers import TrainingArguments
+
+    max_steps = config.max_steps or -1
+    return TrainingArguments(
+        output_dir=config.output_dir,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        adam_beta2=config.adam_beta2,
+        adam_epsilon=config.adam_epsilon,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio},
+        warmup_steps=min(config.warmup_steps, max(max_steps // 10, 1)),
+        max_steps=max_steps,
+        logging_steps=config.logging_steps,
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=config.save_total_limit,
+        report_to=config.report_to,
+        bf16=config.bf16,
+        torch_compile=config.torch_compile,
+        dataloader_num_workers=config.dataloader_num_workers,
+        use_cpu=not torch.cuda.is_available(),
+        seed=config.seed,
+        disable_tqdm=not config.progress,
+        dataloader_drop_last=False,
+        push_to_hub=config.push_to_hub,
+        hub_model_id=config.hub_model_id,
+        ddp_find_unused_parameters=False,
+    )
 
 
 def last_checkpoint(output_dir: str | os.PathLike | None, before_step: int | None = None) -> str | None:
@@ -377,7 +424,8 @@ def train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None = 
     A folder holding a finished run or another run is refused before anything is built (``check_output_dir``).
 
     With ``config.progress`` False, transformers' own progress bars (saving and loading weights) are off too
-    while the run lasts, so sweep logs hold one line a run."""
+    while the run lasts, so sweep logs hold one line a run. Launched on several processes (torchrun, accelerate),
+    rank 0 writes the output folder and every rank returns only once it has (a barrier)."""
     from transformers.utils import logging as hf_logging
 
     silence = not config.progress and hf_logging.is_progress_bar_enabled()
@@ -392,7 +440,7 @@ def train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None = 
 
 def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, model):
     import torch
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import Trainer, set_seed
 
     from .adapters import is_capacity_run
     from .callbacks import CapacityReportCallback, ForgettingCallback, TrainingDivergedError, add_capacity_callbacks
@@ -405,36 +453,12 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
     model = model or build_model(config, data.tokenizer)
     stream = data.stream(config.exposures, config.context_length, block_diagonal=config.block_diagonal)
     train_dataset = stream.to_iterable_dataset() if config.streaming else stream.to_dataset(progress=config.progress)
-    max_steps = config.max_steps or steps_for_exposures(config, data, windows=None if config.streaming else len(train_dataset))
-    warmup_steps = min(config.warmup_steps, max(max_steps // 10, 1))  # at most a tenth of the run
-    args = TrainingArguments(
-        output_dir=config.output_dir,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        adam_beta2=config.adam_beta2,
-        adam_epsilon=config.adam_epsilon,
-        lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio},
-        warmup_steps=warmup_steps,
-        max_steps=max_steps,
-        logging_steps=config.logging_steps,
-        save_strategy="steps" if config.save_steps else "no",
-        save_steps=config.save_steps or 500,
-        save_total_limit=config.save_total_limit,
-        report_to=config.report_to,
-        bf16=config.bf16,
-        torch_compile=config.torch_compile,
-        dataloader_num_workers=config.dataloader_num_workers,
-        use_cpu=not torch.cuda.is_available(),
-        seed=config.seed,
-        disable_tqdm=not config.progress,
-        dataloader_drop_last=False,
-        push_to_hub=config.push_to_hub,
-        hub_model_id=config.hub_model_id,
-        ddp_find_unused_parameters=False,
-    )
+    args = training_arguments(config)
+    if not config.max_steps:  # one pass over the stream, at the batch the Trainer really takes a step
+        windows = None if config.streaming else len(train_dataset)
+        args.max_steps = steps_for_exposures(config, data, args, windows=windows)
+        args.warmup_steps = min(config.warmup_steps, max(args.max_steps // 10, 1))  # at most a tenth of the run
+    max_steps, warmup_steps = args.max_steps, args.warmup_steps
     optimizers = (None, None)
     if hasattr(model, "optimizer_param_groups"):  # memory values get their own learning rate
         groups = model.optimizer_param_groups(config.learning_rate, config.weight_decay)
@@ -447,6 +471,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         context_length=config.context_length,
         quantized=config.quantized,
         report=False,
+        knowledge_fraction=1.0,  # the knowledge stream alone
         max_people=config.eval_max_people,
         stream_exposures=None if config.streaming or config.max_steps else config.exposures,
     )
@@ -459,11 +484,10 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         out.mkdir(parents=True, exist_ok=True)
         applied = {"max_steps": max_steps, "warmup_steps": warmup_steps}  # what really runs
         (out / CONFIG_FILE).write_text(json.dumps({**config.to_dict(), "applied": applied}, indent=2) + "\n")
-        tokens_per_step = args.train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
         exact = not (config.streaming or config.max_steps)
         exposures = config.exposures if exact else callbacks["exposures"].exposures_at(args, max_steps)
         for line in plan_lines(config, steps=max_steps, warmup_steps=warmup_steps,
-                               tokens_per_step=tokens_per_step * config.context_length, exposures=exposures,
+                               tokens_per_step=tokens_per_step(args, config.context_length), exposures=exposures,
                                exact=exact, num_params=count_parameters(model, data.used_token_ids()).capacity,
                                bits_max=data.bits_max().total):
             print(line, flush=True)
@@ -490,4 +514,5 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         )
         writer.trainer = trainer
         writer.publish(args, trainer.state, trainer.model)
+    trainer.accelerator.wait_for_everyone()  # torchrun: no rank returns (to read results.json) before rank 0 wrote it
     return callbacks["knowledge"].last_report, trainer

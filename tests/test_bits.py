@@ -113,3 +113,15 @@ def test_bad_inputs_raise_clear_errors():
 def test_capacity_ratio_and_params_needed():
     assert capacity_ratio(2_000_000.0, 1_000_000) == 2.0
     assert params_for_bits(54.9e6, 2.0) == 27_450_000
+
+
+def test_numpy_integers_are_whole_numbers():
+    import numpy as np
+
+    # counts read off a pandas column or an np.arange are numpy integers
+    assert bios_bits_max(np.int64(1000)).total == bios_bits_max(1000).total
+    assert capacity_ratio(2_000_000.0, np.int64(1_000_000)) == 2.0
+    shape = BioDShape(*np.array([100, 2, 2, 10, 1, 20]))
+    assert biod_bits_max(shape).total == biod_bits_max(BioDShape(100, 2, 2, 10, 1, 20)).total
+    with pytest.raises(ValueError, match="n_people"):
+        bios_bits_max(1000.0)  # a float is still not a count

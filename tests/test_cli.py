@@ -247,3 +247,25 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out == f"hf-capacity {__version__}\n"
+
+
+def test_train_on_a_rank_other_than_0_reads_the_results_only_after_rank_0_wrote_them(tmp_path, monkeypatch, capsys):
+    # torchrun: rank 0 saves the run and writes results.json; `hf-capacity train` on every rank then reads it.
+    # Played here by rank 1 in one process: rank 0 is done writing when the processes meet at the barrier.
+    import accelerate
+    from transformers import Trainer
+
+    out = tmp_path / "run"
+    events = []
+
+    def barrier(accelerator):  # rank 1 waits here until rank 0 gets here too: by then it has written its files
+        events.append("barrier")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps({"bits_per_param": 0.0}))
+
+    monkeypatch.setattr(accelerate.Accelerator, "wait_for_everyone", barrier)
+    monkeypatch.setattr(Trainer, "is_world_process_zero", lambda self: False)  # this process is rank 1
+    assert main(["train", "--N", "20", "--model", "gpt2-1-1", "--head-dim", "16", "--exposures", "1",
+                 "--context-length", "64", "--batch-size", "4", "--vocab-size", "300", "--max-steps", "2",
+                 "-o", str(out), "--quiet"]) == 0
+    assert events == ["barrier"] and "wrote" in capsys.readouterr().out

@@ -73,3 +73,23 @@ def test_checking_every_few_steps_still_reports_the_first_bad_step(tmp_path, bio
 def test_a_healthy_run_is_not_stopped(tmp_path):
     report, trainer = train_capacity(tiny_config(tmp_path, learning_rate=1e-3, max_steps=6))
     assert trainer.state.global_step == 6 and math.isfinite(report.p1) and math.isfinite(report.bits_per_param)
+
+
+def test_on_a_gpu_the_default_reads_the_device_flag_once_a_logging_interval(tmp_path):
+    # Reading the accumulated non-finite flag from an accelerator is a host sync: by default it happens every
+    # logging step (at most 50 apart) there, and every step only on the CPU, where it costs nothing.
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    model = torch.nn.Linear(2, 1)
+    args = SimpleNamespace(device=torch.device("cuda"), fp16=False, output_dir=str(tmp_path), learning_rate=1e-3)
+    state = TrainerState(max_steps=100, logging_steps=10)
+    callback = DivergenceCallback()
+    for step in range(9):  # steps 1..9: the gradients of step 4 are NaN, and nothing is read yet
+        state.global_step = step
+        model.weight.grad = torch.full_like(model.weight, math.nan if step == 3 else 1.0)
+        callback.on_pre_optimizer_step(args, state, TrainerControl(), model=model)
+    state.global_step = 9
+    with pytest.raises(TrainingDivergedError, match="at step 4 "):  # read at step 10, naming the first bad step
+        callback.on_pre_optimizer_step(args, state, TrainerControl(), model=model)

@@ -64,3 +64,22 @@ def test_cli_and_sweep_modules_import_no_cycle():
         assert len(graph) > 3
         cycle = _cycle(graph)
         assert cycle is None, f"hf_capacity.{package}: import cycle {' → '.join(cycle)}"
+
+
+def test_every_file_the_package_names_exists():
+    # docstrings and comments point readers at tests, examples, scripts, ...; the metric card's front matter names
+    # the files of its Hub Space
+    import re
+
+    import yaml
+
+    named = re.compile(r"\b(?:tests|examples|benchmarks|scripts|docs|model_cards)/[\w./-]+\.(?:py|md|yaml|csv|json)")
+    missing = []
+    for path in [*(ROOT / "hf_capacity").rglob("*.py"), *(ROOT / "hf_capacity").rglob("*.md"), ROOT / "README.md"]:
+        missing += [f"{path.relative_to(ROOT)}: {name}" for name in named.findall(path.read_text())
+                    if not (ROOT / name).exists()]
+    card = ROOT / "hf_capacity" / "metrics" / "knowledge_bits" / "README.md"
+    front = yaml.safe_load(card.read_text().split("---")[1])
+    missing += [f"{card.relative_to(ROOT)}: {front[key]}" for key in ("app_file",)
+                if key in front and not (card.parent / front[key]).exists()]
+    assert not missing, missing

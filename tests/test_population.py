@@ -98,3 +98,14 @@ def test_config_round_trip():
     assert population_from_config(pop.to_config()) == pop
     with pytest.raises(ValueError, match="family"):
         population_from_config({"family": "bioX"})
+
+
+def test_numpy_integers_make_the_same_population_and_stream(bios_data):
+    import json
+
+    bios = BioSPopulation(np.int64(300), seed=np.int64(7))
+    assert bios == bios_data.population and json.dumps(bios.to_config())  # plain ints in the saved config
+    biod = BioDPopulation(*np.array([50, 2, 2, 10, 1, 20]))
+    assert biod == BioDPopulation(50, 2, 2, 10, 1, 20) and json.dumps(biod.to_config())
+    same = [w["input_ids"].tolist() for w in bios_data.stream(np.int64(2), 64)]
+    assert same == [w["input_ids"].tolist() for w in bios_data.stream(2, 64)]

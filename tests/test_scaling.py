@@ -2,6 +2,7 @@
 
 import math
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from hf_capacity.scaling import (
     KAPLAN_2020,
     KAPLAN_2020_JOINT,
     ChinchillaLaw,
+    UnidentifiedFitWarning,
     absolute_relative_error,
     bootstrap_chinchilla,
     capacity_ratio_by_group,
@@ -160,6 +162,51 @@ def test_fixed_exponent_stays_fixed_and_bootstrap_brackets_the_fit():
     assert fit.ci["alpha"] == (0.34, 0.34)
     low, high = fit.ci["beta"]
     assert low <= fit.law.beta <= high
+
+
+def test_a_start_whose_l_bfgs_direction_explodes_warns_only_about_what_the_fit_cannot_tell():
+    # 5% noise around a law with almost no floor: from this corner of Hoffmann's grid the curvature pairs come
+    # from a flat stretch of the Huber loss and the quasi-Newton direction grows past 1e308; it is reset or capped
+    # without a stray RuntimeWarning, and the start keeps descending, to a constant (both power terms vanish over
+    # the data), which the fit flags instead of reporting A, alpha, B and beta as if the data had set them
+    n, d, loss = law_grid(ChinchillaLaw(E=1e-6, A=400.0, B=1200.0, alpha=0.33, beta=0.30), noise=0.05, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.warns(UnidentifiedFitWarning, match=r"A, alpha, B, beta"):
+            fit = fit_chinchilla(n, d, loss, starts=np.array([[25.0, 25.0, 1.0, 0.5, 0.0]]), n_polish=0)
+    assert fit.unidentified == ("A", "alpha", "B", "beta") and fit.law.alpha > 10
+
+
+def test_a_fit_whose_data_never_flatten_says_the_floor_is_not_identified():
+    # a power law in N and D with no floor to speak of: the fit drives E toward 0, a value the data cannot pin down
+    n, d, loss = law_grid(ChinchillaLaw(E=1e-9, A=400.0, B=1200.0, alpha=0.33, beta=0.30), noise=0.0)
+    with pytest.warns(UnidentifiedFitWarning, match=r"data do not identify E .*smallest loss.*fixed="):
+        fit = fit_chinchilla(n, d, loss, starts=200)
+    assert fit.unidentified == ("E",) and fit.law.E < 1e-3 * loss.min()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fit_chinchilla(*law_grid(HOFFMANN_2022, noise=0.0), starts=200).unidentified == ()
+
+
+@pytest.mark.parametrize("loss_fn", ["huber", "least_squares", "lower_envelope"])
+def test_the_fit_objective_works_in_buffers_made_once_not_in_temporaries(loss_fn):
+    # At 5,000 points every (starts × points) temporary of the batched objective is ~1 MB, handed back to the OS
+    # and faulted in again at every chunk: most of a large fit's time. It works in buffers made with the problem.
+    import itertools
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    n, d = np.exp(rng.uniform(np.log(1e7), np.log(1e10), (2, 5000)))
+    loss = BESIROGLU_2024.predict(n, d)
+    starts = np.array(list(itertools.product(*scaling._START_GRID)))[:100]
+    for weights in (None, rng.integers(0, 3, (100, 5000)).astype(float)):  # a fit, a bootstrap's resamples
+        fun = scaling._problem(n, d, loss, loss_fn, 1e-3, 0.05, None).batch_fun(weights)
+        fun(starts, np.arange(100))
+        tracemalloc.start()
+        fun(starts, np.arange(100))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 2 ** 17 * 8 / 8, f"{peak:,} bytes of temporaries"  # an eighth of one chunk's buffer
 
 
 def huber_objective(theta, n, d, loss, weights, delta=1e-3):
@@ -312,3 +359,12 @@ def test_loglog_slope_refuses_what_it_cannot_fit():
         fit_loglog_slope([1e4, 1e4, 1e4], [2e4, 3e4, 4e4])
     with pytest.raises(ValueError, match="bits must be > 0"):
         fit_loglog_slope([1e4, 2e4, 3e4], [2e4, 0.0, 4e4])
+
+
+def test_every_public_law_and_fit_is_exported():
+    import inspect
+
+    defined = {name for name, obj in vars(scaling).items() if not name.startswith("_")
+               and (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == scaling.__name__}
+    assert defined <= set(scaling.__all__), sorted(defined - set(scaling.__all__))
+    assert {"fit_memorization_plateau", "MemorizationPlateau"} <= set(scaling.__all__)

@@ -443,3 +443,13 @@ def test_dry_run_shows_each_runs_parameters_and_ceiling(tiny_sweep, tmp_path, ca
     assert row["R_max"] == pytest.approx(seed0["bits_max"] / seed0["num_params"])
     assert f"P = {seed0['num_params']:,}, R_max = {row['R_max']:.3f} bits/param" in lines[1]
     assert lines[0] == "sweep 'tiny': 1 run" and lines[-1].startswith("dry run: 1 run in ")
+
+
+def test_a_grid_of_numpy_numbers_is_a_grid_of_numbers():
+    import numpy as np
+
+    sweep = load_sweep({"output_dir": "unused", "grid": {"n_people": list(np.array([100, 200])),
+                                                         "learning_rate": list(np.array([1e-3], dtype=np.float32))}})
+    configs = [run.training_config() for run in sweep.plan()]
+    assert [c.n_people for c in configs] == [100, 200] and all(type(c.n_people) is int for c in configs)
+    assert configs[0].learning_rate == pytest.approx(1e-3)

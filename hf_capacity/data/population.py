@@ -8,7 +8,8 @@ useful ones), attributes from a counter-based hash. Nothing is re-derived from t
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+import numbers
+from dataclasses import asdict, dataclass, fields
 from functools import cached_property, lru_cache
 from importlib import resources
 
@@ -102,6 +103,15 @@ def permute_index(indices: np.ndarray, domain: int, seed: int) -> np.ndarray:
     return out.astype(np.int64)
 
 
+def _plain_ints(population) -> None:
+    """Store a population's numpy integer fields (N from an ``np.arange``, a pandas column) as Python ints, so
+    they compare, hash and save to JSON like the numbers they are."""
+    for f in fields(population):
+        value = getattr(population, f.name)
+        if isinstance(value, numbers.Integral) and not isinstance(value, (int, bool)):
+            object.__setattr__(population, f.name, int(value))
+
+
 # ----------------------------------------------------------------------------------------------- pools
 @dataclass(frozen=True)
 class Pools:
@@ -159,6 +169,7 @@ class BioSPopulation:
     name_offset: int = 0
 
     def __post_init__(self) -> None:
+        _plain_ints(self)
         if isinstance(self.n_people, bool) or not isinstance(self.n_people, int) or self.n_people < 1:
             raise ValueError(f"n_people must be a positive integer, got {self.n_people!r}")
         if self.name_offset < 0 or self.name_offset + self.n_people > BIOS_NAME_SPACE:
@@ -271,6 +282,7 @@ class BioDPopulation:
     family = "bioD"
 
     def __post_init__(self) -> None:
+        _plain_ints(self)
         self.shape  # validates (clear ValueError for N > N0, D > T^L, K < 1, ...)
         if self.name_offset < 0 or self.name_offset + self.n_people > BIOS_NAME_SPACE:
             raise ValueError(

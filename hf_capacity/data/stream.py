@@ -14,6 +14,7 @@ With ``domain_token=True`` every useful biography starts with EOS + the domain t
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -107,8 +108,9 @@ class PackedStream:
         batch_people: int = 8192,
         pad_token_id: int = 0,
     ):
-        if isinstance(exposures, bool) or not isinstance(exposures, int) or exposures < 1:
+        if isinstance(exposures, bool) or not isinstance(exposures, numbers.Integral) or exposures < 1:
             raise ValueError(f"exposures must be a positive integer, got {exposures!r}")
+        exposures = int(exposures)  # a numpy integer too
         if context_length < 8:
             raise ValueError(f"context_length must be >= 8 tokens, got {context_length}")
         if junk is not None and junk.fraction > 0 and junk_renderer is None:

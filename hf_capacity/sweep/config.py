@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +83,7 @@ def _coerce(name: str, value: Any, type_text: str, where: str) -> Any:
                 number = float(value)
             except ValueError:
                 raise SweepConfigError(f"{label}: expected a number, got {value!r}") from None
-        if isinstance(number, bool) or not isinstance(number, (int, float)):
+        if isinstance(number, bool) or not isinstance(number, numbers.Real):  # numpy numbers too
             raise SweepConfigError(f"{label}: expected a number, got {value!r}")
         if base == "float":
             return float(number)

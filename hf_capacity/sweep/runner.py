@@ -25,7 +25,7 @@ import pandas as pd
 from ..bits import biod_bits_max, bios_bits_max
 from ..data import BioDPopulation
 from ..preflight import check_run, sample_data
-from ..training import CONFIG_FILE, last_checkpoint, train_capacity
+from ..training import CONFIG_FILE, last_checkpoint, steps_for_exposures, tokens_per_step, train_capacity
 from .config import Sweep, SweepRun, load_sweep, plural
 from .folders import DONE, ERROR_FILE, LOG_FILE, PLAN_FILE, RUN_FILE, TABLE_CSV, read_json, write_json
 from .table import flatten_config, rebuild_table
@@ -81,12 +81,10 @@ def _execute(run: SweepRun, sweep_name: str) -> dict:
         if not (folder / "results.json").is_file():
             raise RuntimeError(f"train_capacity finished without writing {folder / 'results.json'}")
         trainer.state.save_to_json(str(folder / "trainer_state.json"))
-        args = trainer.args
-        tokens_per_step = (args.train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
-                           * config.context_length)
         wall = time.time() - start
         write_json(folder / DONE, {"wall_time_s": wall, "steps": trainer.state.global_step,
-                                    "tokens_per_step": tokens_per_step, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                                    "tokens_per_step": tokens_per_step(trainer.args, config.context_length),
+                                    "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         return {"status": "done", "error": None, "wall_time_s": wall, "bits_per_param": report.bits_per_param}
     except Exception as err:  # noqa: BLE001 - one run's crash is recorded, the sweep goes on
         wall = time.time() - start
@@ -107,7 +105,8 @@ def _data_key(config) -> str:
 
 
 def _estimate_steps(config, data) -> int:
-    """Training steps of a run: ``max_steps`` or ceil(E·N·tokens per biography / context / (1 − junk) / batch).
+    """Training steps of a run: ``max_steps`` or ceil(E·N·tokens per biography / (1 − junk) / tokens per step),
+    the tokens per step of the run's ``TrainingArguments`` on this machine (``training.steps_for_exposures``).
 
     Tokens per biography are measured on ``data``, the run's ``sample_data`` (exact for N ≤ 1000, within a few
     percent above).
@@ -116,7 +115,7 @@ def _estimate_steps(config, data) -> int:
         return int(config.max_steps)
     windows = math.ceil(config.exposures * config.n_people * data.renderer.mean_tokens_per_biography()
                         / config.context_length / (1.0 - config.junk_fraction))
-    return math.ceil(windows / (config.batch_size * config.gradient_accumulation_steps))
+    return steps_for_exposures(config, data, windows=windows)
 
 
 def _bits_max(config, data) -> float:
