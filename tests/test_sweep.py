@@ -1,5 +1,6 @@
 """Sweeps: a YAML grid of tiny runs → run folders → results.csv; resuming, failures, validation, fit and plot."""
 
+import dataclasses
 import json
 import math
 import shutil
@@ -453,3 +454,43 @@ def test_a_grid_of_numpy_numbers_is_a_grid_of_numbers():
     configs = [run.training_config() for run in sweep.plan()]
     assert [c.n_people for c in configs] == [100, 200] and all(type(c.n_people) is int for c in configs)
     assert configs[0].learning_rate == pytest.approx(1e-3)
+
+
+def test_a_finished_run_recorded_with_other_settings_is_stale_not_done(sweep_copy, monkeypatch):
+    """A default changed since a run finished: same run id (only non-defaults are hashed), other settings."""
+    monkeypatch.setattr(sweep_module, "train_capacity", no_training)
+    config = tiny_config(sweep_copy, grid={"seed": [0, 1]})
+    first = sorted((sweep_copy / "runs").iterdir())[0]
+    recorded = json.loads((first / "training_config.json").read_text())
+    (first / "training_config.json").write_text(json.dumps({**recorded, "learning_rate": 0.002}))
+    lines = []
+    table = run_sweep(config, log=lines.append)
+    assert list(table["status"]) == ["failed", "done"]
+    error = table.loc[0, "error"]
+    assert str(first) in error and "learning_rate 0.002 → 0.001" in error and "delete" in error
+    assert "\n" not in error and any(f"failed: {error}" in line for line in lines)
+    assert (first / "DONE").is_file() and not (first / "error.json").exists()  # left as it was
+    listing = run_sweep(config, dry_run=True, log=lambda line: None)
+    assert list(listing["status"]) == ["stale", "done (skip)"] and listing.loc[0, "error"] == error
+    assert list(rebuild_table(sweep_copy, write=False)["status"]) == ["failed", "done"]
+
+
+def test_an_unfinished_run_recorded_with_other_settings_is_not_resumed(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep_module, "train_capacity", no_training)
+    config = tiny_config(tmp_path / "old")
+    run = load_sweep(config).plan()[0]
+    (run.output_dir / "checkpoint-2").mkdir(parents=True)
+    (run.output_dir / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (run.output_dir / "training_config.json").write_text(json.dumps({**run.config, "weight_decay": 0.1}))
+    table = run_sweep(config, log=lambda line: None)
+    assert list(table["status"]) == ["failed"] and "weight_decay 0.1 → 0.02" in table.loc[0, "error"]
+    assert (run.output_dir / "checkpoint-2").is_dir()
+
+
+def test_dry_run_samples_data_per_base_seed_and_offset():
+    from hf_capacity.training import CapacityTrainingConfig
+
+    base = CapacityTrainingConfig(init_from="runs/a")
+    for other in ({"init_from": "runs/b"}, {"seed": 1}, {"name_offset": 5}, {"dataset": "bioD"}):
+        assert sweep_module._data_key(base) != sweep_module._data_key(dataclasses.replace(base, **other)), other
+    assert sweep_module._data_key(base) == sweep_module._data_key(dataclasses.replace(base, learning_rate=0.5))

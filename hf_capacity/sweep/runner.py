@@ -1,6 +1,8 @@
 """Running a sweep: each planned run trains in its own folder, one after another; finished runs are skipped,
 unfinished runs resume from their newest checkpoint (``save_steps``; restart when they have none), failures
-recorded; ``--shard i/n`` splits the runs between processes.
+recorded; ``--shard i/n`` splits the runs between processes. A finished or checkpointed folder whose recorded
+``training_config.json`` differs from its run's resolved config (a default changed since: run ids hash only the
+non-default fields) is neither skipped nor resumed: the run counts as failed ("stale: ...") and its folder is kept.
 
 A run is finished when its folder holds ``results.json`` and the ``DONE`` marker (written last). On a machine with
 several GPUs launch one ``hf-capacity sweep --shard i/n`` per GPU: the shards share the sweep folder. The dry run
@@ -27,7 +29,7 @@ from ..data import BioDPopulation
 from ..preflight import check_run, sample_data
 from ..training import CONFIG_FILE, last_checkpoint, steps_for_exposures, tokens_per_step, train_capacity
 from .config import Sweep, SweepRun, load_sweep, plural
-from .folders import DONE, ERROR_FILE, LOG_FILE, PLAN_FILE, RUN_FILE, TABLE_CSV, read_json, write_json
+from .folders import DONE, ERROR_FILE, LOG_FILE, PLAN_FILE, RUN_FILE, TABLE_CSV, read_json, stale_message, write_json
 from .table import flatten_config, rebuild_table
 
 
@@ -98,10 +100,16 @@ def _execute(run: SweepRun, sweep_name: str) -> dict:
 
 
 # -------------------------------------------------------------------------------------------------- dry run
+DATA_FIELDS = ("dataset", "seed", "vocab_size", "fit_vocabulary", "domain_token", "init_from", "name_offset")
+"""The settings ``build_data`` reads besides n_people, biod and junk: the population, its tokenizer and renderings."""
+
+
 def _data_key(config) -> str:
-    """Runs with the same key share ``sample_data``: the settings that change the tokenizer and the renderings."""
-    return json.dumps([config.dataset, config.vocab_size, config.fit_vocabulary, config.domain_token,
-                       config.biod if config.dataset == "bioD" else None, min(config.n_people, 1000)], sort_keys=True)
+    """Runs with the same key share ``sample_data``: every setting that changes its population, tokenizer or
+    renderings (``sample_data`` caps the people at 1000 and drops junk)."""
+    key = {name: getattr(config, name) for name in DATA_FIELDS}
+    key.update(biod=config.biod if config.dataset == "bioD" else None, n_people=min(config.n_people, 1000))
+    return json.dumps(key, sort_keys=True, default=str)
 
 
 def _estimate_steps(config, data) -> int:
@@ -163,7 +171,10 @@ def _dry_run(sweep: Sweep, selected: list[SweepRun], log: Callable[[str], None])
                "num_params": None, "bits_max": None, "R_max": None, "error": None, **flatten_config(run.config)}
         checked, error = _check(run, cache)
         steps = checked.get("estimated_steps")
-        if run.done:  # skipped by the real run, so never rejected by it
+        stale = stale_message(run.output_dir, run.config)
+        if stale is not None:  # the real run leaves it as it is and counts it as failed
+            row.update(status="stale", error=stale)
+        elif run.done:  # skipped by the real run, so never rejected by it
             row["status"] = "done (skip)"
         elif error is not None:
             row.update(status="invalid", error=error)
@@ -177,7 +188,8 @@ def _dry_run(sweep: Sweep, selected: list[SweepRun], log: Callable[[str], None])
             size = (f", P = {p:,}, R_max = {checked['R_max']:.3f} bits/param" if p else
                     f", P counted when it starts (a base model), bits_max = {checked['bits_max']:,.0f}")
         log(f"[{k}/{len(selected)}] {run.run_id}  {row['status']}"
-            + (f": {error}" if row["status"] == "invalid" else f"  ~{steps:,} steps{size}" if steps is not None else ""))
+            + (f": {row['error']}" if row["status"] in ("invalid", "stale")
+               else f"  ~{steps:,} steps{size}" if steps is not None else ""))
         rows.append(row)
     df = pd.DataFrame(rows)
     todo = df[df["status"].isin(["would run"]) | df["status"].str.startswith("incomplete")]
@@ -228,6 +240,13 @@ def run_sweep(
     failure: tuple[SweepRun, Exception] | None = None
     for k, run in enumerate(selected, 1):
         prefix = f"[{k}/{len(selected)}] {run.run_id}"
+        stale = stale_message(run.output_dir, run.config)
+        if stale is not None:  # neither done nor resumed: the table counts it as failed
+            log(f"{prefix}  failed: {stale}")
+            if fail_fast:
+                rebuild_table(out)
+                raise SweepRunFailed(f"run {run.run_id} failed ({stale}); stopped (fail_fast)")
+            continue
         if run.done:
             r = (read_json(run.output_dir / "results.json") or {}).get("bits_per_param")
             log(f"{prefix}  skipped (done)" + (f"  {r:.4f} bits/param" if isinstance(r, (int, float)) else ""))

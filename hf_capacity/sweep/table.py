@@ -15,7 +15,8 @@ from typing import Any, Mapping
 import pandas as pd
 
 from .config import SWEEP_OWNED
-from .folders import DONE, ERROR_FILE, PLAN_FILE, RUN_FILE, RUNS_DIR, TABLE_CSV, TABLE_PARQUET, is_done, read_json
+from .folders import (DONE, ERROR_FILE, PLAN_FILE, RUN_FILE, RUNS_DIR, TABLE_CSV, TABLE_PARQUET, is_done, read_json,
+                      stale_message)
 
 
 class NoFinishedRunError(ValueError):
@@ -57,6 +58,10 @@ def _run_row(folder: Path, planned: dict | None) -> dict:
         return row
     done, error = read_json(folder / DONE), read_json(folder / ERROR_FILE)
     results = read_json(folder / "results.json")
+    stale = stale_message(folder, planned["config"]) if planned.get("config") is not None else None
+    if stale is not None:  # trained with other settings than the plan's (a default changed since)
+        row.update(status="failed", error=stale)
+        return row
     if is_done(folder) and results is not None:
         row["status"] = "done"
     elif error is not None:
