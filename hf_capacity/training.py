@@ -85,7 +85,7 @@ class CapacityTrainingConfig:
     resume: bool = True  # continue from the newest checkpoint in output_dir, if it holds this same run
     overwrite_output_dir: bool = False  # replace a finished or different run in output_dir (default: refuse)
     # evaluation
-    eval_steps: int | None = None
+    eval_steps: int | None = None  # measure knowledge every this many steps (None: ~EVAL_POINTS times in the run)
     eval_max_people: int | None = None
     quantized: tuple[str, ...] = ()
     logging_steps: int = 50
@@ -364,6 +364,16 @@ def plan_lines(config: CapacityTrainingConfig, *, steps: int, warmup_steps: int,
     return lines
 
 
+EVAL_POINTS = 10
+"""Measurements of a run's knowledge curve without ``eval_steps`` (besides step 0): one every tenth of the run."""
+
+
+def default_eval_steps(max_steps: int) -> int:
+    """Steps between knowledge measurements of a run of ``max_steps`` optimizer steps without ``eval_steps``:
+    max(1, max_steps // ``EVAL_POINTS``), so its curve has about ``EVAL_POINTS`` + 1 points, step 0 included."""
+    return max(1, max_steps // EVAL_POINTS)
+
+
 LEGACY_DEFAULTS = {"fit_vocabulary": False, "moe_capacity_factor_eval": None}
 """What a run recorded before these settings existed did: a record without them means these values (the whole BPE
 vocabulary; no expert token budget at evaluation), not today's defaults."""
@@ -459,6 +469,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         args.max_steps = steps_for_exposures(config, data, args, windows=windows)
         args.warmup_steps = min(config.warmup_steps, max(args.max_steps // 10, 1))  # at most a tenth of the run
     max_steps, warmup_steps = args.max_steps, args.warmup_steps
+    eval_steps = config.eval_steps or default_eval_steps(max_steps)
     optimizers = (None, None)
     if hasattr(model, "optimizer_param_groups"):  # memory values get their own learning rate
         groups = model.optimizer_param_groups(config.learning_rate, config.weight_decay)
@@ -467,7 +478,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
     callbacks = add_capacity_callbacks(
         trainer,
         data,
-        eval_steps=config.eval_steps,
+        eval_steps=eval_steps,
         context_length=config.context_length,
         quantized=config.quantized,
         report=False,
@@ -482,7 +493,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
     out = Path(config.output_dir)
     if trainer.is_world_process_zero():  # recorded first, so that a run killed part-way is recognised on resuming
         out.mkdir(parents=True, exist_ok=True)
-        applied = {"max_steps": max_steps, "warmup_steps": warmup_steps}  # what really runs
+        applied = {"max_steps": max_steps, "warmup_steps": warmup_steps, "eval_steps": eval_steps}  # what runs
         (out / CONFIG_FILE).write_text(json.dumps({**config.to_dict(), "applied": applied}, indent=2) + "\n")
         exact = not (config.streaming or config.max_steps)
         exposures = config.exposures if exact else callbacks["exposures"].exposures_at(args, max_steps)

@@ -340,3 +340,16 @@ def test_two_gpus_in_one_process_train_the_stream_once_and_report_the_exposures_
     counted = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ExposureCallback))
     assert counted.exposures == pytest.approx(3, rel=0.1)  # the token count (last batch partial) agrees
     assert counted.steps_for(trainer.args, 3) == pytest.approx(trainer.state.global_step, abs=1)  # from the mean length
+
+
+def test_a_run_without_eval_steps_measures_its_curve_about_ten_times(tmp_path):
+    """Without eval_steps a curve of step 0 and the end alone is a straight line: ~10 measurements by default."""
+    train_capacity(tiny_config(tmp_path, max_steps=20))
+    out = tmp_path / "run"
+    results = json.loads((out / "results.json").read_text())
+    assert [h["step"] for h in results["history"]] == list(range(0, 21, 2))
+    recorded = json.loads((out / "training_config.json").read_text())
+    assert recorded["eval_steps"] is None and recorded["applied"]["eval_steps"] == 2  # asked and ran
+    train_capacity(tiny_config(tmp_path, output_dir=str(tmp_path / "given"), max_steps=20, eval_steps=15))
+    results = json.loads((tmp_path / "given" / "results.json").read_text())
+    assert [h["step"] for h in results["history"]] == [0, 15, 20]  # an explicit eval_steps stays as given

@@ -244,7 +244,7 @@ def plot_sweep(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
     """Paper-style PNGs of a sweep table into ``out_dir``, per exposures value when there are several:
     ``capacity*.png`` (bits vs P with the 2 and 1 bit/param lines and, when it can be fitted, the R* law),
     ``capacity_ratio*.png`` (R vs P per architecture), ``knowledge_curves*.png`` (R vs exposures during training,
-    for runs evaluated with ``eval_steps``) and ``capacity_ratio_precision*.png`` with quantized runs."""
+    ~10 points a run unless its ``eval_steps`` says otherwise) and ``capacity_ratio_precision*.png`` with quantized runs."""
     from ..plots import plot_capacity, plot_capacity_ratio, plot_knowledge_curves
     from ..scaling import NoCapacityLimitedRunError, fit_capacity_law
 
