@@ -49,7 +49,7 @@ def _add_training_args(p: argparse.ArgumentParser, defaults) -> None:
     add_count(p, "--junk-N", default=100_000_000, help="junk population size N'")
     p.add_argument("--domain-token", action="store_true", help="start useful biographies with a domain token")
     add_count(p, "--eval-steps", default=defaults.eval_steps,
-              help="measure knowledge every this many steps (default: a tenth of the steps, ~10 points)")
+              help="measure knowledge every this many steps (unset: every tenth of the steps, ~10 points)")
     add_count(p, "--eval-max-people", default=None, help="evaluate a subsample (default: everybody)")
     p.add_argument("--quantized", nargs="*", default=[], choices=QUANTIZED_CHOICES,
                    help="schemes measured at the end: bitsandbytes int8/nf4/fp4, GPTQ gptq-int4/gptq-int8 (the paper's)")
