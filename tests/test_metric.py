@@ -19,7 +19,7 @@ LN2 = math.log(2)
 
 @pytest.fixture
 def metric(tmp_path):
-    return load_metric(cache_dir=str(tmp_path))
+    return load_metric(cache_dir=str(tmp_path), family="bioS")
 
 
 def test_loads_offline_with_evaluate_and_shortcut(monkeypatch, tmp_path):
@@ -32,7 +32,7 @@ def test_loads_offline_with_evaluate_and_shortcut(monkeypatch, tmp_path):
         assert m.name == "knowledge_bits"
         assert set(m.features) == {"name_loss", "value_loss", "first_chunk_loss"}
         assert "2404.05405" in m.citation
-    assert direct.compute(name_loss=[0.0], value_loss=[0.0])["n_people"] == 1
+    assert direct.compute(name_loss=[0.0], value_loss=[0.0], family="bioS")["n_people"] == 1
 
 
 def test_bios_perfect_model_reaches_bits_max(metric):
@@ -62,12 +62,12 @@ def test_add_batch_twice_equals_one_compute(metric, tmp_path):
     metric.add_batch(name_loss=name[:25], value_loss=value[:25])
     metric.add_batch(name_loss=name[25:], value_loss=value[25:])
     batched = metric.compute(num_params=12_345)
-    once = load_metric(cache_dir=str(tmp_path), experiment_id="once")
+    once = load_metric(cache_dir=str(tmp_path), experiment_id="once", family="bioS")
     assert batched == pytest.approx(once.compute(name_loss=name, value_loss=value, num_params=12_345))
 
 
 def test_num_params_and_load_time_defaults(tmp_path):
-    metric = load_metric(cache_dir=str(tmp_path), num_params=1_000, n_people=100)
+    metric = load_metric(cache_dir=str(tmp_path), family="bioS", num_params=1_000, n_people=100)
     r = metric.compute(name_loss=[5.0, 7.0], value_loss=[10.0, 20.0])  # a sample of 2 out of N = 100
     assert r["bits_per_param"] == pytest.approx(r["bits"] / 1_000)
     assert r["bits_max_per_param"] == pytest.approx(bits.bios_bits_max(100).total / 1_000)
@@ -191,3 +191,13 @@ def test_metric_inputs_say_what_they_need(biod_data):
     report = evaluate_knowledge(PartialOracle(len(biod_data.tokenizer)), biod_data, max_people=5, progress=False)
     with pytest.raises(ValueError, match="needs its data"):
         metric_inputs(report)
+
+
+def test_the_family_is_required_unless_the_inputs_say_it(tmp_path):
+    """Plain name and value losses fit bioS and bioD alike: a bioD run's losses read as bioS give other bits."""
+    metric = load_metric(cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"family is missing.*family='bioS' or family='bioD'.*metric_inputs"):
+        metric.compute(name_loss=[1.0, 2.0], value_loss=[0.5, 0.5])
+    shape = dict(n_attributes=2, chunks_per_value=1, diversity=4, chunk_length=2, alphabet=3)
+    read = metric.compute(name_loss=[1.0, 2.0], value_loss=[0.5, 0.5], first_chunk_loss=[0.2, 0.4], **shape)
+    assert read["bits"] == pytest.approx(64.36, abs=0.01)  # first_chunk_loss and K, C, D, L, T only exist in bioD

@@ -37,8 +37,9 @@ Inputs (one entry per person):
         summed over the person's K attributes; p3 = mean(first_chunk_loss) / K.
 
 Settings (keyword arguments of `compute()`, or of `evaluate.load()` as defaults; `compute()` wins):
-    family (`str`): "bioS" (default; "bioS-simple" is the same formula) or "bioD". `evaluate.load(path, "bioD")`
-        sets it through the config name.
+    family (`str`): "bioS" ("bioS-simple" is the same formula) or "bioD"; required (`evaluate.load(path, "bioD")`
+        sets it through the config name) unless the inputs say bioD (first_chunk_loss, K, C, D, L, T). Plain
+        name and value losses fit both, and bioD losses read as bioS give other bits, so they are refused.
     n_people (`int`): population size N. Defaults to the number of people given; may be larger when a
         subsample was evaluated (bits are then extrapolated from the sample means), never smaller.
     num_params (`int`): the model's parameter count P (see `hf_capacity.params.count_parameters`); adds
@@ -65,7 +66,7 @@ Examples:
     >>> from hf_capacity.metrics import METRIC_PATH
     >>> metric = evaluate.load(METRIC_PATH)
     >>> import math
-    >>> r = metric.compute(name_loss=[math.log(2)] * 2, value_loss=[0.0] * 2, num_params=100)
+    >>> r = metric.compute(name_loss=[math.log(2)] * 2, value_loss=[0.0] * 2, family="bioS", num_params=100)
     >>> round(r["bits"], 2), round(r["bits_per_param"], 4)
     (147.69, 1.4769)
 """
@@ -235,10 +236,18 @@ class KnowledgeBits(evaluate.Metric):
                 "clip": clip,
             }
         )
-        family = s["family"] or "bioS"
         name = _losses("name_loss", name_loss)
         value = _losses("value_loss", value_loss)
         first = _losses("first_chunk_loss", first_chunk_loss)
+        family = s["family"]
+        if family is None:  # read from the inputs only where they say it: bioD's own inputs
+            if any(s[k] is not None for k in BIOD_PARAMETERS) or (first.size and not np.isnan(first).all()):
+                family = "bioD"
+            else:
+                raise ValueError(
+                    "family is missing: pass family='bioS' or family='bioD' to compute() or evaluate.load() "
+                    "(name and value losses alone fit both; metric_inputs(losses, data) sets it from the data)"
+                )
         n = name.size
         if n == 0:
             raise ValueError("no people to evaluate: add name_loss and value_loss for at least one person")
