@@ -37,6 +37,14 @@ def fits(table: pd.DataFrame):
     return fit_capacity_law(frame, n_bootstrap=2000, seed=0), fit_loglog_slope(points["P"], points["bits"])
 
 
+def markdown_rows(table: pd.DataFrame) -> list[str]:
+    """The README's table rows (dataset, model, layers, width, exposures, precision, P, non-embedding share, N,
+    R_max, bits, bits/param, context, learning rate, seed) of a capacity-law table."""
+    return [f"| {r.dataset} | {r.model} | {r.layers} | {r.width} | {r.exposures} | {r.precision} | {r.P:,} | "
+            f"{r.non_embedding_share:.0%} | {r.N:,} | {r.R_max:.2f} | {r.bits:,.0f} | **{r.bits_per_param:.3f}** | "
+            f"{r.context_length} | {r.learning_rate:g} | {r.seed} |" for r in table.itertuples()]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", nargs="+", help="sweep folders (or their results.csv)")
@@ -51,19 +59,25 @@ def main() -> int:
             parts.insert(0, pd.read_csv(args.with_table))
         table = (pd.concat(parts, ignore_index=True).drop_duplicates("run_id", keep="last")
                  .sort_values(["dataset", "P", "context_length"]))
-        law, slope = fits(table)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:
+        law, slope = fits(table)
+    except ValueError as err:  # too few ladder runs yet: the table and points are still worth writing
+        law = slope = None
+        print(f"no fit yet: {err}", file=sys.stderr)
     if args.output:
         table.to_csv(args.output, index=False, float_format="%.6g")
     if args.figure:
         plot_capacity_law(table, args.figure, fit=law, slope=slope)
     print(table.drop(columns="run_id").to_string(index=False, float_format=lambda x: f"{x:.4g}"))
-    print(f"R* = {law.ratio_bits_per_param:.3f} bits/param, {law.ci_level:.0%} CI [{law.ci_low:.3f}, {law.ci_high:.3f}] "
-          f"({law.n_capacity_limited} of {law.n_runs} runs capacity-limited)")
-    print(f"log-log slope {slope.slope:.3f}, {slope.ci_level:.0%} CI [{slope.ci_low:.3f}, {slope.ci_high:.3f}] "
-          f"over {slope.n_points} runs")
+    print("\n".join(markdown_rows(table)))
+    if law is not None:
+        print(f"R* = {law.ratio_bits_per_param:.3f} bits/param, {law.ci_level:.0%} CI [{law.ci_low:.3f}, "
+              f"{law.ci_high:.3f}] ({law.n_capacity_limited} of {law.n_runs} runs capacity-limited)")
+        print(f"log-log slope {slope.slope:.3f}, {slope.ci_level:.0%} CI [{slope.ci_low:.3f}, {slope.ci_high:.3f}] "
+              f"over {slope.n_points} runs")
     return 0
 
 
