@@ -118,6 +118,9 @@ def plot_capacity_law(table: Any, out_png: str | os.PathLike, *, fit: Any = None
     labels, groups = _groups(table, group_by if _column(table, group_by, required=False) is not None else None,
                              params.size)
     names = _column(table, label_by, required=False) if label_by else None
+    widths = _column(table, "width", required=False)
+    if names is not None and label_by == "model" and widths is not None:  # gpt2-1-1 comes in several widths
+        names = np.array([f"{n}, width {w:g}" for n, w in zip(names, widths)])
     fig = Figure(figsize=(6.5, 4.8))
     ax = fig.add_subplot()
     p_line = np.geomspace(params.min() / 1.6, params.max() * 1.6, 100)

@@ -88,3 +88,20 @@ def test_the_readme_quantization_table_is_the_committed_study():
         run = found.iloc[0]
         assert per_param.replace("**", "") == (f"{run.bits_per_param:.3f}" if run.bits_per_param else "0"), label
         assert ratio == (f"{run.ratio_to_unquantized:.3f}" if run.ratio_to_unquantized else "0"), label
+
+
+def test_the_readme_capacity_law_rows_are_the_committed_table():
+    """The README's capacity-law table is docs/results/capacity_law.csv, row for row (and the figure exists)."""
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("capacity_law_table", ROOT / "scripts" / "capacity_law_table.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    table = pd.read_csv(RESULTS / "capacity_law.csv")
+    section = README.read_text().split("## The capacity law across model sizes", 1)[1].split("\n## ", 1)[0]
+    shown = [line for line in section.splitlines() if line.startswith("| bio")]
+    assert shown == script.markdown_rows(table) and len(shown) >= 1
+    assert (table["R_max"] > 1.25 * table["bits_per_param"]).all()  # every row capacity-limited: < 80% learned
+    assert (ROOT / "docs" / "figures" / "capacity_law.png").is_file()
