@@ -120,7 +120,7 @@ def round_to_nearest_weight(weight: torch.Tensor, bits: int, *, group_size: int 
     return out.to(torch.float32)
 
 
-def _quantizable_layers(model) -> list[tuple[str, torch.nn.Module]]:
+def quantizable_layers(model) -> list[tuple[str, torch.nn.Module]]:
     """The linear layers GPTQ quantizes, in forward (module) order: every ``nn.Linear`` and GPT-2 ``Conv1D`` but
     the output head."""
     from transformers.pytorch_utils import Conv1D
@@ -158,7 +158,7 @@ def gptq_quantize_model(model, batches: list[torch.Tensor], bits: int, *, group_
     from transformers.pytorch_utils import Conv1D
 
     device = next(model.parameters()).device
-    layers = _quantizable_layers(model)
+    layers = quantizable_layers(model)
     for name, layer in tqdm(layers, desc=f"GPTQ int{bits}", disable=not progress):
         width = layer.weight.shape[0] if isinstance(layer, Conv1D) else layer.weight.shape[1]
         hessian = torch.zeros(width, width, dtype=torch.float64, device=device)

@@ -21,7 +21,7 @@ from hf_capacity.data import KnowledgeData
 from hf_capacity.evaluation import evaluate_knowledge
 from hf_capacity.models.registration import load_causal_lm
 from hf_capacity.quantization import (
-    _quantizable_layers,
+    quantizable_layers,
     calibration_batches,
     gptq_quantize_model,
     quantized_capacity,
@@ -47,7 +47,7 @@ def study(run: str) -> list[dict]:
                     gptq_quantize_model(model, batches, bits, group_size=group)
                 else:
                     with torch.no_grad():
-                        for _, layer in _quantizable_layers(model):
+                        for _, layer in quantizable_layers(model):
                             layer.weight.copy_(round_to_nearest_weight(layer.weight, bits, group_size=group))
                 rows.append({"method": method, "bits": bits, "group_size": group,
                              "report": evaluate_knowledge(model, data, progress=False)})
