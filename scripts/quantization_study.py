@@ -21,9 +21,9 @@ from hf_capacity.data import KnowledgeData
 from hf_capacity.evaluation import evaluate_knowledge
 from hf_capacity.models.registration import load_causal_lm
 from hf_capacity.quantization import (
-    quantizable_layers,
     calibration_batches,
     gptq_quantize_model,
+    quantizable_layers,
     quantized_capacity,
     round_to_nearest_weight,
 )
