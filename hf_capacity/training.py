@@ -469,7 +469,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         args.max_steps = steps_for_exposures(config, data, args, windows=windows)
         args.warmup_steps = min(config.warmup_steps, max(args.max_steps // 10, 1))  # at most a tenth of the run
     max_steps, warmup_steps = args.max_steps, args.warmup_steps
-    eval_steps = config.eval_steps or default_eval_steps(max_steps)
+    eval_steps = config.eval_steps if config.eval_steps is not None else default_eval_steps(max_steps)
     optimizers = (None, None)
     if hasattr(model, "optimizer_param_groups"):  # memory values get their own learning rate
         groups = model.optimizer_param_groups(config.learning_rate, config.weight_decay)
