@@ -7,7 +7,7 @@ the fraction of the machine's matmul peak (measured in the same run).
 The calibration config (bioD(1500, K=1, C=16, D=1000, L=1, T=1000), GPT2-1-1, context 512, AdamW, fp32) trains
 with the stock ``transformers.Trainer`` exactly as ``hf-capacity train`` builds it: with the plain head +
 cross-entropy and the whole 5,096-token vocabulary; with ``--fused-loss`` and the whole vocabulary
-(``--no-fit-vocabulary``: the baseline, the training path before the vocabulary was fitted); with the fused loss
+(the default: the baseline); with the fused loss
 and the fitted vocabulary (2,745 tokens: the same tokens in every window, the same P); and with the fitted
 vocabulary at context 256 and twice the batch (the same tokens a step). Variants run in interleaved rounds of
 ``--steps`` steps after a warm-up round; a round's time runs from the end of its 5th step to its last (a callback
@@ -119,14 +119,14 @@ def main() -> None:
         biod={"n_attributes": 1, "chunks_per_value": 16, "diversity": 1000, "chunk_length": 1, "alphabet": 1000},
         batch_size=args.batch, learning_rate=1e-2, progress=False,
     )
-    full, fitted = build_data(replace(base, fit_vocabulary=False)), build_data(base)
+    full, fitted = build_data(base), build_data(replace(base, fit_vocabulary=True))
     windows = {(fit, context): data.stream(40, context).to_dataset(progress=False)
                for fit, data in ((False, full), (True, fitted)) for context in (512, 256)}
     variants = [  # name, config, data, fused-loss chunk rows (None: the model's rule, fused_chunk_size)
         ("plain loss, whole vocabulary", replace(base, fit_vocabulary=False), full, None),
         (BASELINE, replace(base, fit_vocabulary=False, fused_loss=True), full, 128),
-        ("fused loss, fitted vocabulary", replace(base, fused_loss=True), fitted, None),
-        ("fused loss, fitted vocabulary, context 256", replace(base, fused_loss=True, context_length=256,
+        ("fused loss, fitted vocabulary", replace(base, fused_loss=True, fit_vocabulary=True), fitted, None),
+        ("fused loss, fitted vocabulary, context 256", replace(base, fused_loss=True, fit_vocabulary=True, context_length=256,
                                                                batch_size=2 * args.batch), fitted, None),
     ]
     if args.compile:

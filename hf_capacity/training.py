@@ -52,7 +52,7 @@ class CapacityTrainingConfig:
     junk_n_people: int = 100_000_000
     domain_token: bool = False
     vocab_size: int = 4096  # BPE vocabulary trained on the population
-    fit_vocabulary: bool = True  # then keep only the tokens the renderings use (same P, smaller head)
+    fit_vocabulary: bool = False  # keep only the tokens the renderings use (same P, smaller head; opt-in, see README)
     block_diagonal: bool = False
     # model
     model: str = "gpt2-2-2"  # gpt2-ℓ-h | llama-ℓ-h | memory-llama-ℓ-h (h heads of head_dim)
@@ -374,9 +374,9 @@ def default_eval_steps(max_steps: int) -> int:
     return max(1, max_steps // EVAL_POINTS)
 
 
-LEGACY_DEFAULTS = {"fit_vocabulary": False, "moe_capacity_factor_eval": None}
-"""What a run recorded before these settings existed did: a record without them means these values (the whole BPE
-vocabulary; no expert token budget at evaluation), not today's defaults."""
+LEGACY_DEFAULTS = {"moe_capacity_factor_eval": None}
+"""What a run recorded before these settings existed did: a record without them means these values (no expert token
+budget at evaluation), not today's defaults."""
 
 
 def run_differences(recorded: dict, config: CapacityTrainingConfig) -> list[str]:

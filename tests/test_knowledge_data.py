@@ -46,8 +46,8 @@ def test_a_fitted_vocabulary_keeps_every_token_and_p_while_the_head_shrinks(fami
         population = BioDPopulation(300, n_attributes=2, chunks_per_value=4, diversity=50, chunk_length=1, alphabet=200)
     else:
         population = BioSPopulation(400, seed=1)
-    full = KnowledgeData.create(population, fit_vocabulary=False, vocab_size=2048)
-    fitted = KnowledgeData.create(population, vocab_size=2048)
+    full = KnowledgeData.create(population, vocab_size=2048)
+    fitted = KnowledgeData.create(population, fit_vocabulary=True, vocab_size=2048)
     assert len(fitted.tokenizer) < 0.75 * len(full.tokenizer)
 
     people = np.arange(population.n_people)
@@ -70,7 +70,7 @@ def test_a_fitted_vocabulary_keeps_every_token_and_p_while_the_head_shrinks(fami
 
 
 def test_a_fitted_vocabulary_saves_and_loads_back(tmp_path):
-    data = KnowledgeData.create(BioSPopulation(200, seed=2), vocab_size=1024)
+    data = KnowledgeData.create(BioSPopulation(200, seed=2), vocab_size=1024, fit_vocabulary=True)
     loaded = KnowledgeData.load(data.save(tmp_path / "d"))
     assert loaded.tokenizer.get_vocab() == data.tokenizer.get_vocab()
     people = np.arange(50)

@@ -259,24 +259,25 @@ def test_a_run_that_stored_nothing_writes_valid_json_and_no_nan(tmp_path):
     assert "nan" not in card.lower() and "| int8 |" in card and "n/a (the full-precision model stores no bits)" in card
 
 
-def test_a_run_recorded_before_the_fitted_vocabulary_is_not_resumed_with_it(tmp_path):
-    """A folder whose training_config.json predates fit_vocabulary trained on the whole BPE vocabulary: resuming it
-    with today's default (a fitted, smaller vocabulary) would not fit its checkpoint, so it counts as another run."""
+def test_an_moe_run_recorded_before_the_evaluation_capacity_factor_is_not_resumed_with_it(tmp_path):
+    """A folder whose training_config.json predates moe_capacity_factor_eval evaluated its experts without a token
+    budget: resuming it with today's default (8) would measure another model, so it counts as another run; for a
+    dense model the MoE settings do not count."""
     from hf_capacity.training import check_output_dir, run_differences
 
-    config = tiny_config(tmp_path)
+    config = tiny_config(tmp_path, num_experts=4)
     recorded = config.to_dict()
-    del recorded["fit_vocabulary"], recorded["moe_capacity_factor_eval"]
-    assert run_differences(recorded, config) == ["fit_vocabulary False → True"]
-    assert run_differences(recorded, tiny_config(tmp_path, fit_vocabulary=False)) == []
-    moe = {**recorded, "num_experts": 32}  # an MoE run of before evaluated without an expert token budget
-    assert run_differences(moe, tiny_config(tmp_path, fit_vocabulary=False, num_experts=32)) == [
-        "moe_capacity_factor_eval None → 8.0"]
+    del recorded["moe_capacity_factor_eval"]
+    assert run_differences(recorded, config) == ["moe_capacity_factor_eval None → 8.0"]
+    assert run_differences(recorded, tiny_config(tmp_path, num_experts=4, moe_capacity_factor_eval=None)) == []
+    dense = {k: v for k, v in tiny_config(tmp_path).to_dict().items() if k != "moe_capacity_factor_eval"}
+    assert run_differences(dense, tiny_config(tmp_path)) == []
     out = tmp_path / "run"
     out.mkdir()
     (out / "training_config.json").write_text(json.dumps(recorded))
-    with pytest.raises(ValueError, match="holds another run \\(fit_vocabulary False → True"):
+    with pytest.raises(ValueError, match="holds another run \\(moe_capacity_factor_eval None → 8.0"):
         check_output_dir(config)
+
 
 
 def own_trainer(tmp_path, data, train, **args):

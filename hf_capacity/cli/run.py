@@ -42,9 +42,9 @@ def _add_training_args(p: argparse.ArgumentParser, defaults) -> None:
               help="learning-rate warm-up (at most a tenth of the steps)")
     add_count(p, "--max-steps", default=None, help="override the steps computed from --exposures")
     add_count(p, "--vocab-size", default=defaults.vocab_size, help="BPE vocabulary trained on the population")
-    p.add_argument("--no-fit-vocabulary", action="store_true",
-                   help="keep the whole BPE vocabulary (default: only the tokens the renderings use, plus the 256 "
-                        "bytes: same tokens and P, a smaller head, faster training)")
+    p.add_argument("--fit-vocabulary", action="store_true",
+                   help="keep only the tokens the renderings use plus the 256 bytes (same tokens and P, a smaller head, "
+                   "faster steps; opt-in: it learned less in a 2026-12-02 check, see the README)")
     p.add_argument("--junk-fraction", type=float, default=0.0, help="fraction of windows from junk bioS(N')")
     add_count(p, "--junk-N", default=100_000_000, help="junk population size N'")
     p.add_argument("--domain-token", action="store_true", help="start useful biographies with a domain token")
@@ -122,7 +122,7 @@ def _training_config(args):
         junk_n_people=args.junk_N,
         domain_token=args.domain_token,
         vocab_size=args.vocab_size,
-        fit_vocabulary=not args.no_fit_vocabulary,
+        fit_vocabulary=args.fit_vocabulary,
         model=args.model,
         head_dim=args.head_dim,
         mlp_type=args.mlp_type,

@@ -54,7 +54,7 @@ class KnowledgeData:
         domain_token: bool = False,
         junk: JunkConfig | None = None,
         vocab_size: int = DEFAULT_VOCAB_SIZE,
-        fit_vocabulary: bool = True,
+        fit_vocabulary: bool = False,
         tokenizer=None,
     ) -> KnowledgeData:
         """Bundle ``population`` with a tokenizer: by default one trained on the population (the project
