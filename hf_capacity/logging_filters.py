@@ -5,6 +5,7 @@ Each filter drops one exact message from one logger and nothing else, so a real 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 # bitsandbytes >= 0.50 on CPUs with AVX512-BF16 tries to fetch an optional 4-bit GEMM kernel from the Hub
@@ -35,3 +36,19 @@ def install() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) for f in logger.filters):
             logger.addFilter(_DropMessages(prefixes))
+
+
+@contextlib.contextmanager
+def transformers_progress_bars(enabled: bool):
+    """Within the block, transformers' own progress bars (loading and saving weights) are off unless ``enabled``;
+    afterwards they are as they were."""
+    from transformers.utils import logging as hf_logging
+
+    silence = not enabled and hf_logging.is_progress_bar_enabled()
+    if silence:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if silence:
+            hf_logging.enable_progress_bar()

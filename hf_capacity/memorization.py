@@ -211,9 +211,8 @@ def train_memorization(config: MemorizationRunConfig) -> dict:
     from pathlib import Path
 
     from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
-    from transformers.utils import logging as hf_logging
-
     from .callbacks import MemorizationCallback
+    from .logging_filters import transformers_progress_bars
     from .models.capacity_gpt2 import CapacityGPT2Config, CapacityGPT2ForCausalLM
     from .training import check_model_name
 
@@ -246,16 +245,10 @@ def train_memorization(config: MemorizationRunConfig) -> dict:
 
     trainer = Trainer(model=model, args=args, train_dataset=data.to_dataset(), callbacks=[StopWhenSaturated()])
     callback.attach(trainer)
-    silence = not config.progress and hf_logging.is_progress_bar_enabled()
-    if silence:
-        hf_logging.disable_progress_bar()  # transformers' own bars (saving weights) too
-    try:
+    with transformers_progress_bars(config.progress):  # transformers' own bars (saving weights) too
         trainer.train()
         out.mkdir(parents=True, exist_ok=True)
         trainer.model.save_pretrained(str(out))
-    finally:
-        if silence:
-            hf_logging.enable_progress_bar()
     (out / RUN_CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     result = _result(config, callback.last_report, callback.history[-1]["heldout_memorized_bits"], callback.history,
                      trainer.state.global_step)
@@ -278,15 +271,10 @@ def remeasure_memorization(run_dir) -> dict:
         raise FileNotFoundError(f"{path} has no {RUN_CONFIG_NAME}: pass a folder written by `hf-capacity memorize` "
                                 "(runs made before the config was recorded cannot be re-measured)")
     config = MemorizationRunConfig.from_dict(json.loads(config_file.read_text()))
-    from transformers.utils import logging as hf_logging
+    from .logging_filters import transformers_progress_bars
 
-    shown = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with transformers_progress_bars(False):
         model = load_causal_lm(path).eval()
-    finally:
-        if shown:
-            hf_logging.enable_progress_bar()
     data = config.sequences()
     report = memorized_bits(model, data)
     held = memorized_bits(model, data.held_out(config.held_out))

@@ -436,16 +436,10 @@ def train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None = 
     With ``config.progress`` False, transformers' own progress bars (saving and loading weights) are off too
     while the run lasts, so sweep logs hold one line a run. Launched on several processes (torchrun, accelerate),
     rank 0 writes the output folder and every rank returns only once it has (a barrier)."""
-    from transformers.utils import logging as hf_logging
+    from .logging_filters import transformers_progress_bars
 
-    silence = not config.progress and hf_logging.is_progress_bar_enabled()
-    if silence:
-        hf_logging.disable_progress_bar()
-    try:
+    with transformers_progress_bars(config.progress):
         return _train_capacity(config, data, model)
-    finally:
-        if silence:
-            hf_logging.enable_progress_bar()
 
 
 def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, model):
