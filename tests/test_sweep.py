@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,8 @@ from hf_capacity.sweep import (
     rebuild_table,
     run_sweep,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
     "n_people": 8, "model": "gpt2-1-1", "head_dim": 16, "context_length": 128, "batch_size": 4, "vocab_size": 400,
@@ -408,9 +411,24 @@ def test_capacity_law_table_and_figure_of_a_sweep(tmp_path, tiny_sweep):
     assert rows["width"].iloc[0] == int(run["model"].split("-")[2]) * run["head_dim"]
     assert rows["non_embedding_share"].iloc[0] == pytest.approx(run["num_params_non_embedding"] / run["num_params"])
     assert rows["R_max"].iloc[0] == pytest.approx(run["bits_max"] / run["num_params"])
+    assert set(rows["vocabulary"]) == {"whole"}  # fit_vocabulary is opt-in
     rows = rows.assign(bits=rows["bits"].clip(lower=1.0))  # a one-step tiny run may store nothing
     png = plot_capacity_law(rows, tmp_path / "law.png")
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_capacity_law_is_fitted_on_whole_vocabulary_rows_only():
+    """A fitted-vocabulary row trained while that was the default shares its run id with today's whole-vocabulary
+    run of the same settings: the table keeps both, the law's points are the whole-vocabulary one."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("capacity_law_table", ROOT / "scripts" / "capacity_law_table.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    row = {"dataset": "bioD", "exposures": 1000, "context_length": 256, "precision": "fp32", "P": 43_152,
+           "run_id": "gpt2-1-1_same"}
+    table = pd.DataFrame([{**row, "vocabulary": "fitted", "bits": 81_578.0}, {**row, "vocabulary": "whole", "bits": 90_000.0}])
+    assert script.ladder_points(table)["bits"].tolist() == [90_000.0]
 
 
 def test_fit_on_few_runs_says_so_and_flags_runs_that_look_undertrained(tmp_path, capsys):
@@ -444,6 +462,16 @@ def test_dry_run_shows_each_runs_parameters_and_ceiling(tiny_sweep, tmp_path, ca
     assert row["R_max"] == pytest.approx(seed0["bits_max"] / seed0["num_params"])
     assert f"P = {seed0['num_params']:,}, R_max = {row['R_max']:.3f} bits/param" in lines[1]
     assert lines[0] == "sweep 'tiny': 1 run" and lines[-1].startswith("dry run: 1 run in ")
+
+
+def test_dry_run_marks_p_as_approximate_above_the_sample(tmp_path):
+    """Above 1,000 people the dry run counts P's embedding rows on a 1,000-person sample: it says "≈", not "="."""
+    from hf_capacity.preflight import SAMPLE_PEOPLE
+
+    lines = []
+    config = tiny_config(tmp_path / "big", base={**TINY, "n_people": SAMPLE_PEOPLE + 200})
+    run_sweep(config, dry_run=True, log=lines.append)
+    assert "P ≈ " in lines[1] and "R_max ≈ " in lines[1] and "P = " not in lines[1]
 
 
 def test_a_grid_of_numpy_numbers_is_a_grid_of_numbers():

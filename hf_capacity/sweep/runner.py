@@ -26,7 +26,7 @@ import pandas as pd
 
 from ..bits import biod_bits_max, bios_bits_max
 from ..data import BioDPopulation
-from ..preflight import check_run, sample_data
+from ..preflight import SAMPLE_PEOPLE, check_run, sample_data
 from ..training import CONFIG_FILE, last_checkpoint, steps_for_exposures, tokens_per_step, train_capacity
 from .config import Sweep, SweepRun, load_sweep, plural
 from .folders import DONE, ERROR_FILE, LOG_FILE, PLAN_FILE, RUN_FILE, TABLE_CSV, read_json, stale_message, write_json
@@ -185,7 +185,9 @@ def _dry_run(sweep: Sweep, selected: list[SweepRun], log: Callable[[str], None])
         size = ""
         if checked:
             p = checked["num_params"]
-            size = (f", P = {p:,}, R_max = {checked['R_max']:.3f} bits/param" if p else
+            # P counts the embedding rows the renderings use, here on the sample: more people use more name tokens
+            approx = "≈" if run.config["n_people"] > SAMPLE_PEOPLE else "="
+            size = (f", P {approx} {p:,}, R_max {approx} {checked['R_max']:.3f} bits/param" if p else
                     f", P counted when it starts (a base model), bits_max = {checked['bits_max']:,.0f}")
         log(f"[{k}/{len(selected)}] {run.run_id}  {row['status']}"
             + (f": {row['error']}" if row["status"] in ("invalid", "stale")
