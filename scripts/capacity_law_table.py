@@ -24,9 +24,10 @@ from hf_capacity.sweep import capacity_law_table, load_results, require_finished
 
 
 def ladder_points(table: pd.DataFrame) -> pd.DataFrame:
-    """The rows the law is fitted on: bioD, 1000 exposures, context 256, as trained."""
+    """The rows the law is fitted on: bioD, 1000 exposures, context 256, fp32, the whole vocabulary (the rows trained
+    with the fitted vocabulary before 2026-12-06 stay in the table as a record, outside the fit)."""
     keep = (table["dataset"] == "bioD") & (table["exposures"] == 1000) & (table["context_length"] == 256)
-    return table[keep & (table["precision"] == "fp32")]
+    return table[keep & (table["precision"] == "fp32") & (table["vocabulary"] == "whole")]
 
 
 def fits(table: pd.DataFrame):
@@ -39,17 +40,18 @@ def fits(table: pd.DataFrame):
 
 def markdown_rows(table: pd.DataFrame) -> list[str]:
     """The README's table rows (dataset, model, layers, width, exposures, precision, P, non-embedding share, N,
-    R_max, bits, bits/param, context, learning rate, seed) of a capacity-law table."""
+    R_max, bits, bits/param, context, vocabulary, learning rate, seed) of a capacity-law table."""
     return [f"| {r.dataset} | {r.model} | {r.layers} | {r.width} | {r.exposures} | {r.precision} | {r.P:,} | "
             f"{r.non_embedding_share:.0%} | {r.N:,} | {r.R_max:.2f} | {r.bits:,.0f} | **{r.bits_per_param:.3f}** | "
-            f"{r.context_length} | {r.learning_rate:g} | {r.seed} |" for r in table.itertuples()]
+            f"{r.context_length} | {r.vocabulary} | {r.learning_rate:g} | {r.seed} |" for r in table.itertuples()]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", nargs="+", help="sweep folders (or their results.csv)")
     parser.add_argument("--with-table", default=None, metavar="CSV",
-                        help="a capacity-law CSV written before, whose rows join the sweeps' (same run_id: the sweep's row)")
+                        help="a capacity-law CSV written before, whose rows join the sweeps' (same run_id and "
+                             "vocabulary: the sweep's row)")
     parser.add_argument("-o", "--output", default=None, help="CSV to write (default: print only)")
     parser.add_argument("--figure", default=None, help="PNG to write")
     args = parser.parse_args()
@@ -57,8 +59,11 @@ def main() -> int:
         parts = [capacity_law_table(require_finished_runs(load_results(s), s)) for s in args.sweeps]
         if args.with_table:
             parts.insert(0, pd.read_csv(args.with_table))
-        table = (pd.concat(parts, ignore_index=True).drop_duplicates("run_id", keep="last")
-                 .sort_values(["dataset", "P", "context_length"]))
+        table = pd.concat(parts, ignore_index=True)
+        # A run id hashes the settings that differ from the defaults: the fitted-vocabulary rows trained while that
+        # was the default share their id with today's whole-vocabulary runs, so the vocabulary is part of the key.
+        table = (table.drop_duplicates(["run_id", "vocabulary"], keep="last")
+                 .sort_values(["vocabulary", "dataset", "P", "context_length"], ascending=[False, True, True, True]))
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

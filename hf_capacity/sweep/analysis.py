@@ -320,7 +320,14 @@ def precision_table(df: pd.DataFrame) -> pd.DataFrame:
 
 CAPACITY_LAW_COLUMNS = ["dataset", "model", "layers", "width", "exposures", "precision", "P", "non_embedding_share",
                         "N", "R_max", "bits", "bits_per_param", "fraction_learned", "learning_rate", "context_length",
-                        "seed", "wall_time_s", "run_id"]
+                        "vocabulary", "seed", "wall_time_s", "run_id"]
+
+
+def _true(value: Any) -> bool:
+    """A table cell read as a flag: True, "True"/"true" or 1; missing (NaN, None) is False."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1")
+    return bool(value) and not pd.isna(value)
 
 
 def capacity_law_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -329,7 +336,8 @@ def capacity_law_table(df: pd.DataFrame) -> pd.DataFrame:
     Columns ``CAPACITY_LAW_COLUMNS``: layers and width (hidden size = heads × head_dim) from the model name, P the
     paper's count, non_embedding_share = non-embedding parameters / P, R_max = bits_max / P (a run storing R bits
     a parameter learned R / R_max of its data: capacity-limited when that is well below 1), bits and bits_per_param
-    as trained (quantized measurements are in ``precision_table``)."""
+    as trained (quantized measurements are in ``precision_table``); vocabulary ``"whole"`` (the project's BPE
+    tokenizer) or ``"fitted"`` (``fit_vocabulary``: only the tokens the renderings use)."""
     rows = []
     for _, run in df[df["status"] == "done"].iterrows():
         match = MODEL_NAME.match(str(run["model"]))
@@ -342,7 +350,8 @@ def capacity_law_table(df: pd.DataFrame) -> pd.DataFrame:
             "non_embedding_share": float(run["num_params_non_embedding"]) / p, "N": int(run["n_people"]),
             "R_max": float(run["bits_max"]) / p, "bits": float(run["bits"]), "bits_per_param": float(run["bits_per_param"]),
             "fraction_learned": float(run["fraction_learned"]), "learning_rate": float(run["learning_rate"]),
-            "context_length": int(run["context_length"]), "seed": int(run["seed"]),
+            "context_length": int(run["context_length"]),
+            "vocabulary": "fitted" if _true(run.get("fit_vocabulary")) else "whole", "seed": int(run["seed"]),
             "wall_time_s": run.get("wall_time_s"), "run_id": run["run_id"],
         })
     table = pd.DataFrame(rows, columns=CAPACITY_LAW_COLUMNS)
