@@ -38,6 +38,15 @@ def fits(table: pd.DataFrame):
     return fit_capacity_law(frame, n_bootstrap=2000, seed=0), fit_loglog_slope(points["P"], points["bits"])
 
 
+def figure_points(table: pd.DataFrame) -> pd.DataFrame:
+    """The whole-vocabulary rows, with a ``series`` column for the figure's markers: the dataset for the ladder's
+    context (256), "<dataset>, context <n>" for a context control."""
+    points = table[table["vocabulary"] == "whole"]
+    series = [r.dataset if r.context_length == 256 else f"{r.dataset}, context {r.context_length}"
+              for r in points.itertuples()]
+    return points.assign(series=series)
+
+
 def markdown_rows(table: pd.DataFrame) -> list[str]:
     """The README's table rows (dataset, model, layers, width, exposures, precision, P, non-embedding share, N,
     R_max, bits, bits/param, context, vocabulary, learning rate, seed) of a capacity-law table."""
@@ -74,8 +83,8 @@ def main() -> int:
         print(f"no fit yet: {err}", file=sys.stderr)
     if args.output:
         table.to_csv(args.output, index=False, float_format="%.6g")
-    if args.figure:
-        plot_capacity_law(table, args.figure, fit=law, slope=slope)
+    if args.figure:  # the law's points and its controls; the fitted-vocabulary record stays in the CSV only
+        plot_capacity_law(figure_points(table), args.figure, fit=law, slope=slope, group_by="series")
     print(table.drop(columns="run_id").to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     print("\n".join(markdown_rows(table)))
     if law is not None:
