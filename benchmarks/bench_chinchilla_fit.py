@@ -34,6 +34,7 @@ from scipy.optimize import minimize  # noqa: E402
 from scipy.special import logsumexp, softmax  # noqa: E402
 
 from hf_capacity import scaling  # noqa: E402
+from hf_capacity.scaling import chinchilla_optimizer  # noqa: E402
 
 
 def synthetic_points(n_points: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -78,7 +79,8 @@ def package_fit(n: np.ndarray, d: np.ndarray, loss: np.ndarray, starts: np.ndarr
 
 
 def allocating_objective(theta: np.ndarray, data, rows: np.ndarray | None = None, work=None):
-    """`scaling._objective` before issue 21, verbatim but for the signature: every intermediate a new array."""
+    """`chinchilla_optimizer.chinchilla_objective` before issue 21, verbatim but for the signature: every
+    intermediate a new array."""
     with np.errstate(over="ignore", invalid="ignore"):
         t1 = theta[:, 0:1] - theta[:, 3:4] * data.log_n
         t2 = theta[:, 1:2] - theta[:, 4:5] * data.log_d
@@ -106,12 +108,12 @@ def allocating_objective(theta: np.ndarray, data, rows: np.ndarray | None = None
 def allocating_package_fit(n: np.ndarray, d: np.ndarray, loss: np.ndarray, starts: np.ndarray
                            ) -> tuple[float, np.ndarray]:
     """`package_fit` with `allocating_objective` swapped in for the current objective (restored after)."""
-    current = scaling._objective
-    scaling._objective = allocating_objective
+    current = chinchilla_optimizer.chinchilla_objective
+    chinchilla_optimizer.chinchilla_objective = allocating_objective
     try:
         return package_fit(n, d, loss, starts)
     finally:
-        scaling._objective = current
+        chinchilla_optimizer.chinchilla_objective = current
 
 
 def main() -> None:
@@ -123,19 +125,20 @@ def main() -> None:
                         help="leave out the scipy-per-start row (slow at 5,000 points)")
     args = parser.parse_args()
 
-    grid = np.array(list(itertools.product(*scaling._START_GRID)))  # Hoffmann's grid, rows (a, b, e, α, β)
+    grid = np.array(list(itertools.product(*chinchilla_optimizer.START_GRID)))  # Hoffmann's grid, rows (a, b, e, α, β)
     starts = grid[::15] if args.quick else grid
     repeats = 1 if args.quick else args.repeats
     n, d, loss = synthetic_points(args.points)
 
     with np.errstate(all="ignore"):  # far starts overflow on their way in, on both sides
-        ours = scaling._problem(n, d, loss, "huber", 1e-3, 0.05, None).batch_fun()(starts, np.arange(len(starts)))[0]
+        problem = chinchilla_optimizer.make_problem(n, d, loss, "huber", 1e-3, 0.05, None)
+        ours = problem.batch_fun()(starts, np.arange(len(starts)))[0]
         plain = np.array([huber_objective(x, np.log(n), np.log(d), np.log(loss))[0] for x in starts])
         finite = np.isfinite(ours) & np.isfinite(plain)
         assert (np.isfinite(ours) == np.isfinite(plain)).all()
         np.testing.assert_allclose(ours[finite], plain[finite], rtol=1e-10)  # the same objective on both sides
 
-        before = scaling._problem(n, d, loss, "huber", 1e-3, 0.05, None).data
+        before = problem.data
         some = slice(0, len(starts), max(1, len(starts) // 50))  # the same numbers before and now
         np.testing.assert_array_equal(allocating_objective(starts[some], before)[0], ours[some])
 

@@ -29,9 +29,10 @@ from torch.utils.data import Dataset
 from transformers import TrainerCallback
 
 from .adapters import adapter_summary
+from .checkpoints import last_checkpoint
 from .data.knowledge_data import KnowledgeData
 from .evaluation import KnowledgeReport, evaluate_knowledge
-from .training import tokens_per_step
+from .steps import tokens_per_step
 
 logger = logging.getLogger(__name__)
 
@@ -322,8 +323,6 @@ class DivergenceCallback(TrainerCallback):
 
     @staticmethod
     def _diverged(args, step: int, reason: str) -> None:
-        from .training import last_checkpoint
-
         checkpoint = last_checkpoint(args.output_dir, before_step=step)
         message = f"training diverged at step {step} ({reason}); lower the learning rate (now {args.learning_rate:g})"
         if checkpoint:
@@ -366,7 +365,7 @@ class ExposureCallback(_TrainerBoundCallback):
     """Counts exposures (times each person has been seen, on average) and optionally stops at a target.
 
     exposures = tokens trained on × useful fraction × knowledge fraction / (N × mean tokens per biography);
-    tokens trained on = step × ``training.tokens_per_step`` (the Trainer's batch, GPUs of one process included, ×
+    tokens trained on = step × ``steps.tokens_per_step`` (the Trainer's batch, GPUs of one process included, ×
     gradient accumulation × processes × context length); the useful fraction leaves out junk windows, the
     knowledge fraction a user's own corpus mixed in (the share of windows that are knowledge: taken as given here;
     ``add_capacity_callbacks`` measures it from the training set or refuses to guess). Logged as ``exposures``.
@@ -394,7 +393,7 @@ class ExposureCallback(_TrainerBoundCallback):
         self.exposures = 0.0
 
     def exposures_at(self, args, step: int) -> float:
-        """Average exposures after ``step`` optimizer steps with ``args``' batch (``training.tokens_per_step``)."""
+        """Average exposures after ``step`` optimizer steps with ``args``' batch (``steps.tokens_per_step``)."""
         return step * tokens_per_step(args, self.context_length) / self.tokens_per_exposure
 
     def steps_for(self, args, exposures: float) -> int:

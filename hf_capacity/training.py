@@ -17,7 +17,9 @@ import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .checkpoints import last_checkpoint
 from .data import BioDPopulation, BioSPopulation, JunkConfig, KnowledgeData
+from .steps import tokens_per_step
 
 MODEL_NAME = re.compile(r"^(gpt2|llama|memory-llama)-(\d+)-(\d+)$")
 
@@ -250,14 +252,6 @@ def build_model(config: CapacityTrainingConfig, tokenizer):
     return MemoryLlamaForCausalLM(MemoryLlamaConfig(**llama))
 
 
-def tokens_per_step(args, context_length: int) -> int:
-    """Tokens one optimizer step trains on: the Trainer's batch (``args.train_batch_size``: per-device batch × the
-    GPUs one process drives, as DataParallel does without torchrun) × gradient accumulation × processes
-    (``args.world_size``) × ``context_length`` tokens a window. The one count behind steps, exposures and sweep
-    tables."""
-    return args.train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1) * context_length
-
-
 def steps_for_exposures(config: CapacityTrainingConfig, data: KnowledgeData, args=None,
                         windows: int | None = None) -> int:
     """Optimizer steps for one pass over the stream of ``config.exposures`` exposures: ceil(windows · context /
@@ -305,23 +299,6 @@ def training_arguments(config: CapacityTrainingConfig):
         hub_model_id=config.hub_model_id,
         ddp_find_unused_parameters=False,
     )
-
-
-def last_checkpoint(output_dir: str | os.PathLike | None, before_step: int | None = None) -> str | None:
-    """The newest complete ``checkpoint-<step>`` folder in ``output_dir`` (None if there is none); with
-    ``before_step``, the newest saved before that step.
-
-    A checkpoint counts once its ``trainer_state.json`` is written: the Trainer writes it after the weights and
-    the optimizer state, so a run killed while saving leaves a folder without it, which is skipped."""
-    if not output_dir or not Path(output_dir).is_dir():
-        return None
-    steps = []
-    for path in Path(output_dir).glob("checkpoint-*"):
-        suffix = path.name.removeprefix("checkpoint-")
-        if suffix.isdigit() and (path / "trainer_state.json").is_file():
-            if before_step is None or int(suffix) < before_step:
-                steps.append((int(suffix), path))
-    return str(max(steps)[1]) if steps else None
 
 
 CONFIG_FILE = "training_config.json"

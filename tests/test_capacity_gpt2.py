@@ -1,13 +1,12 @@
-"""Tests of the CapacityGPT2 family: configs, MLP/MoE variants, GPT-2 equivalence, saving, generation, PEFT, bnb."""
+"""Tests of the CapacityGPT2 family: configs, MLP/MoE variants, GPT-2 equivalence, PEFT, bnb, the fused loss; saving,
+generation, checkpointing and training through the shared ``model_tester.CausalLMTester``."""
 
 import importlib
 import logging
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
+from model_tester import CausalLMTester
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, GPT2Config, GPT2LMHeadModel
 
 import hf_capacity.models
@@ -181,124 +180,43 @@ def test_packed_documents_attend_only_to_themselves():
         torch.testing.assert_close(logits[:, 7:], model(doc_b).logits, atol=1e-5, rtol=1e-5)
 
 
-def test_eager_and_sdpa_attention_agree():
-    model = tiny_model()
-    ids = random_ids()
-    with torch.no_grad():
-        sdpa = model(ids).logits
-        model.set_attn_implementation("eager")
-        out = model(ids, output_attentions=True, output_hidden_states=True)
-    torch.testing.assert_close(out.logits, sdpa, atol=1e-5, rtol=1e-5)
-    assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 2, 12, 12)
-    assert len(out.hidden_states) == 3
+# ---------------------------------------------------------------- the checks every family passes (model_tester.py)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
-    ids = random_ids()
+class TestCapacityGPT2Common(CausalLMTester):
+    model_class = CapacityGPT2ForCausalLM
+    code_files = ("modeling_capacity_gpt2.py", "configuration_capacity_gpt2.py")
+    remote_code_atol = 1e-5  # a fresh process may use another thread count (another summation order)
+    train_steps, loss_ratio = 25, 0.5
 
-    def gradients(checkpointing: bool) -> tuple[dict[str, torch.Tensor], int]:
-        model = tiny_model(seed=3, num_experts=4).train()
-        if checkpointing:
-            model.activation_checkpointing_enable()
-        attention_calls = []
-        model.transformer.h[0].attn.register_forward_hook(lambda *_: attention_calls.append(1))
-        model(ids, labels=ids).loss.backward()
-        return {name: p.grad for name, p in model.named_parameters()}, len(attention_calls)
+    def tiny_model(self, seed: int = 0, **overrides) -> CapacityGPT2ForCausalLM:
+        return tiny_model(seed, **overrides)
 
-    (plain, plain_calls), (checkpointed, checkpointed_calls) = gradients(False), gradients(True)
-    assert (plain_calls, checkpointed_calls) == (1, 2)  # the checkpointed block is recomputed in backward
-    for name in plain:
-        torch.testing.assert_close(checkpointed[name], plain[name], msg=name)
+    def random_ids(self, batch: int = 2, length: int = 12, seed: int = 1) -> torch.Tensor:
+        return random_ids(batch, length, seed)
 
+    def model_to_save(self):
+        return tiny_model(num_experts=4)
 
-# ---------------------------------------------------------------- saving, loading, generation
+    def checkpointing_model(self):
+        return tiny_model(seed=3, num_experts=4)
 
+    def first_attention(self, model):
+        return model.transformer.h[0].attn
 
-def test_save_load_round_trip_is_bit_exact_and_loads_as_remote_code(tmp_path):
-    model = tiny_model(num_experts=4)
-    ids = random_ids()
-    with torch.no_grad():
-        expected = model(ids).logits
-    model.save_pretrained(tmp_path)
-    assert (tmp_path / "modeling_capacity_gpt2.py").exists()
-    assert (tmp_path / "configuration_capacity_gpt2.py").exists()
+    def training_run(self):
+        model = tiny_model(seed=4).train()
+        return model, torch.optim.AdamW(model.parameters(), lr=3e-3), random_ids(4, 16, seed=5)
 
-    reloaded = CapacityGPT2ForCausalLM.from_pretrained(tmp_path).eval()
-    assert torch.equal(reloaded.transformer.rotary_emb.inv_freq, model.transformer.rotary_emb.inv_freq)
-    with torch.no_grad():
-        assert torch.equal(reloaded(ids).logits, expected)
-
-    torch.save({"ids": ids, "logits": expected}, tmp_path / "expected.pt")
-    script = textwrap.dedent(f"""
-        import sys
-        sys.modules["hf_capacity"] = None  # the package must not be needed: the saved code is self-contained
-        import torch
-        from transformers import AutoModelForCausalLM
-        try:
-            import hf_capacity
-        except ImportError:
-            pass
-        else:
-            raise SystemExit("hf_capacity was importable")
-        model = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
-        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
-        saved = torch.load({str(tmp_path / "expected.pt")!r})
-        with torch.no_grad():
-            # a fresh process may use another thread count (another summation order): equal to 1e-5, not bitwise
-            torch.testing.assert_close(model(saved["ids"]).logits, saved["logits"], rtol=0, atol=1e-5)
-        print("remote-code-ok")
-    """)
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                            env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
-    assert "remote-code-ok" in result.stdout, result.stderr[-3000:]
-
-
-@pytest.mark.parametrize("positions", ["rotary", "learned"])
-def test_generate_with_cache_equals_generate_without(positions):
-    model = tiny_model(position_embedding_type=positions)
-    prompt = random_ids(2, 5)
-    settings = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
-    with_cache = model.generate(prompt, use_cache=True, **settings)
-    without_cache = model.generate(prompt, use_cache=False, **settings)
-    assert with_cache.shape == (2, 13)
-    assert torch.equal(with_cache, without_cache)
-
-
-@pytest.mark.parametrize("positions", ["rotary", "learned"])
-def test_left_padded_batch_generates_what_each_prompt_generates_alone(positions):
-    model = tiny_model(position_embedding_type=positions)
-    long_prompt, short_prompt = random_ids(1, 6, seed=2), random_ids(1, 3, seed=3)
-    batch = torch.cat([long_prompt, torch.cat([torch.zeros(1, 3, dtype=torch.long), short_prompt], 1)])
-    mask = torch.cat([torch.ones(1, 6), torch.cat([torch.zeros(1, 3), torch.ones(1, 3)], 1)]).long()
-    settings = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
-    for use_cache in (True, False):
-        out = model.generate(batch, attention_mask=mask, use_cache=use_cache, **settings)
-        alone = [model.generate(p, use_cache=use_cache, **settings) for p in (long_prompt, short_prompt)]
-        assert torch.equal(out[0, 6:], alone[0][0, 6:])
-        assert torch.equal(out[1, 6:], alone[1][0, 3:])
+    @pytest.fixture(params=["rotary", "learned"])
+    def variant(self, request) -> dict:
+        return {"position_embedding_type": request.param}
 
 
 def test_bf16_forward():
     model = tiny_model(num_experts=4).to(torch.bfloat16)
     out = model(random_ids(), labels=random_ids())
     assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
-
-
-# ---------------------------------------------------------------- training
-
-
-def test_a_few_training_steps_drive_the_loss_down():
-    model = tiny_model(seed=4).train()
-    ids = random_ids(4, 16, seed=5)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(25):
-        loss = model(ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0]
 
 
 def test_lora_adapters_train_through_peft():

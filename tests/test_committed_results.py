@@ -29,7 +29,7 @@ def test_the_readme_memorization_plateaus_are_the_fits_of_the_committed_table():
     """Each plateau in the README's memorization table is what fit_memorization_plateau gives on the CSV."""
     import pandas as pd
 
-    from hf_capacity.scaling import fit_memorization_plateau
+    from hf_capacity.memorization_fit import fit_memorization_plateau
 
     table = pd.read_csv(RESULTS / "memorization_cpu.csv")
     readme = README.read_text()

@@ -1,15 +1,13 @@
-"""Tests of MemoryLlama: exact product-key lookup, Llama equivalence, the shared value table, training and counts."""
+"""Tests of MemoryLlama: exact product-key lookup, Llama equivalence, the shared value table, its learning rate and
+counts; saving, generation, checkpointing and training through the shared ``model_tester.CausalLMTester``."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
+from model_tester import CausalLMTester
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
 import hf_capacity.models  # noqa: F401  (registers "memory_llama" with the Auto classes)
 from hf_capacity.models.memory_llama import (
@@ -206,108 +204,37 @@ def test_value_table_is_one_tensor_fed_by_every_memory_layer():
     assert seen[0][1] - seen[2][1] and seen[2][1] - seen[0][1]  # each layer contributes rows of its own
 
 
-def test_save_load_round_trip_keeps_one_table_and_exact_logits(tmp_path):
-    model = tiny_model()
-    ids = random_ids()
-    with torch.no_grad():
-        expected = model(ids).logits
-    model.save_pretrained(tmp_path)
-
-    with safe_open(tmp_path / "model.safetensors", "pt") as saved:
-        assert [key for key in saved.keys() if "memory" in key] == ["model.memory_values"]
-    assert json.loads((tmp_path / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"] == (
-        "modeling_memory_llama.MemoryLlamaForCausalLM"
-    )
-
-    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    # the rotary inverse frequencies are rebuilt, not left as meta-device garbage
-    torch.testing.assert_close(loaded.model.rotary_emb.inv_freq, model.model.rotary_emb.inv_freq)
-    with torch.no_grad():
-        assert torch.equal(loaded(ids).logits, expected)
+# -- the checks every family passes (model_tester.py) ---------------------------------------------------------------
 
 
-def test_remote_code_loads_in_a_fresh_process_without_hf_capacity(tmp_path):
-    model = tiny_model()
-    ids = random_ids()
-    with torch.no_grad():
-        expected = model(ids).logits
-    model.save_pretrained(tmp_path / "model")
-    torch.save(ids, tmp_path / "ids.pt")
+class TestMemoryLlamaCommon(CausalLMTester):
+    model_class = MemoryLlamaForCausalLM
+    code_files = ("modeling_memory_llama.py", "configuration_memory_llama.py")
+    train_steps, loss_ratio = 15, 0.7
 
-    script = textwrap.dedent(
-        f"""
-        import sys
-        sys.modules["hf_capacity"] = None  # make `import hf_capacity` impossible
-        import torch
-        from transformers import AutoModelForCausalLM
-        model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True).eval()
-        assert "hf_capacity" not in type(model).__module__, type(model).__module__
-        with torch.no_grad():
-            logits = model(torch.load({str(tmp_path / "ids.pt")!r})).logits
-        torch.save(logits, {str(tmp_path / "logits.pt")!r})
-        """
-    )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert torch.equal(torch.load(tmp_path / "logits.pt"), expected)
+    def tiny_model(self, seed: int = 0, **overrides) -> MemoryLlamaForCausalLM:
+        return tiny_model(seed, **overrides)
 
+    def random_ids(self, batch: int = 2, length: int = 10, seed: int = 1) -> torch.Tensor:
+        return random_ids(batch, length, seed)
 
-# -- generation and training ----------------------------------------------------------------------------------------
+    def check_saved_folder(self, folder) -> None:
+        with safe_open(folder / "model.safetensors", "pt") as saved:
+            assert [key for key in saved.keys() if "memory" in key] == ["model.memory_values"]  # one table
+        assert json.loads((folder / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"] == (
+            "modeling_memory_llama.MemoryLlamaForCausalLM"
+        )
 
+    def first_attention(self, model):
+        return model.model.layers[0].self_attn
 
-def test_greedy_generate_with_cache_equals_without():
-    model = tiny_model()
-    prompt = random_ids(batch=2, length=5)
-    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
-    with_cache = model.generate(prompt, use_cache=True, **kwargs)
-    without_cache = model.generate(prompt, use_cache=False, **kwargs)
-    assert with_cache.shape == (2, 13)
-    assert torch.equal(with_cache, without_cache)
-
-
-def test_left_padded_batch_generates_what_each_prompt_generates_alone():
-    model = tiny_model()
-    long_prompt, short_prompt = random_ids(batch=1, length=6, seed=2), random_ids(batch=1, length=3, seed=3)
-    batch = torch.cat([long_prompt, torch.cat([torch.zeros(1, 3, dtype=torch.long), short_prompt], 1)])
-    mask = torch.cat([torch.ones(1, 6), torch.cat([torch.zeros(1, 3), torch.ones(1, 3)], 1)]).long()
-    settings = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
-    for use_cache in (True, False):
-        out = model.generate(batch, attention_mask=mask, use_cache=use_cache, **settings)
-        alone = [model.generate(p, use_cache=use_cache, **settings) for p in (long_prompt, short_prompt)]
-        assert torch.equal(out[0, 6:], alone[0][0, 6:])
-        assert torch.equal(out[1, 6:], alone[1][0, 3:])
-
-
-def test_a_few_steps_reduce_the_loss_on_a_repeated_batch():
-    model = tiny_model().train()
-    optimizer = torch.optim.AdamW(model.optimizer_param_groups(lr=3e-3, weight_decay=0.0, memory_value_lr=3e-2))
-    ids = random_ids(batch=4, length=12)
-    losses = []
-    for _ in range(15):
-        loss = model(ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    assert losses[-1] < 0.7 * losses[0]
-
-
-@pytest.mark.parametrize("use_reentrant", [False, True])
-def test_gradient_checkpointing_gives_the_same_gradients(use_reentrant):
-    ids = random_ids()
-    grads = []
-    for checkpointing in (False, True):
+    def training_run(self):
         model = tiny_model().train()
-        if checkpointing:
-            model.activation_checkpointing_enable({"use_reentrant": use_reentrant})
-        model(ids, labels=ids).loss.backward()
-        grads.append({name: param.grad.clone() for name, param in model.named_parameters()})
-    assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
+        optimizer = torch.optim.AdamW(model.optimizer_param_groups(lr=3e-3, weight_decay=0.0, memory_value_lr=3e-2))
+        return model, optimizer, random_ids(batch=4, length=12)
+
+
+# -- the table's own learning rate ------------------------------------------------------------------------------------
 
 
 def test_optimizer_param_groups_give_the_table_its_own_lr():

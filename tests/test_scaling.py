@@ -12,6 +12,7 @@ from scipy.optimize import minimize
 from scipy.special import logsumexp, softmax
 
 from hf_capacity import scaling
+from hf_capacity.scaling import chinchilla_optimizer
 from hf_capacity.scaling import (
     BESIROGLU_2024,
     HOFFMANN_2022,
@@ -198,9 +199,9 @@ def test_the_fit_objective_works_in_buffers_made_once_not_in_temporaries(loss_fn
     rng = np.random.default_rng(0)
     n, d = np.exp(rng.uniform(np.log(1e7), np.log(1e10), (2, 5000)))
     loss = BESIROGLU_2024.predict(n, d)
-    starts = np.array(list(itertools.product(*scaling._START_GRID)))[:100]
+    starts = np.array(list(itertools.product(*chinchilla_optimizer.START_GRID)))[:100]
     for weights in (None, rng.integers(0, 3, (100, 5000)).astype(float)):  # a fit, a bootstrap's resamples
-        fun = scaling._problem(n, d, loss, loss_fn, 1e-3, 0.05, None).batch_fun(weights)
+        fun = chinchilla_optimizer.make_problem(n, d, loss, loss_fn, 1e-3, 0.05, None).batch_fun(weights)
         fun(starts, np.arange(100))
         tracemalloc.start()
         fun(starts, np.arange(100))
@@ -361,10 +362,41 @@ def test_loglog_slope_refuses_what_it_cannot_fit():
         fit_loglog_slope([1e4, 2e4, 3e4], [2e4, 0.0, 4e4])
 
 
-def test_every_public_law_and_fit_is_exported():
-    import inspect
+PUBLIC_NAMES_OF_THE_SINGLE_MODULE = [  # what `from hf_capacity.scaling import X` gave when scaling was one file
+    "BESIROGLU_2024", "CapacityLawFit", "ChinchillaFit", "ChinchillaLaw", "HOFFMANN_2022", "KAPLAN_2020",
+    "KAPLAN_2020_JOINT", "KaplanJointLaw", "KaplanLaws", "LawEvaluation", "LogLogSlope", "MemorizationPlateau",
+    "NiuDiagnostic", "NoCapacityLimitedRunError", "UnidentifiedFitWarning", "absolute_relative_error",
+    "bootstrap_chinchilla", "capacity_ratio_by_group", "chinchilla_loss", "compute_optimal_allocation",
+    "drop_early_checkpoints", "evaluate_law_fit", "fit_capacity_law", "fit_chinchilla", "fit_loglog_slope",
+    "fit_memorization_plateau", "kaplan_compute_optimal_params", "kaplan_critical_batch_tokens", "kaplan_loss_d",
+    "kaplan_loss_n", "kaplan_loss_nd", "niu_cross_entropy_floor", "niu_params_vs_data_squared", "predict_bits",
+    "split_target",
+]
 
-    defined = {name for name, obj in vars(scaling).items() if not name.startswith("_")
-               and (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == scaling.__name__}
+
+@pytest.mark.parametrize("name", PUBLIC_NAMES_OF_THE_SINGLE_MODULE)
+def test_every_name_of_the_single_module_still_imports_from_scaling(name):
+    namespace = {}
+    exec(f"from hf_capacity.scaling import {name}", namespace)
+    assert namespace[name] is getattr(scaling, name)
+    assert name in scaling.__all__
+
+
+def test_every_public_law_and_fit_is_exported():
+    import importlib
+    import inspect
+    import pkgutil
+
+    assert scaling.__all__ == sorted(scaling.__all__)
+    assert len(set(scaling.__all__)) == len(scaling.__all__)
+    assert all(hasattr(scaling, name) for name in scaling.__all__)
+    # every law module's public function and class (the optimiser's parts are chinchilla's, not the API)
+    modules = [importlib.import_module(f"{scaling.__name__}.{info.name}")
+               for info in pkgutil.iter_modules(scaling.__path__) if info.name != "chinchilla_optimizer"]
+    modules.append(importlib.import_module("hf_capacity.memorization_fit"))
+    names = {module.__name__.rpartition(".")[2] for module in modules}
+    assert {"capacity_law", "chinchilla", "kaplan", "law_evaluation", "niu", "memorization_fit"} <= names
+    defined = {name for module in modules for name, obj in vars(module).items() if not name.startswith("_")
+               and (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == module.__name__}
     assert defined <= set(scaling.__all__), sorted(defined - set(scaling.__all__))
     assert {"fit_memorization_plateau", "MemorizationPlateau"} <= set(scaling.__all__)

@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..training import CONFIG_FILE, CapacityTrainingConfig, last_checkpoint, run_differences
+from ..checkpoints import last_checkpoint
+from ..training import CONFIG_FILE, CapacityTrainingConfig, run_differences
 
 DONE = "DONE"
 """Marker written into a run folder after ``results.json``: its presence means the run is finished."""

@@ -26,8 +26,10 @@ import pandas as pd
 
 from ..bits import biod_bits_max, bios_bits_max
 from ..data import BioDPopulation
+from ..checkpoints import last_checkpoint
 from ..preflight import SAMPLE_PEOPLE, check_run, sample_data
-from ..training import CONFIG_FILE, last_checkpoint, steps_for_exposures, tokens_per_step, train_capacity
+from ..steps import tokens_per_step
+from ..training import CONFIG_FILE, steps_for_exposures, train_capacity
 from .config import Sweep, SweepRun, load_sweep, plural
 from .folders import DONE, ERROR_FILE, LOG_FILE, PLAN_FILE, RUN_FILE, TABLE_CSV, read_json, stale_message, write_json
 from .table import flatten_config, rebuild_table
