@@ -48,8 +48,8 @@ def figure_points(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown_rows(table: pd.DataFrame) -> list[str]:
-    """The README's table rows (dataset, model, layers, width, exposures, precision, P, non-embedding share, N,
-    R_max, bits, bits/param, context, vocabulary, learning rate, seed) of a capacity-law table."""
+    """The rows of the table in docs/studies/capacity_law.md (dataset, model, layers, width, exposures, precision,
+    P, non-embedding share, N, R_max, bits, bits/param, context, vocabulary, learning rate, seed) of a capacity-law table."""
     return [f"| {r.dataset} | {r.model} | {r.layers} | {r.width} | {r.exposures} | {r.precision} | {r.P:,} | "
             f"{r.non_embedding_share:.0%} | {r.N:,} | {r.R_max:.2f} | {r.bits:,.0f} | **{r.bits_per_param:.3f}** | "
             f"{r.context_length} | {r.vocabulary} | {r.learning_rate:g} | {r.seed} |" for r in table.itertuples()]

@@ -1,4 +1,4 @@
-"""The CPU memorization study (README, "Memorization capacity"): a ladder of data sizes per model and precision.
+"""The CPU memorization study (docs/studies/memorization_cpu.md): a ladder of data sizes per model and precision.
 
     python scripts/memorization_study.py -o studies/memorization            # run what is missing, then tabulate
     python scripts/memorization_study.py -o studies/memorization --table-only \\

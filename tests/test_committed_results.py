@@ -23,32 +23,33 @@ def test_the_1000_exposure_run_stores_about_2_bits_per_parameter(code, capsys):
 
 RESULTS = RUN.parent
 README = RESULTS.parent.parent / "README.md"
+STUDIES = RESULTS.parent / "studies"
 
 
-def test_the_readme_memorization_plateaus_are_the_fits_of_the_committed_table():
-    """Each plateau in the README's memorization table is what fit_memorization_plateau gives on the CSV."""
+def test_the_memorization_study_plateaus_are_the_fits_of_the_committed_table():
+    """Each plateau in the memorization study's table is what fit_memorization_plateau gives on the CSV."""
     import pandas as pd
 
     from hf_capacity.memorization_fit import fit_memorization_plateau
 
     table = pd.read_csv(RESULTS / "memorization_cpu.csv")
-    readme = README.read_text()
+    study = (STUDIES / "memorization_cpu.md").read_text()
     assert (table["heldout_memorized_bits"] == 0).all() and len(table) == 32
     for (model, head_dim, precision), runs in table.groupby(["model", "head_dim", "precision"]):
         fit = fit_memorization_plateau(runs["data_bits"], runs["memorized_bits"], num_params=int(runs["num_params"].iloc[0]))
         low, high = (c / fit.num_params for c in fit.ci)
-        row = next(line for line in readme.splitlines() if line.startswith(f"| {model}, head dim {head_dim} |"))
+        row = next(line for line in study.splitlines() if line.startswith(f"| {model}, head dim {head_dim} |"))
         cells = [c.strip() for c in row.split("|")]
         cell = cells[5] if precision == "fp32" else cells[6]
         assert cell == f"**{fit.bits_per_param:.2f}** ({low:.2f}-{high:.2f})", (model, head_dim, precision)
 
 
-def test_the_readme_adapter_table_is_the_committed_study():
-    """Each row of the README's adapter study is a row of docs/results/adapters_cpu.csv (bits, P, ratio)."""
+def test_the_adapter_study_table_is_the_committed_csv():
+    """Each row of the adapter study's table is a row of docs/results/adapters_cpu.csv (bits, P, ratio)."""
     import pandas as pd
 
     table = pd.read_csv(RESULTS / "adapters_cpu.csv")
-    section = README.read_text().split("### CPU study: LoRA ranks", 1)[1].split("\n## ", 1)[0]
+    section = (STUDIES / "adapters_cpu.md").read_text()
     rows = [line for line in section.splitlines() if line.startswith(("| LoRA", "| QLoRA", "| full"))]
     assert len(rows) == len(table) == 12
     cells = {(c := [x.strip() for x in line.split("|")])[1]: c for line in rows}
@@ -71,12 +72,12 @@ def test_the_committed_memorization_run_re_measures_to_its_recorded_bits():
     assert result["memorized_bits"] > 0.5 * result["data_bits"]
 
 
-def test_the_readme_quantization_table_is_the_committed_study():
-    """Each row of the README's quantized-capacity table is a row of docs/results/quantization.csv."""
+def test_the_quantization_study_table_is_the_committed_csv():
+    """Each row of the quantization study's table is a row of docs/results/quantization.csv."""
     import pandas as pd
 
     table = pd.read_csv(RESULTS / "quantization.csv")
-    section = README.read_text().split("## Quantized capacity", 1)[1].split("\n## ", 1)[0]
+    section = (STUDIES / "quantization.md").read_text()
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in section.splitlines()
             if line.startswith(("| bitsandbytes", "| GPTQ", "| **GPTQ", "| round to nearest"))]
     assert len(rows) == 8
@@ -90,8 +91,9 @@ def test_the_readme_quantization_table_is_the_committed_study():
         assert ratio == (f"{run.ratio_to_unquantized:.3f}" if run.ratio_to_unquantized else "0"), label
 
 
-def test_the_readme_capacity_law_rows_are_the_committed_table():
-    """The README's capacity-law table is docs/results/capacity_law.csv, row for row (and the figure exists)."""
+def test_the_capacity_law_study_rows_are_the_committed_table():
+    """The capacity-law study's table is docs/results/capacity_law.csv, row for row (and the figure exists); the
+    front page keeps the section, with the figure and a link to the study."""
     import importlib.util
 
     import pandas as pd
@@ -100,8 +102,10 @@ def test_the_readme_capacity_law_rows_are_the_committed_table():
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     table = pd.read_csv(RESULTS / "capacity_law.csv")
-    section = README.read_text().split("## The capacity law across model sizes", 1)[1].split("\n## ", 1)[0]
+    section = (STUDIES / "capacity_law.md").read_text()
     shown = [line for line in section.splitlines() if line.startswith("| bio")]
     assert shown == script.markdown_rows(table) and len(shown) >= 1
     assert (table["R_max"] > 1.25 * table["bits_per_param"]).all()  # every row capacity-limited: < 80% learned
     assert (ROOT / "docs" / "figures" / "capacity_law.png").is_file()
+    front = README.read_text().split("## The capacity law across model sizes\n", 1)[1].split("\n## ", 1)[0]
+    assert "(docs/figures/capacity_law.png)" in front and "(docs/studies/capacity_law.md)" in front

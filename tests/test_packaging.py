@@ -75,7 +75,8 @@ def test_every_file_the_package_names_exists():
 
     named = re.compile(r"\b(?:tests|examples|benchmarks|scripts|docs|model_cards)/[\w./-]+\.(?:py|md|yaml|csv|json)")
     missing = []
-    for path in [*(ROOT / "hf_capacity").rglob("*.py"), *(ROOT / "hf_capacity").rglob("*.md"), ROOT / "README.md"]:
+    for path in [*(ROOT / "hf_capacity").rglob("*.py"), *(ROOT / "hf_capacity").rglob("*.md"), ROOT / "README.md",
+                 *(ROOT / "docs").rglob("*.md")]:
         missing += [f"{path.relative_to(ROOT)}: {name}" for name in named.findall(path.read_text())
                     if not (ROOT / name).exists()]
     card = ROOT / "hf_capacity" / "metrics" / "knowledge_bits" / "README.md"
@@ -83,3 +84,19 @@ def test_every_file_the_package_names_exists():
     missing += [f"{card.relative_to(ROOT)}: {front[key]}" for key in ("app_file",)
                 if key in front and not (card.parent / front[key]).exists()]
     assert not missing, missing
+
+
+def test_the_front_page_is_the_long_description(tmp_path):
+    """pyproject's `readme` builds into the wheel's metadata as markdown, the whole front page."""
+    import subprocess
+    import sys
+
+    build = ("import sys; from setuptools import build_meta; "
+             "print(build_meta.prepare_metadata_for_build_wheel(sys.argv[1]))")
+    result = subprocess.run([sys.executable, "-c", build, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    metadata = (tmp_path / result.stdout.strip().splitlines()[-1] / "METADATA").read_text()
+    header, _, description = metadata.partition("\n\n")
+    assert "Description-Content-Type: text/markdown" in header
+    assert description.strip() == (ROOT / "README.md").read_text().strip()

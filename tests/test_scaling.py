@@ -261,9 +261,9 @@ def test_bootstrap_resamples_whole_runs(noisy_fit):
     assert set(np.unique(counts)) <= set(range(7))
 
 
-def test_readme_scaling_example_runs():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    code = re.search(r"## Scaling laws in Python\n+```python\n(.*?)```", readme, re.S).group(1)
+def test_the_scaling_laws_guide_example_runs():
+    guide = (Path(__file__).parents[1] / "docs" / "guides" / "scaling_laws.md").read_text()
+    code = re.search(r"# Scaling laws in Python\n+```python\n(.*?)```", guide, re.S).group(1)
     runs = capacity_runs()
     n, d, loss = law_grid(HOFFMANN_2022)
     namespace = dict(params=runs["params"], bits=runs["bits"], bits_max=runs["bits_max"], runs=runs["run_id"],
