@@ -18,7 +18,7 @@ import sys
 
 from .. import __version__
 from . import data, memorize, planning, run, sweeps
-from ._common import CLIError, HelpFormatter, is_divergence, one_line
+from ._common import CLIError, HelpFormatter, is_divergence, one_line, resolve_population_args
 
 __all__ = ["CLIError", "build_parser", "main"]
 
@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run `hf-capacity` with ``argv`` (default: the process's arguments); returns the exit status."""
     try:
         args = build_parser().parse_args(argv)  # whole-number options raise CLIError while parsing
+        if getattr(args, "resolve_population", False):
+            resolve_population_args(args)
         args.func(args)
     except CLIError as err:
         return _fail(err, err.exit_code)
