@@ -23,9 +23,21 @@ from ._common import CLIError, HelpFormatter, is_divergence, one_line, resolve_p
 __all__ = ["CLIError", "build_parser", "main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with the population flags of a command that has them resolved once parsed
+    (``_common.resolve_population_args``), so that every caller of ``parse_args`` gets them filled in."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extra = super().parse_known_args(args, namespace)
+        if getattr(parsed, "resolve_population", False):
+            parsed.resolve_population = False
+            resolve_population_args(parsed)
+        return parsed, extra
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `hf-capacity` parser: every command group's subcommands."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hf-capacity", description="Knowledge capacity of language models on the Hugging Face stack.",
         formatter_class=HelpFormatter, allow_abbrev=False,
     )
@@ -45,8 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     """Run `hf-capacity` with ``argv`` (default: the process's arguments); returns the exit status."""
     try:
         args = build_parser().parse_args(argv)  # whole-number options raise CLIError while parsing
-        if getattr(args, "resolve_population", False):
-            resolve_population_args(args)
         args.func(args)
     except CLIError as err:
         return _fail(err, err.exit_code)
