@@ -4,7 +4,9 @@ An adapter run starts from a base model folder (an ``hf-capacity train`` run, or
 and trains on a *new* population of the same format: for a run folder, the people after the base's own
 (``name_offset``: distinct names, independent values; bioD keeps the base's diversity sets), rendered with
 the base's tokenizer. Capacity accounting (``hf_capacity.params``): P is the trainable adapter parameters, the
-base's P is reported apart, and the base population's knowledge is measured before and after (forgetting).
+base's P is reported apart, and the base population's knowledge is measured before and after (forgetting). The
+run's bits are what it added (``prior_knowledge``, ``evaluation.PriorKnowledge``): net of the base's own figure on
+the new people, with bits_max leaving out the bioD diversity sets the new people share with the base run.
 
 This module is the thin layer over peft and bitsandbytes; ``training.train_capacity`` and the CLI use it. It
 imports torch only when a model is loaded, so a run config (which validates its ``AdapterSettings``) stays light.

@@ -255,7 +255,9 @@ def test_a_sweep_over_rank_tabulates_bits_per_trainable_parameter(base_run, tmp_
     runs = load_sweep(config).plan()
     assert [r.run_id.split("_")[0] for r in runs] == ["base+ft", "base+lora1", "base+lora4"]
     assert AdapterSettings(r=4).method == "lora" and runs[2].training_config().adapter_settings().r == 4
+    planned = run_sweep(config, dry_run=True, log=lambda line: None)
     table = adapter_table(run_sweep(config, log=lambda line: None))
+    assert planned["bits_max"].tolist() == pytest.approx(table["bits_max"].tolist())  # the dry run's is the run's
     assert list(table["method"]) == ["lora", "lora", "full"] and list(table["lora_r"]) == [1, 4, 0]
     assert list(table["P"][:2]) == [lora_param_count(base_run, 1), lora_param_count(base_run, 4)]
     own = json.loads((base_run / "results.json").read_text())["num_params"]

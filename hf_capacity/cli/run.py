@@ -74,7 +74,9 @@ def _add_training_args(p: argparse.ArgumentParser, defaults) -> None:
     a = p.add_argument_group(
         "adapters", "teach new people to a trained model (peft): --init-from RUN [--lora-r R]. The new population "
         "has the base run's format (its data flags are taken from the base) and the people after the base's; "
-        "P is then the trainable adapter parameters, and the base population's bits are measured before and after")
+        "P is then the trainable adapter parameters, the bits are net of what the base already scores on the new "
+        "people (bits_max without the base's bioD diversity sets), and the base population's bits are measured "
+        "before and after")
     a.add_argument("--init-from", default=None, metavar="MODEL_DIR",
                    help="start from this model folder (a `hf-capacity train` run, or any causal LM with its tokenizer)")
     add_count(a, "--lora-r", minimum=0, default=0, help="LoRA rank (0 with --init-from: full fine-tuning)")
