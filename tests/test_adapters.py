@@ -100,7 +100,7 @@ def test_lora_run_trains_only_the_adapter_and_counts_exactly_it(base_run, tmp_pa
     assert again.bits.total == pytest.approx(report.bits.total, rel=1e-6, abs=1e-6)
 
 
-def test_full_finetuning_is_the_reference_with_the_whole_model_as_p(base_run, tmp_path):
+def test_full_finetuning_is_the_reference_with_the_whole_model_as_p(base_run, tmp_path, capsys):
     report, _, results = adapter_run(base_run, tmp_path / "ft", lora_r=0)
     # every parameter learns: P is the whole model by the paper's rule, on the tokens of the data it trains on
     whole = count_parameters(load_causal_lm(base_run), KnowledgeData.load(tmp_path / "ft").used_token_ids())
@@ -109,6 +109,13 @@ def test_full_finetuning_is_the_reference_with_the_whole_model_as_p(base_run, tm
     assert results["base_population"]["bits_after"] <= results["base_population"]["bits_before"] + 1e-6
     meta = yaml.safe_load((tmp_path / "ft" / "README.md").read_text().split("---")[1])
     assert meta["library_name"] == "transformers" and meta["base_model"] == str(base_run)
+    # eval re-measures it as training reported it: net of the base (loaded from where results.json says) and forgetting
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "ft"), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["bits"] == pytest.approx(results["bits"], abs=1e-6)
+    assert again["bits_at_start"] == pytest.approx(results["bits_at_start"], abs=1e-6)
+    assert again["base_population"] == pytest.approx(results["base_population"], abs=1e-6)
 
 
 def test_qlora_learns_on_a_4bit_base_after_an_evaluation(base_run, tmp_path):
