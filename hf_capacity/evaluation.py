@@ -23,10 +23,10 @@ from .bits import (
     biod_bits,
     biod_bits_lower_bound,
     biod_uniform_losses_nats,
-    bits_gained,
     bios_bits,
     bios_bits_lower_bound,
     bios_uniform_value_loss_nats,
+    bits_gained,
     capacity_ratio,
     uniform_name_loss_nats,
 )

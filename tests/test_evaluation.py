@@ -9,7 +9,12 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from hf_capacity.bits import KnowledgeBits, bios_bits_max, log2_bios_name_space, log2_bios_value_space
+from hf_capacity.bits import (
+    KnowledgeBits,
+    bios_bits_max,
+    log2_bios_name_space,
+    log2_bios_value_space,
+)
 from hf_capacity.data.render import evaluation_exposure
 from hf_capacity.evaluation import PriorKnowledge, evaluate_knowledge, span_losses
 

@@ -477,8 +477,8 @@ def test_a_finished_run_recorded_with_other_settings_is_stale_not_done(sweep_cop
 
 def test_fit_on_a_sweep_whose_only_run_is_stale_says_why_not_an_error_file_it_lacks(sweep_copy, monkeypatch, capsys):
     monkeypatch.setattr(sweep_module, "train_capacity", no_training)
-    first = sorted((sweep_copy / "runs").iterdir())[0]
-    shutil.rmtree(sorted((sweep_copy / "runs").iterdir())[1])
+    first, second = sorted((sweep_copy / "runs").iterdir())
+    shutil.rmtree(second)
     recorded = json.loads((first / "training_config.json").read_text())
     (first / "training_config.json").write_text(json.dumps({**recorded, "learning_rate": 0.002}))
     run_sweep(tiny_config(sweep_copy, grid={"seed": [0]}), log=lambda line: None)

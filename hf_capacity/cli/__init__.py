@@ -18,7 +18,13 @@ import sys
 
 from .. import __version__
 from . import data, memorize, planning, run, sweeps
-from ._common import CLIError, HelpFormatter, is_divergence, one_line, resolve_population_args
+from ._common import (
+    CLIError,
+    HelpFormatter,
+    is_divergence,
+    one_line,
+    resolve_population_args,
+)
 
 __all__ = ["CLIError", "build_parser", "main"]
 

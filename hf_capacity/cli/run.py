@@ -219,7 +219,7 @@ def cmd_eval(args) -> None:
     data = KnowledgeData.load(args.data or path)
     if args.data:
         _check_same_tokenizer(path, data, args.data)
-    eval_kwargs = dict(max_people=args.max_people, renderings=args.renderings, batch_size=args.batch_size)
+    eval_kwargs = {"max_people": args.max_people, "renderings": args.renderings, "batch_size": args.batch_size}
     if from_base:  # bits net of the base's on these people, and the base population re-measured (forgetting)
         from ..adapters import evaluate_adapter_run
 
