@@ -4,7 +4,7 @@ The public API, by concept (each lives in one module):
 
 - data: ``BioSPopulation``, ``BioDPopulation``, ``KnowledgeData`` (population + tokenizer + rendering)
 - math: ``hf_capacity.bits`` (bit complexity, knowledge bits, R(F)); ``count_parameters`` (the paper's P)
-- evaluation: ``evaluate_knowledge`` → ``KnowledgeReport``
+- evaluation: ``evaluate_knowledge`` → ``KnowledgeReport``; ``PriorKnowledge`` (bits net of what a model knew before)
 - training: ``add_capacity_callbacks`` and the callbacks in ``hf_capacity.callbacks``; ``train_capacity``
 - adapters (peft): ``AdapterSettings`` and ``hf_capacity.adapters`` (LoRA/QLoRA/full fine-tuning from a base);
   ``ForgettingCallback`` (the base population's bits before and after)
@@ -29,6 +29,7 @@ _EXPORTS = {
     "ParameterCount": "hf_capacity.params",
     "evaluate_knowledge": "hf_capacity.evaluation",
     "KnowledgeReport": "hf_capacity.evaluation",
+    "PriorKnowledge": "hf_capacity.evaluation",
     "add_capacity_callbacks": "hf_capacity.callbacks",
     "KnowledgeCapacityCallback": "hf_capacity.callbacks",
     "ExposureCallback": "hf_capacity.callbacks",

@@ -4,7 +4,9 @@ An adapter run starts from a base model folder (an ``hf-capacity train`` run, or
 and trains on a *new* population of the same format: for a run folder, the people after the base's own
 (``name_offset``: distinct names, independent values; bioD keeps the base's diversity sets), rendered with
 the base's tokenizer. Capacity accounting (``hf_capacity.params``): P is the trainable adapter parameters, the
-base's P is reported apart, and the base population's knowledge is measured before and after (forgetting).
+base's P is reported apart, and the base population's knowledge is measured before and after (forgetting). The
+run's bits are what it added (``prior_knowledge``, ``evaluation.PriorKnowledge``): net of the base's own figure on
+the new people, with bits_max leaving out the bioD diversity sets the new people share with the base run.
 
 This module is the thin layer over peft and bitsandbytes; ``training.train_capacity`` and the CLI use it. It
 imports torch only when a model is loaded, so a run config (which validates its ``AdapterSettings``) stays light.
@@ -184,22 +186,132 @@ def adapter_summary(model) -> dict | None:
     }
 
 
-def load_adapter_run(folder: str | os.PathLike, *, code: str = "installed"):
-    """A saved adapter run (``adapter_config.json``) as a ``PeftModel`` on its base model, loaded as it was
-    trained (a QLoRA run's base in 4-bit: its ``training_config.json`` says ``load_in_4bit``)."""
+def recorded_base_path(init_from: str | os.PathLike, output_dir: str | os.PathLike) -> str:
+    """How a run in ``output_dir`` records its base model folder: an absolute ``init_from`` as given, a relative one
+    relative to ``output_dir``, so that the two folders can move together (``base_folder`` reads it back)."""
+    if Path(init_from).is_absolute():
+        return str(init_from)
+    return os.path.relpath(Path(init_from), Path(output_dir))
+
+
+def record_base_path(model, output_dir: str | os.PathLike, path: str) -> str:
+    """Record ``path`` (``recorded_base_path``) as the base of the adapter saved in ``output_dir`` (its
+    ``adapter_config.json``) and of ``model``'s peft config (the card and results read it); returns it. Done after
+    saving: peft would try to read a relative path from the working directory."""
+    for adapter in (getattr(model, "peft_config", None) or {}).values():
+        adapter.base_model_name_or_path = path
+    config = Path(output_dir) / "adapter_config.json"
+    if config.is_file():
+        config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": path}, indent=2,
+                                     sort_keys=True) + "\n")
+    return path
+
+
+def base_folder(folder: str | os.PathLike, base: str | os.PathLike | None = None) -> Path | None:
+    """Where the base model of the run saved in ``folder`` is: ``base`` when given (a base that moved); else as the
+    run records it (``adapter_config.json`` for LoRA and QLoRA, ``results.json`` for full fine-tuning), a relative
+    path read from ``folder``. None for a run not trained from a base model. Raises ValueError when the recorded
+    base is not a folder here."""
+    folder = Path(folder)
+    if base is not None:
+        return check_base_folder(base)
+    recorded = None
+    if (folder / "adapter_config.json").is_file():
+        recorded = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    elif (folder / "results.json").is_file():
+        recorded = (json.loads((folder / "results.json").read_text()).get("adapter") or {}).get("base_model")
+        if recorded is None:
+            return None
+    else:
+        return None
+    path = Path(recorded) if recorded and Path(recorded).is_absolute() else folder / str(recorded)
+    if not recorded or not path.is_dir():
+        raise ValueError(f"{folder} was trained from the base model {recorded!r}, which is not a folder here "
+                         f"({path}): pass the base model folder (eval --base DIR)")
+    return path
+
+
+def load_adapter_run(folder: str | os.PathLike, *, base: str | os.PathLike | None = None, code: str = "installed"):
+    """A saved adapter run (``adapter_config.json``) as a ``PeftModel`` on its base model (``base``, default: the
+    folder the run records, see ``base_folder``), loaded as it was trained (a QLoRA run's base in 4-bit: its
+    ``training_config.json`` says ``load_in_4bit``)."""
     from peft import PeftModel
 
     folder = Path(folder)
-    adapter = json.loads((folder / "adapter_config.json").read_text())
-    base_path = adapter.get("base_model_name_or_path")
-    if not base_path or not Path(base_path).is_dir():
-        raise ValueError(f"{folder}'s adapter was trained on {base_path!r}, which is not a folder here: "
-                         "load it with PeftModel.from_pretrained on that base model")
+    base_path = base_folder(folder, base)
     training = folder / "training_config.json"
     in_4bit = bool(json.loads(training.read_text()).get("load_in_4bit")) if training.is_file() else False
-    base = load_base_model(base_path, load_in_4bit=in_4bit, code=code)
+    model = load_base_model(base_path, load_in_4bit=in_4bit, code=code)
     with _quiet_peft():
-        return PeftModel.from_pretrained(base, folder).eval()
+        return PeftModel.from_pretrained(model, folder).eval()
+
+
+def prior_knowledge(model, data: KnowledgeData, init_from: str | os.PathLike, **eval_kwargs):
+    """What an adapter run's model knows of its new people before training (``evaluation.PriorKnowledge``), measured
+    on ``model`` as it starts: the base model itself, or with fresh (or disabled) adapters, which leave it unchanged.
+
+    The diversity term counts as shared when the base is an hf-capacity bioD run (the new people have its diversity
+    sets); the base's P is counted on its own population's tokens (every row for a base of unknown data).
+    ``eval_kwargs`` go to ``evaluate_knowledge``; use the run's, so that its step-0 report nets to 0."""
+    from .evaluation import PriorKnowledge, evaluate_knowledge
+    from .params import count_parameters, is_peft_model
+
+    report = evaluate_knowledge(model, data, **eval_kwargs)
+    capacity_run = is_capacity_run(init_from)
+    base_params = None
+    if is_peft_model(model):
+        tokens = KnowledgeData.load(init_from).used_token_ids() if capacity_run else None
+        base_params = count_parameters(model, tokens).base_capacity
+    return PriorKnowledge.measured(report, shared_diversity=capacity_run and data.family == "bioD",
+                                   base_params=base_params)
+
+
+def base_population_summary(n_people: int, bits_before: float | None, after) -> dict:
+    """The ``base_population`` entry of an adapter run's results: the base population's ``n_people``, the base's
+    P on its tokens (``num_params``), ``bits_max``, ``bits_before`` (the base model), ``bits_after`` (the run's
+    model, the ``after`` report), ``bits_forgotten`` and ``fraction_kept``."""
+    p = after.num_params
+    return {
+        "n_people": n_people,
+        "num_params": p.base_capacity if p.is_adapter else p.capacity,  # the base's P on its own data's tokens
+        "bits_max": after.bits_max.total,
+        "bits_before": bits_before,
+        "bits_after": after.bits.total,
+        "bits_forgotten": None if bits_before is None else bits_before - after.bits.total,
+        "fraction_kept": None if not bits_before else after.bits.total / bits_before,
+    }
+
+
+def evaluate_adapter_run(folder: str | os.PathLike, data: KnowledgeData, *, base: str | os.PathLike | None = None,
+                         code: str = "installed", **eval_kwargs):
+    """Re-measure a saved run trained from a base model (LoRA, QLoRA or full fine-tuning) as its training reported
+    it: its people's bits net of what the base knew of them (``prior_knowledge``), and, for an hf-capacity base, the
+    base population's bits before (the base model alone) and after (the run's model) in
+    ``report.extra["base_population"]``, so forgetting can be checked at any later time. ``base``: the base model
+    folder, when it is not where the run records it."""
+    from .evaluation import evaluate_knowledge
+    from .models.registration import load_causal_lm
+
+    folder = Path(folder)
+    base_path = base_folder(folder, base)
+    base_data = KnowledgeData.load(base_path) if is_capacity_run(base_path) else None
+    if (folder / "adapter_config.json").is_file():
+        model = load_adapter_run(folder, base=base_path, code=code)
+        with model.disable_adapter():  # the base model itself
+            prior = prior_knowledge(model, data, base_path, **eval_kwargs)
+            before = evaluate_knowledge(model, base_data, **eval_kwargs) if base_data is not None else None
+    else:
+        model = load_causal_lm(folder, code=code)
+        base_model = load_base_model(base_path, code=code)
+        prior = prior_knowledge(base_model, data, base_path, **eval_kwargs)
+        before = evaluate_knowledge(base_model, base_data, **eval_kwargs) if base_data is not None else None
+        del base_model
+    report = prior.apply(evaluate_knowledge(model, data, **eval_kwargs))
+    if base_data is not None:
+        after = evaluate_knowledge(model, base_data, **eval_kwargs)
+        report.extra["base_population"] = base_population_summary(base_data.population.n_people,
+                                                                  before.bits.total, after)
+    return report
 
 
 @contextlib.contextmanager

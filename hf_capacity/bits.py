@@ -58,6 +58,15 @@ class KnowledgeBits:
         return {**asdict(self), "total": self.total}
 
 
+def bits_gained(after: KnowledgeBits, before: KnowledgeBits, *, keep_diversity: bool = True) -> KnowledgeBits:
+    """Knowledge added between two measurements of the same people (e.g. an adapter run's base model before
+    training and the adapted model after): each term of ``after`` minus ``before``'s, negative where knowledge was
+    lost. ``keep_diversity=False`` sets the diversity term to 0: bioD people whose diversity sets the model held
+    before (an adapter run's new people share its base run's sets), whose diversity bits are not new knowledge."""
+    diversity = after.diversity_bits - before.diversity_bits if keep_diversity else 0.0
+    return KnowledgeBits(after.name_bits - before.name_bits, after.value_bits - before.value_bits, diversity)
+
+
 def _check_count(name: str, value: float, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:  # numpy ints too
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -28,10 +28,10 @@ import numpy as np
 from torch.utils.data import Dataset
 from transformers import TrainerCallback
 
-from .adapters import adapter_summary
+from .adapters import adapter_summary, base_population_summary
 from .checkpoints import last_checkpoint
 from .data.knowledge_data import KnowledgeData
-from .evaluation import KnowledgeReport, evaluate_knowledge
+from .evaluation import KnowledgeReport, PriorKnowledge, evaluate_knowledge
 from .steps import tokens_per_step
 
 logger = logging.getLogger(__name__)
@@ -143,7 +143,8 @@ class KnowledgeCapacityCallback(_PeriodicMeasurementCallback):
     and ``accuracy_<attribute>``; in ``evaluate()`` results with the ``eval_`` prefix (usable as
     ``metric_for_best_model="eval_bits_per_param"``), also logged to the ``report_to`` backends when attached.
     ``history`` keeps every measurement (from step 0 unless ``measure_at_start=False`` or resumed); ``last_report``
-    the latest ``KnowledgeReport``. Attaching it (``attach``) also lets ``trainer.evaluate()`` run without an
+    the latest ``KnowledgeReport``. With ``prior`` (``evaluation.PriorKnowledge``: an adapter run's base model on the
+    new people) every measurement counts the bits gained over it, so the curve starts at 0. Attaching it (``attach``) also lets ``trainer.evaluate()`` run without an
     eval dataset (``allow_knowledge_only_evaluate``).
     """
 
@@ -158,9 +159,11 @@ class KnowledgeCapacityCallback(_PeriodicMeasurementCallback):
         on_evaluate: bool = True,
         progress: bool = False,
         measure_at_start: bool = True,
+        prior: PriorKnowledge | None = None,
     ):
         super().__init__(eval_steps)
         self.data = data
+        self.prior = prior
         self.eval_kwargs = dict(max_people=max_people, batch_size=batch_size, renderings=renderings, progress=progress)
         self.measure_on_evaluate = on_evaluate
         self.measure_at_start = measure_at_start
@@ -184,6 +187,8 @@ class KnowledgeCapacityCallback(_PeriodicMeasurementCallback):
 
     def measure(self, model, step: int) -> KnowledgeReport:
         report = evaluate_knowledge(model, self.data, **self.eval_kwargs)
+        if self.prior is not None:
+            report = self.prior.apply(report)
         self.last_report, self._measured_step = report, step
         self.history.append({"step": step, **report.log_metrics()})
         return report
@@ -243,22 +248,11 @@ class ForgettingCallback(_TrainerBoundCallback):
 
     def summary(self) -> dict | None:
         """``{"n_people", "num_params", "bits_max", "bits_before", "bits_after", "bits_forgotten",
-        "fraction_kept"}`` (bits; ``num_params``: the base model's P counted on its own population's tokens), or
-        None before the end of training."""
+        "fraction_kept"}`` (``adapters.base_population_summary``: bits; ``num_params``: the base model's P counted
+        on its own population's tokens), or None before the end of training."""
         if self.after is None:
             return None
-        before = self._before_bits
-        after = self.after.bits.total
-        p = self.after.num_params
-        return {
-            "n_people": self.data.population.n_people,
-            "num_params": p.base_capacity if p.is_adapter else p.capacity,  # the base's P on its own data's tokens
-            "bits_max": self.after.bits_max.total,
-            "bits_before": before,
-            "bits_after": after,
-            "bits_forgotten": None if before is None else before - after,
-            "fraction_kept": None if not before else after / before,
-        }
+        return base_population_summary(self.data.population.n_people, self._before_bits, self.after)
 
 
 class DivergenceCallback(TrainerCallback):
@@ -527,6 +521,8 @@ class CapacityReportCallback(_TrainerBoundCallback):
         exact = self.exposure_callback.exact_exposures if self.exposure_callback else None
         quantized = self.quantized_callback.summary() if self.quantized_callback else None
         per_step = self.exposure_callback.exposures_at(args, 1) if self.exposure_callback and args else None
+        if exact is not None and state is not None and state.global_step:  # whole passes: the curve ends at the count
+            per_step = exact / state.global_step
         history = [dict(h) for h in self.knowledge_callback.history]
         if per_step is not None:
             for h in history:
@@ -681,6 +677,7 @@ def add_capacity_callbacks(
     divergence: bool = True,
     stream_exposures: int | None = None,
     knowledge_fraction: float | None = None,
+    prior: PriorKnowledge | None = None,
 ) -> dict[str, TrainerCallback]:
     """Attach the capacity callbacks to ``trainer`` in one call; returns them by name.
 
@@ -693,7 +690,8 @@ def add_capacity_callbacks(
     end, e.g. ("int8", "nf4"); ``report``: write results.json, plot and model card into the output dir;
     ``divergence``: stop with ``TrainingDivergedError`` when the loss or gradients turn non-finite;
     ``stream_exposures``: the E the training set was built with (``data.stream(E, ...)``), so that a run over
-    whole passes reports every person's exact exposure count instead of the token-based average.
+    whole passes reports every person's exact exposure count instead of the token-based average; ``prior``: what
+    the model knew of these people before training (an adapter run's base), which the knowledge bits are net of.
 
     Exposures are counted from the training set, never assumed: ``context_length`` defaults to the length of its
     windows (a map-style set or a stream alike); the share of knowledge in it is the ``knowledge`` column of a
@@ -713,7 +711,7 @@ def add_capacity_callbacks(
     callbacks["exposures"] = ExposureCallback(
         data, context, exposures, stream_exposures, knowledge_fraction=fraction
     ).attach(trainer)
-    knowledge = KnowledgeCapacityCallback(data, eval_steps, max_people=max_people).attach(trainer)
+    knowledge = KnowledgeCapacityCallback(data, eval_steps, max_people=max_people, prior=prior).attach(trainer)
     callbacks["knowledge"] = knowledge
     if quantized:
         callbacks["quantized"] = QuantizedCapacityCallback(

@@ -9,6 +9,7 @@ prefix, which is what greedy decoding from the prefix would produce.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -25,6 +26,7 @@ from .bits import (
     bios_bits,
     bios_bits_lower_bound,
     bios_uniform_value_loss_nats,
+    bits_gained,
     capacity_ratio,
     uniform_name_loss_nats,
 )
@@ -66,6 +68,51 @@ class SpanLosses:
         return cls(**{f: cat(f) for f in cls.__dataclass_fields__})
 
 
+@dataclass(frozen=True)
+class PriorKnowledge:
+    """What a model knew about a population before a run taught it, so that the run's reports count only what the
+    run added. For an adapter run: its base model measured on the new people (the step-0 figure).
+
+    ``bits`` and ``bits_lower_bound``: that measurement, by term. ``shared_diversity``: the population's bioD
+    diversity sets are the base's own (an adapter run on its base run's format), so the diversity term is the base's
+    knowledge, left out of both the bits and bits_max. ``base_params``: the base model's P, one figure for the whole
+    run (on its own population's tokens; every embedding row for a base of unknown training data)."""
+
+    bits: KnowledgeBits
+    bits_lower_bound: KnowledgeBits
+    shared_diversity: bool = False
+    base_params: int | None = None
+
+    @classmethod
+    def measured(cls, report: KnowledgeReport, *, shared_diversity: bool = False,
+                 base_params: int | None = None) -> PriorKnowledge:
+        """The prior knowledge ``report`` measured (the model before training, on the run's people)."""
+        return cls(report.bits, report.bits_lower_bound, shared_diversity, base_params)
+
+    def new_bits_max(self, bits_max: KnowledgeBits) -> KnowledgeBits:
+        """The part of a population's ``bits_max`` that is new to the model: without the shared diversity term."""
+        return dataclasses.replace(bits_max, diversity_bits=0.0) if self.shared_diversity else bits_max
+
+    def apply(self, report: KnowledgeReport) -> KnowledgeReport:
+        """``report`` counting the knowledge gained since this prior: bits and lower bound net of the prior's, by
+        term (``bits.bits_gained``), bits_max without the shared diversity term; the measured bits kept in
+        ``bits_measured``, the base's P as ``num_params.base_capacity``."""
+        keep = not self.shared_diversity
+        bits = bits_gained(report.bits, self.bits, keep_diversity=keep)
+        lower = bits_gained(report.bits_lower_bound, self.bits_lower_bound, keep_diversity=keep)
+        bits_max = self.new_bits_max(report.bits_max)
+        ci = report.bits_ci95
+        if ci is not None:
+            shift = report.bits.total - bits.total
+            ci = (ci[0] - shift, min(ci[1] - shift, max(bits_max.total, bits.total)))
+        params = report.num_params
+        if params.is_adapter and self.base_params is not None:
+            params = dataclasses.replace(params, base_capacity=self.base_params)
+        return dataclasses.replace(report, bits=bits, bits_lower_bound=lower, bits_max=bits_max, bits_ci95=ci,
+                                   num_params=params, prior=self, bits_measured=report.bits,
+                                   bits_max_measured=report.bits_max)
+
+
 @dataclass
 class KnowledgeReport:
     """What a model knows about a population: p1/p2/p3 (nats), bits by term, R(F), per-attribute results.
@@ -91,6 +138,12 @@ class KnowledgeReport:
     p1_uniform: float | None = None
     p2_uniform: float | None = None
     p3_uniform: float | None = None
+    prior: PriorKnowledge | None = None
+    """Set when the bits are net of what the model knew before the run (``PriorKnowledge.apply``: adapter runs)."""
+    bits_measured: KnowledgeBits | None = None
+    """With ``prior``: the bits the model holds on these people, before the prior's are taken off."""
+    bits_max_measured: KnowledgeBits | None = None
+    """With ``prior``: the population's whole bits_max, the shared diversity term included."""
 
     @property
     def value_loss_unit(self) -> str:
@@ -157,6 +210,10 @@ class KnowledgeReport:
         }
         if self.num_params.is_adapter:  # num_params / bits_per_param count the trainable adapter parameters
             out["num_params_base"] = self.num_params.base_capacity
+        if self.prior is not None:  # bits are net of the base's: say what was measured and what was taken off
+            out["bits_at_start"] = self.prior.bits.total
+            out["bits_measured"] = self.bits_measured.total
+            out["bits_max_shared_with_base"] = self.bits_max_measured.total - self.bits_max.total
         if self.bits_ci95 is not None:
             out["bits_ci95"] = list(self.bits_ci95)
         return out
@@ -197,6 +254,11 @@ class KnowledgeReport:
             f"{self.bits.diversity_bits:,.0f}",
             f"  Theorem 3.2 lower bound          {self.bits_lower_bound.total:14,.0f}",
         ]
+        if self.prior is not None:
+            shared = self.bits_max_measured.total - self.bits_max.total
+            lines.append(f"    net of the base's {self.prior.bits.total:,.0f} bits on these people before training "
+                         f"(measured {self.bits_measured.total:,.0f})"
+                         + (f"; bits_max leaves out the {shared:,.0f} diversity bits of the base's sets" if shared else ""))
         if self.bits_ci95 is not None:
             lines.append(f"  95% CI (subsample)               [{self.bits_ci95[0]:,.0f}, {self.bits_ci95[1]:,.0f}]")
         if p.is_adapter:

@@ -119,6 +119,13 @@ def model_card(
     params_label = "parameters P (paper's rule: used embedding rows, tied once)"
     if p.is_adapter:
         params_label = "trainable adapter parameters P (the base model's stay frozen)"
+    bits_label, bits_max_label = "bits of knowledge learned", "bits in the data (bits_max)"
+    if report.prior is not None:  # an adapter run: what it added over its base, of what is new
+        bits_label += f" (net of the {report.prior.bits.total:,.0f} its base model held on these people)"
+        if report.bits_max_measured.total != report.bits_max.total:
+            bits_max_label = "new bits in the data (bits_max, without the base's diversity sets)"
+    non_embedding_row = ("" if p.is_adapter else  # an adapter's P has no embedding to leave out
+                         f"| non-embedding parameters | {d['num_params_non_embedding']:,} |")
     adapter_section = _adapter_section(adapter, base_population, p.base_capacity) if adapter else ""
     if is_peft:
         use_section = (
@@ -167,7 +174,9 @@ def model_card(
         num_params=f"{d['num_params']:,}",
         bits_per_param=f"{d['bits_per_param']:.4f}",
         bits_max_per_param=f"{d['bits_max_per_param']:.4f}",
-        num_params_non_embedding=f"{d['num_params_non_embedding']:,}",
+        bits_label=bits_label,
+        bits_max_label=bits_max_label,
+        non_embedding_row=non_embedding_row,
         bits_rows=bits_rows,
         loss_rows=loss_rows,
         quantized_section=quantized_section,
@@ -193,7 +202,8 @@ def _adapter_section(adapter: dict, base_population: dict | None, base_params: i
         targets = adapter.get("target_modules")
         rows += [("LoRA rank r / alpha", f"{adapter['r']} / {adapter.get('lora_alpha')}"),
                  ("target modules", targets if isinstance(targets, str) else ", ".join(targets or []))]
-    base_params = (base_population or {}).get("num_params", base_params)
+    if base_params is None:  # full fine-tuning: the base population's count
+        base_params = (base_population or {}).get("num_params")
     if base_params is not None:
         rows.append(("base model's P (paper's rule, on its own population's tokens)", f"{base_params:,}"))
     if base_population:

@@ -114,11 +114,17 @@ class CapacityTrainingConfig:
             raise ValueError(f"save_steps must be >= 1 (or None: no checkpoints), got {self.save_steps}")
         if self.save_total_limit < 1:
             raise ValueError(f"save_total_limit must be >= 1, got {self.save_total_limit}")
-        for name in ("n_people", "exposures", "context_length", "batch_size", "head_dim"):
+        for name in ("n_people", "exposures", "context_length", "batch_size", "head_dim", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self._check_optimiser()
         if self.junk_fraction and self.dataset == "bioD":
             raise ValueError("junk mixing is defined for bioS data")
+        if not 0 <= self.junk_fraction < 1:
+            raise ValueError(f"junk_fraction must lie in [0, 1), got {self.junk_fraction}")
+        if self.dataset != "bioD" and self.biod != _default("biod"):
+            raise ValueError(f"biod (the bioD shape --K --C --D --L --T) describes bioD data, but dataset is "
+                             f"{self.dataset!r}: set dataset bioD, or leave the shape unset")
         self.adapter_settings()  # validates the LoRA fields
         if self.init_from is None:
             if self.lora_r or self.load_in_4bit:
@@ -132,6 +138,18 @@ class CapacityTrainingConfig:
                 raise ValueError("an adapter run teaches a new population of the base's format; junk_fraction is not supported")
         if self.name_offset is not None and self.name_offset < 0:
             raise ValueError(f"name_offset must be >= 0, got {self.name_offset}")
+
+    def _check_optimiser(self) -> None:
+        """The optimiser settings torch would otherwise refuse only once training starts (after the output folder
+        is made), or accept and train badly with."""
+        checks = (("learning_rate", self.learning_rate > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                  ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
+                  ("adam_beta2", 0 <= self.adam_beta2 < 1, "in [0, 1)"), ("adam_epsilon", self.adam_epsilon > 0, "> 0"),
+                  ("warmup_steps", self.warmup_steps >= 0, ">= 0"))
+        for name, ok, bound in checks:
+            value = getattr(self, name)
+            if not ok or not math.isfinite(value):
+                raise ValueError(f"{name} must be {bound}, got {value}")
 
     def adapter_settings(self):
         """The run's ``AdapterSettings`` (LoRA rank, alpha, dropout, targets, 4-bit base)."""
@@ -148,6 +166,51 @@ class CapacityTrainingConfig:
         return d
 
 
+def _default(name: str):
+    """A ``CapacityTrainingConfig`` field's default value."""
+    f = CapacityTrainingConfig.__dataclass_fields__[name]
+    return f.default_factory() if callable(f.default_factory) else f.default
+
+
+BASE_FIELDS = ("model", "head_dim", "mlp_type", "num_experts", "moe_capacity_factor_train", "moe_capacity_factor_eval",
+               "memory", "vocab_size", "fit_vocabulary", "domain_token")
+"""Settings an adapter run (``init_from``) takes from its base model, not from its own config: the architecture and
+the tokenizer. Left unset they are recorded as the base's; set to another value they are refused (no effect)."""
+
+
+def base_settings(init_from: str | os.PathLike) -> dict:
+    """The ``BASE_FIELDS`` the base model folder was built with, as its ``training_config.json`` records them (an
+    hf-capacity run); None for each one a folder does not record (any other causal LM: its own architecture and
+    tokenizer, which no name here describes)."""
+    recorded = Path(init_from) / CONFIG_FILE
+    settings = json.loads(recorded.read_text()) if recorded.is_file() else {}
+    return {name: settings.get(name) for name in BASE_FIELDS}
+
+
+def check_base_settings(config: CapacityTrainingConfig) -> None:
+    """Refuses (ValueError, one line) an adapter run's settings that its base decides (``BASE_FIELDS``), set to
+    another value than the base's: they would be ignored. No-op for a run without ``init_from``."""
+    if config.init_from is None:
+        return
+    base = base_settings(config.init_from)
+    ignored = [f"{name} {getattr(config, name)!r}" + ("" if base[name] is None else f" (the base's: {base[name]!r})")
+               for name in BASE_FIELDS
+               if getattr(config, name) != _default(name) and getattr(config, name) != base[name]]
+    if ignored:
+        raise ValueError(f"an adapter run uses its base model's architecture and tokenizer ({config.init_from}), so "
+                         f"{', '.join(ignored)} would have no effect: leave {'it' if len(ignored) == 1 else 'them'} "
+                         "unset")
+
+
+def recorded_settings(config: CapacityTrainingConfig) -> dict:
+    """What ``training_config.json`` records of ``config``: its fields, with an adapter run's ``BASE_FIELDS`` taken
+    from its base (what really ran; null where the base records none)."""
+    settings = config.to_dict()
+    if config.init_from is not None:
+        settings.update(base_settings(config.init_from))
+    return settings
+
+
 def build_data(config: CapacityTrainingConfig) -> KnowledgeData:
     """The run's population, tokenizer and rendering options.
 
@@ -160,6 +223,7 @@ def build_data(config: CapacityTrainingConfig) -> KnowledgeData:
     offset = config.name_offset or 0
     if config.init_from is not None:
         adapters.check_base_folder(config.init_from)
+        check_base_settings(config)
         if adapters.is_capacity_run(config.init_from):
             base = KnowledgeData.load(config.init_from)
             _check_same_format(config, base)
@@ -364,6 +428,8 @@ def run_differences(recorded: dict, config: CapacityTrainingConfig) -> list[str]
     defaults = {**json.loads(json.dumps(CapacityTrainingConfig().to_dict())), **LEGACY_DEFAULTS}
     before = {f.name: recorded.get(f.name, defaults[f.name]) for f in fields(config)}
     ignored = set(PROGRESS_FIELDS)
+    if config.init_from is not None:  # the base decides these (records before they were the base's hold defaults)
+        ignored |= set(BASE_FIELDS)
     if not before["num_experts"] and not current["num_experts"]:
         ignored |= {"moe_capacity_factor_train", "moe_capacity_factor_eval"}
     return [f"{name} {old} → {current[name]}" for name, old in before.items()
@@ -423,7 +489,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
     import torch
     from transformers import Trainer, set_seed
 
-    from .adapters import is_capacity_run
+    from .adapters import is_capacity_run, prior_knowledge, record_base_path, recorded_base_path
     from .callbacks import CapacityReportCallback, ForgettingCallback, TrainingDivergedError, add_capacity_callbacks
     from .params import count_parameters
     from .report import json_safe
@@ -446,6 +512,9 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         groups = model.optimizer_param_groups(config.learning_rate, config.weight_decay)
         optimizers = (torch.optim.AdamW(groups, betas=(0.9, config.adam_beta2), eps=config.adam_epsilon), None)
     trainer = Trainer(model=model, args=args, train_dataset=train_dataset, optimizers=optimizers)
+    prior = None
+    if config.init_from is not None:  # the base's step-0 figure on the new people (a resumed run's weights load later)
+        prior = prior_knowledge(model, data, config.init_from, max_people=config.eval_max_people, progress=False)
     callbacks = add_capacity_callbacks(
         trainer,
         data,
@@ -456,6 +525,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         knowledge_fraction=1.0,  # the knowledge stream alone
         max_people=config.eval_max_people,
         stream_exposures=None if config.streaming or config.max_steps else config.exposures,
+        prior=prior,
     )
     forgetting = None
     if config.init_from is not None and is_capacity_run(config.init_from):  # the base population's knowledge
@@ -465,13 +535,16 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
     if trainer.is_world_process_zero():  # recorded first, so that a run killed part-way is recognised on resuming
         out.mkdir(parents=True, exist_ok=True)
         applied = {"max_steps": max_steps, "warmup_steps": warmup_steps, "eval_steps": eval_steps}  # what runs
-        (out / CONFIG_FILE).write_text(json.dumps({**config.to_dict(), "applied": applied}, indent=2) + "\n")
+        if config.init_from is not None:  # the people are the base's seed's; --seed seeds the adapter and batch order
+            applied.update(population_seed=data.population.seed, name_offset=data.population.name_offset,
+                           base_model_type=getattr(getattr(model, "config", None), "model_type", None))
+        (out / CONFIG_FILE).write_text(json.dumps({**recorded_settings(config), "applied": applied}, indent=2) + "\n")
         exact = not (config.streaming or config.max_steps)
         exposures = config.exposures if exact else callbacks["exposures"].exposures_at(args, max_steps)
         for line in plan_lines(config, steps=max_steps, warmup_steps=warmup_steps,
                                tokens_per_step=tokens_per_step(args, config.context_length), exposures=exposures,
                                exact=exact, num_params=count_parameters(model, data.used_token_ids()).capacity,
-                               bits_max=data.bits_max().total):
+                               bits_max=(prior.new_bits_max(data.bits_max()) if prior else data.bits_max()).total):
             print(line, flush=True)
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
@@ -484,6 +557,9 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         raise
     if trainer.is_world_process_zero():
         trainer.save_model(str(out))
+        base_model = None
+        if config.init_from is not None:  # recorded relative to the run when given relative: both folders can move
+            base_model = record_base_path(trainer.model, out, recorded_base_path(config.init_from, out))
         data.save(out)
         # written after the model and data are saved, so a push to the Hub carries everything
         writer = CapacityReportCallback(
@@ -491,7 +567,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
             exposure_callback=callbacks["exposures"],
             quantized_callback=callbacks.get("quantized"),
             forgetting_callback=forgetting,
-            base_model=config.init_from,
+            base_model=base_model,
             model_name=out.name,
         )
         writer.trainer = trainer

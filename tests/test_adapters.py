@@ -69,12 +69,10 @@ def test_lora_run_trains_only_the_adapter_and_counts_exactly_it(base_run, tmp_pa
     report, trainer, results = adapter_run(base_run, out, lora_r=2)
     expected = lora_param_count(base_run, 2)
     assert report.num_params.capacity == expected == results["num_params"]
-    # the base's P: by the same rule, on this data's tokens in the report, on its own population's in base_population
-    new_tokens, own_tokens = KnowledgeData.load(out).used_token_ids(), KnowledgeData.load(base_run).used_token_ids()
-    assert report.num_params.base_capacity == count_parameters(load_causal_lm(base_run), new_tokens).capacity
-    assert report.num_params.base_capacity == results["num_params_base"]
-    own = count_parameters(load_causal_lm(base_run), own_tokens).capacity
-    assert results["base_population"]["num_params"] == own == json.loads((base_run / "results.json").read_text())["num_params"]
+    # the base's P: one figure, by the same rule on its own population's tokens (what its own results.json says)
+    own = count_parameters(load_causal_lm(base_run), KnowledgeData.load(base_run).used_token_ids()).capacity
+    assert report.num_params.base_capacity == results["num_params_base"] == results["base_population"]["num_params"]
+    assert results["num_params_base"] == own == json.loads((base_run / "results.json").read_text())["num_params"]
     # the base's weights are untouched, the adapter's moved
     base_weights = load_file(str(base_run / "model.safetensors"))
     model = trainer.model
@@ -91,8 +89,9 @@ def test_lora_run_trains_only_the_adapter_and_counts_exactly_it(base_run, tmp_pa
         bp["bits_before"] - bp["bits_after"])
     card = (out / "README.md").read_text()
     meta = yaml.safe_load(card.split("---")[1])
-    assert meta["library_name"] == "peft" and meta["base_model"] == str(base_run.resolve())
+    assert meta["library_name"] == "peft" and meta["base_model"] == str(base_run)
     assert "trainable adapter parameters P" in card and "PeftModel.from_pretrained" in card
+    assert f"| {own:,} |" in card and "non-embedding parameters" not in card  # an adapter has no embedding to leave out
     # the adapter loads back with peft and measures the same
     reloaded = load_adapter_run(out)  # PeftModel.from_pretrained on the base the adapter names
     assert isinstance(reloaded, PeftModel)
@@ -101,7 +100,7 @@ def test_lora_run_trains_only_the_adapter_and_counts_exactly_it(base_run, tmp_pa
     assert again.bits.total == pytest.approx(report.bits.total, rel=1e-6, abs=1e-6)
 
 
-def test_full_finetuning_is_the_reference_with_the_whole_model_as_p(base_run, tmp_path):
+def test_full_finetuning_is_the_reference_with_the_whole_model_as_p(base_run, tmp_path, capsys):
     report, _, results = adapter_run(base_run, tmp_path / "ft", lora_r=0)
     # every parameter learns: P is the whole model by the paper's rule, on the tokens of the data it trains on
     whole = count_parameters(load_causal_lm(base_run), KnowledgeData.load(tmp_path / "ft").used_token_ids())
@@ -110,6 +109,13 @@ def test_full_finetuning_is_the_reference_with_the_whole_model_as_p(base_run, tm
     assert results["base_population"]["bits_after"] <= results["base_population"]["bits_before"] + 1e-6
     meta = yaml.safe_load((tmp_path / "ft" / "README.md").read_text().split("---")[1])
     assert meta["library_name"] == "transformers" and meta["base_model"] == str(base_run)
+    # eval re-measures it as training reported it: net of the base (loaded from where results.json says) and forgetting
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "ft"), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["bits"] == pytest.approx(results["bits"], abs=1e-6)
+    assert again["bits_at_start"] == pytest.approx(results["bits_at_start"], abs=1e-6)
+    assert again["base_population"] == pytest.approx(results["base_population"], abs=1e-6)
 
 
 def test_qlora_learns_on_a_4bit_base_after_an_evaluation(base_run, tmp_path):
@@ -125,7 +131,7 @@ def test_qlora_learns_on_a_4bit_base_after_an_evaluation(base_run, tmp_path):
     assert report.num_params.capacity == lora_param_count(base_run, 2)
     assert results["adapter"]["method"] == "qlora"
     # P of the base counts the weights the 4-bit tensors stand for, not their packed bytes
-    full = count_parameters(load_causal_lm(base_run), KnowledgeData.load(tmp_path / "qlora").used_token_ids())
+    full = count_parameters(load_causal_lm(base_run), KnowledgeData.load(base_run).used_token_ids())
     assert report.num_params.base_capacity == results["num_params_base"] == full.capacity
     # eval loads it as trained: the adapter on a 4-bit base
     loaded = load_adapter_run(tmp_path / "qlora")
@@ -144,6 +150,77 @@ def test_cli_adapter_run_and_eval(base_run, tmp_path, capsys):
     assert results["num_params"] == lora_param_count(base_run, 1, targets=("c_attn",))
     assert main(["eval", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["bits"] == pytest.approx(results["bits"], rel=1e-6, abs=1e-6)
+    # training_config.json records what ran: the base's architecture and its people's seed, not the parser defaults
+    recorded = json.loads((out / "training_config.json").read_text())
+    base = json.loads((base_run / "training_config.json").read_text())
+    assert (recorded["model"], recorded["head_dim"]) == (base["model"], base["head_dim"]) == ("gpt2-1-1", 16)
+    assert recorded["applied"]["population_seed"] == base["seed"] and recorded["applied"]["name_offset"] == 40
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "llama-2-2"], "model 'llama-2-2' (the base's: 'gpt2-1-1') would have no effect"),
+    (["--head-dim", "32"], "head_dim 32 (the base's: 16)"),
+    (["--vocab-size", "1000"], "vocab_size 1000"),
+    (["--dataset", "bioS"], "was trained on bioD"),
+    (["--K", "3"], "has bioD shape"),
+])
+def test_settings_the_base_decides_are_refused_not_ignored(base_run, tmp_path, capsys, flags, message):
+    out = tmp_path / "x"
+    assert main(["train", "--init-from", str(base_run), "--N", "5", "--quiet", "-o", str(out), *flags]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_adapter_bits_are_net_of_the_base_and_bits_max_leaves_out_its_diversity_sets(base_run, tmp_path):
+    """The new people share the base run's bioD diversity sets: that term is the base's knowledge, and what the base
+    already scores on the new people (its step-0 figure) is not the adapter's either."""
+    out = tmp_path / "lora"
+    report, _, results = adapter_run(base_run, out, lora_r=2)
+    data = KnowledgeData.load(out)
+    whole = data.bits_max()
+    assert whole.diversity_bits > 0  # T^L > D: K·D·log2(T^L / D) bits in the sets
+    assert results["bits_max"] == pytest.approx(whole.total - whole.diversity_bits)
+    assert results["bits_max_shared_with_base"] == pytest.approx(whole.diversity_bits)
+    # the base model alone on the new people, and the adapted model: bits = the gain, term by term
+    start = evaluate_knowledge(load_causal_lm(base_run), data, progress=False).bits
+    measured = evaluate_knowledge(load_adapter_run(out), data, progress=False).bits
+    assert results["bits_at_start"] == pytest.approx(start.total, abs=1e-6)
+    assert results["bits_measured"] == pytest.approx(measured.total, abs=1e-6)
+    assert results["name_bits"] == pytest.approx(measured.name_bits - start.name_bits, abs=1e-6)
+    assert results["value_bits"] == pytest.approx(measured.value_bits - start.value_bits, abs=1e-6)
+    assert results["diversity_bits"] == 0 and results["history"][0]["knowledge_bits"] == 0
+    assert results["bits_max_per_param"] == pytest.approx(results["bits_max"] / results["num_params"])
+    assert "net of the base's" in report.table()
+
+
+def test_an_adapter_run_moves_with_its_base_and_eval_rechecks_forgetting(base_run, tmp_path, capsys, monkeypatch):
+    """A relative --init-from is recorded relative to the run, so the two folders move together; eval re-measures the
+    base population (forgetting), and --base points at a base that moved on its own. Console, results and card give
+    one base P, and the curve ends at the exposures the card states."""
+    import shutil
+
+    shutil.copytree(base_run, tmp_path / "runs" / "base")
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--init-from", "runs/base", "--lora-r", "1", "--N", "10", "--exposures", "5",
+            "--context-length", "128", "--batch-size", "4", "--warmup-steps", "1", "--quiet", "-o", "runs/lora"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((tmp_path / "runs/lora/results.json").read_text())
+    card = (tmp_path / "runs/lora/README.md").read_text()
+    assert json.loads((tmp_path / "runs/lora/adapter_config.json").read_text())["base_model_name_or_path"] == "../base"
+    assert results["adapter"]["base_model"] == "../base"
+    p_base = results["num_params_base"]
+    assert p_base == results["base_population"]["num_params"]
+    assert f"frozen base model's P {p_base:,};" in printed and f"| {p_base:,} |" in card
+    assert results["history"][-1]["exposures"] == results["exposures"] == 5 and "| 5 (every person exactly) |" in card
+    shutil.move(tmp_path / "runs", tmp_path / "moved")
+    assert main(["eval", "moved/lora", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["bits"] == pytest.approx(results["bits"], abs=1e-6)
+    assert again["base_population"] == pytest.approx(results["base_population"], abs=1e-6)
+    shutil.move(tmp_path / "moved/base", tmp_path / "elsewhere")
+    assert main(["eval", "moved/lora"]) == 2 and "eval --base" in capsys.readouterr().err
+    assert main(["eval", "moved/lora", "--base", "elsewhere"]) == 0
+    assert "base population (N=40)" in capsys.readouterr().out
 
 
 def test_train_help_shows_the_adapter_options(capsys):
@@ -169,7 +246,7 @@ def test_bad_adapter_settings_are_named(kwargs, message):
 
 def test_a_base_of_another_format_is_refused(base_run, tmp_path, capsys):
     with pytest.raises(ValueError, match="trained on bioD"):
-        adapter_run(base_run, tmp_path / "x", dataset="bioS", lora_r=1)
+        adapter_run(base_run, tmp_path / "x", dataset="bioS", biod=CapacityTrainingConfig().biod, lora_r=1)
     with pytest.raises(ValueError, match="is not a folder"):
         adapter_run(tmp_path / "missing", tmp_path / "y", lora_r=1)
     argv = ["train", "--init-from", str(base_run), "--lora-r", "1", "--lora-target-modules", "nope", "--N", "5",
@@ -185,7 +262,9 @@ def test_a_sweep_over_rank_tabulates_bits_per_trainable_parameter(base_run, tmp_
     runs = load_sweep(config).plan()
     assert [r.run_id.split("_")[0] for r in runs] == ["base+ft", "base+lora1", "base+lora4"]
     assert AdapterSettings(r=4).method == "lora" and runs[2].training_config().adapter_settings().r == 4
+    planned = run_sweep(config, dry_run=True, log=lambda line: None)
     table = adapter_table(run_sweep(config, log=lambda line: None))
+    assert planned["bits_max"].tolist() == pytest.approx(table["bits_max"].tolist())  # the dry run's is the run's
     assert list(table["method"]) == ["lora", "lora", "full"] and list(table["lora_r"]) == [1, 4, 0]
     assert list(table["P"][:2]) == [lora_param_count(base_run, 1), lora_param_count(base_run, 4)]
     own = json.loads((base_run / "results.json").read_text())["num_params"]
@@ -211,6 +290,9 @@ def test_any_causal_lm_folder_is_a_base_with_its_own_tokenizer(tmp_path):
                                  num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
                                  eos_token_id=tokenizer.eos_token_id)).save_pretrained(base)
     tokenizer.save_pretrained(base)
+    for setting in ({"vocab_size": 1000}, {"domain_token": True}):  # its own tokenizer renders: they would do nothing
+        with pytest.raises(ValueError, match=f"{next(iter(setting))} .* would have no effect"):
+            adapter_run(base, tmp_path / "x", lora_r=2, n_people=8, **setting)
     report, trainer, results = adapter_run(base, tmp_path / "lora", lora_r=2, n_people=8)
     data = KnowledgeData.load(tmp_path / "lora")
     assert isinstance(data.renderer, OffsetRenderer) and data.population.name_offset == 0

@@ -6,12 +6,14 @@ import pytest
 
 from hf_capacity.bits import (
     BioDShape,
+    KnowledgeBits,
     biod_bits,
     biod_bits_lower_bound,
     biod_bits_max,
     bios_bits,
     bios_bits_lower_bound,
     bios_bits_max,
+    bits_gained,
     capacity_ratio,
     log2_bios_name_space,
     log2_bios_value_space,
@@ -125,3 +127,11 @@ def test_numpy_integers_are_whole_numbers():
     assert biod_bits_max(shape).total == biod_bits_max(BioDShape(100, 2, 2, 10, 1, 20)).total
     with pytest.raises(ValueError, match="n_people"):
         bios_bits_max(1000.0)  # a float is still not a count
+
+
+def test_bits_gained_is_the_difference_term_by_term():
+    before, after = KnowledgeBits(10.0, 0.0, 31.3), KnowledgeBits(25.0, 60.0, 63.6)
+    assert bits_gained(after, before) == KnowledgeBits(15.0, 60.0, 32.3)
+    # bioD people on the diversity sets the model held before (an adapter run's): that term is not new knowledge
+    assert bits_gained(after, before, keep_diversity=False) == KnowledgeBits(15.0, 60.0, 0.0)
+    assert bits_gained(before, after).total == pytest.approx(-(15.0 + 60.0 + 32.3))  # knowledge lost is negative

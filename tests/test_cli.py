@@ -269,3 +269,29 @@ def test_train_on_a_rank_other_than_0_reads_the_results_only_after_rank_0_wrote_
                  "--context-length", "64", "--batch-size", "4", "--vocab-size", "300", "--max-steps", "2",
                  "-o", str(out), "--quiet"]) == 0
     assert events == ["barrier"] and "wrote" in capsys.readouterr().out
+
+
+def test_settings_that_would_be_ignored_or_fail_late_are_refused_before_any_folder_is_made(tmp_path, capsys):
+    out = tmp_path / "run"
+    for flags, message in ((["--K", "3"], "--K describes bioD data, but the data set is bioS"),
+                           (["--dataset", "bioS-simple", "--T", "10", "--L", "1"], "--L --T describe bioD data"),
+                           (["--lr", "-1"], "learning_rate must be > 0, got -1.0"),
+                           (["--weight-decay", "-0.1"], "weight_decay must be >= 0")):
+        assert main([*TINY_RUN, *flags, "-o", str(out)]) == 2
+        assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_eval_refuses_data_rendered_with_another_tokenizer(tmp_path, capsys, bios_data):
+    from hf_capacity.data import BioSPopulation
+    from hf_capacity.training import CapacityTrainingConfig, build_model
+
+    model = tmp_path / "model"
+    build_model(CapacityTrainingConfig(model="gpt2-1-1", head_dim=16), bios_data.tokenizer).save_pretrained(model)
+    bios_data.save(model)
+    bios_data.save(tmp_path / "same")  # the model's own data, in a folder of its own: measured as usual
+    assert main(["eval", str(model), "--data", str(tmp_path / "same"), "--max-people", "5", "--json"]) == 0
+    capsys.readouterr()
+    other = KnowledgeData.create(BioSPopulation(100, seed=8), vocab_size=1024)
+    other.save(tmp_path / "other")  # other people, and a tokenizer trained on them
+    assert main(["eval", str(model), "--data", str(tmp_path / "other"), "--json"]) == 2
+    assert "another tokenizer" in capsys.readouterr().err

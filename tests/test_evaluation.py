@@ -9,9 +9,14 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from hf_capacity.bits import bios_bits_max, log2_bios_name_space, log2_bios_value_space
+from hf_capacity.bits import (
+    KnowledgeBits,
+    bios_bits_max,
+    log2_bios_name_space,
+    log2_bios_value_space,
+)
 from hf_capacity.data.render import evaluation_exposure
-from hf_capacity.evaluation import evaluate_knowledge, span_losses
+from hf_capacity.evaluation import PriorKnowledge, evaluate_knowledge, span_losses
 
 
 class Oracle(nn.Module):
@@ -106,6 +111,26 @@ def test_biod_report_has_three_terms(biod_data):
     assert report.bits.value_bits == pytest.approx(biod_data.bits_max().value_bits, rel=1e-6)
     assert report.bits.diversity_bits == pytest.approx(biod_data.bits_max().diversity_bits, rel=1e-6)
     assert set(report.per_attribute) == {"ID 1", "ID 2", "ID 3", "ID 4"}
+
+
+def test_a_report_net_of_prior_knowledge_counts_only_what_was_added(biod_data):
+    """An adapter run's report: what its base knew of the people (here 10 name, 20 value and 5 diversity bits) is
+    taken off, and with the base's diversity sets shared that term leaves bits_max too."""
+    measured = evaluate_knowledge(Oracle(len(biod_data.tokenizer)), biod_data, progress=False)
+    whole = biod_data.bits_max()
+    prior = PriorKnowledge(KnowledgeBits(10.0, 20.0, 5.0), KnowledgeBits(10.0, 20.0, 5.0), shared_diversity=True)
+    report = prior.apply(measured)
+    assert report.bits.name_bits == pytest.approx(measured.bits.name_bits - 10.0)
+    assert report.bits.value_bits == pytest.approx(whole.value_bits - 20.0, rel=1e-6)
+    assert report.bits.diversity_bits == 0 and report.bits_max.total == pytest.approx(whole.total - whole.diversity_bits)
+    d = report.to_dict()
+    assert d["bits_at_start"] == 35.0 and d["bits_measured"] == pytest.approx(measured.bits.total)
+    assert d["bits_max_shared_with_base"] == pytest.approx(whole.diversity_bits)
+    assert d["bits_per_param"] == pytest.approx(report.bits.total / report.num_params.capacity)
+    assert "net of the base's 35 bits" in report.table()
+    kept = PriorKnowledge(KnowledgeBits(10.0, 20.0, 5.0), KnowledgeBits(10.0, 20.0, 5.0)).apply(measured)
+    assert kept.bits.diversity_bits == pytest.approx(whole.diversity_bits - 5.0, rel=1e-6)  # a base of other sets
+    assert kept.bits_max == whole
 
 
 def test_model_and_data_that_do_not_belong_together(bios_data):

@@ -503,6 +503,19 @@ def test_a_finished_run_recorded_with_other_settings_is_stale_not_done(sweep_cop
     assert list(rebuild_table(sweep_copy, write=False)["status"]) == ["failed", "done"]
 
 
+def test_fit_on_a_sweep_whose_only_run_is_stale_says_why_not_an_error_file_it_lacks(sweep_copy, monkeypatch, capsys):
+    monkeypatch.setattr(sweep_module, "train_capacity", no_training)
+    first, second = sorted((sweep_copy / "runs").iterdir())
+    shutil.rmtree(second)
+    recorded = json.loads((first / "training_config.json").read_text())
+    (first / "training_config.json").write_text(json.dumps({**recorded, "learning_rate": 0.002}))
+    run_sweep(tiny_config(sweep_copy, grid={"seed": [0]}), log=lambda line: None)
+    assert main(["fit", str(sweep_copy)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hf-capacity: error: no finished run in {sweep_copy}; 1 failed: stale: {first} holds")
+    assert "learning_rate 0.002 → 0.001" in err and "error.json" not in err and err.count("\n") == 1
+
+
 def test_an_unfinished_run_recorded_with_other_settings_is_not_resumed(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep_module, "train_capacity", no_training)
     config = tiny_config(tmp_path / "old")

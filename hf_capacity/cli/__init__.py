@@ -18,14 +18,32 @@ import sys
 
 from .. import __version__
 from . import data, memorize, planning, run, sweeps
-from ._common import CLIError, HelpFormatter, is_divergence, one_line
+from ._common import (
+    CLIError,
+    HelpFormatter,
+    is_divergence,
+    one_line,
+    resolve_population_args,
+)
 
 __all__ = ["CLIError", "build_parser", "main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with the population flags of a command that has them resolved once parsed
+    (``_common.resolve_population_args``), so that every caller of ``parse_args`` gets them filled in."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extra = super().parse_known_args(args, namespace)
+        if getattr(parsed, "resolve_population", False):
+            parsed.resolve_population = False
+            resolve_population_args(parsed)
+        return parsed, extra
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `hf-capacity` parser: every command group's subcommands."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hf-capacity", description="Knowledge capacity of language models on the Hugging Face stack.",
         formatter_class=HelpFormatter, allow_abbrev=False,
     )

@@ -92,13 +92,48 @@ DEFAULT_DATASET = "bioS"
 
 
 def add_population_args(p: argparse.ArgumentParser, with_seed: bool = True) -> None:
-    """--dataset, --N and the bioD shape --K --C --D --L --T (and --seed)."""
-    p.add_argument("--dataset", choices=["bioS", "bioS-simple", "bioD"], default=DEFAULT_DATASET, help="data family")
+    """--dataset, --N and the bioD shape --K --C --D --L --T (and --seed).
+
+    --dataset and the shape flags are parsed as None when not given, so that ``resolve_population_args`` (which the
+    `hf-capacity` parser calls once it has parsed) can tell a flag given from its default: it fills them in, from an adapter run's base run where
+    there is one, and refuses shape flags given for bioS data."""
+    p.add_argument("--dataset", choices=["bioS", "bioS-simple", "bioD"], default=None,
+                   help=f"data family (default: {DEFAULT_DATASET}; with --init-from, the base run's)")
     add_count(p, "--N", default=1000, help="number of people")
     for flag, _, default, text in BIOD_FLAGS:
-        add_count(p, flag, default=default, help=text)
+        add_count(p, flag, default=None, help=f"{text} (default: {default})")
     if with_seed:
-        add_count(p, "--seed", minimum=0, default=0, help="population and rendering seed")
+        add_count(p, "--seed", minimum=0, default=0,
+                  help="population and rendering seed (an adapter run's people are its base run's seed's: there it "
+                       "seeds the adapter's initialisation and the batch order)")
+    p.set_defaults(resolve_population=True)
+
+
+def resolve_population_args(args) -> None:
+    """Fill in --dataset and the bioD shape flags left unset (None): from the base run of ``--init-from`` (an
+    hf-capacity run) where there is one, else the defaults. Shape flags given for bioS data raise CLIError; a given
+    value that differs from the base run's is left for the run config to refuse."""
+    import json
+    from pathlib import Path
+
+    base = getattr(args, "init_from", None)
+    population, simple = {}, False
+    if base and (Path(base) / "knowledge_data.json").is_file():  # an hf-capacity run: its data's format
+        recorded = json.loads((Path(base) / "knowledge_data.json").read_text())
+        population, simple = recorded.get("population", {}), bool(recorded.get("simple"))
+    family = population.get("family")
+    family = "bioS-simple" if family == "bioS" and simple else family
+    given = [flag for flag, *_ in BIOD_FLAGS if getattr(args, flag.lstrip("-")) is not None]
+    if args.dataset is None:
+        args.dataset = family or DEFAULT_DATASET
+    if given and args.dataset != "bioD":
+        raise CLIError(f"{' '.join(given)} describe{'s' if len(given) == 1 else ''} bioD data, but the data set is "
+                       f"{args.dataset}: add --dataset bioD, or leave {'it' if len(given) == 1 else 'them'} out")
+    shape = population if args.dataset == "bioD" else {}  # bioD data of the base's: its shape
+    for flag, field, default, _ in BIOD_FLAGS:
+        name = flag.lstrip("-")
+        if getattr(args, name) is None:
+            setattr(args, name, shape.get(field, default))
 
 
 def population(args):

@@ -74,7 +74,9 @@ def _add_training_args(p: argparse.ArgumentParser, defaults) -> None:
     a = p.add_argument_group(
         "adapters", "teach new people to a trained model (peft): --init-from RUN [--lora-r R]. The new population "
         "has the base run's format (its data flags are taken from the base) and the people after the base's; "
-        "P is then the trainable adapter parameters, and the base population's bits are measured before and after")
+        "P is then the trainable adapter parameters, the bits are net of what the base already scores on the new "
+        "people (bits_max without the base's bioD diversity sets), and the base population's bits are measured "
+        "before and after")
     a.add_argument("--init-from", default=None, metavar="MODEL_DIR",
                    help="start from this model folder (a `hf-capacity train` run, or any causal LM with its tokenizer)")
     add_count(a, "--lora-r", minimum=0, default=0, help="LoRA rank (0 with --init-from: full fine-tuning)")
@@ -88,31 +90,9 @@ def _add_training_args(p: argparse.ArgumentParser, defaults) -> None:
               help="index of the first new person in the name permutation (default: right after the base's people)")
 
 
-def _data_flags_from_base(args) -> None:
-    """With ``--init-from`` an hf-capacity run, take --dataset and the bioD shape from the base where the user
-    left them at their defaults (a value that differs from the base's is reported when the config is built)."""
-    from ..adapters import is_capacity_run
-    from ..data.knowledge_data import CONFIG_NAME
-    from ._common import BIOD_FLAGS, DEFAULT_DATASET
-
-    if not args.init_from or not Path(args.init_from).is_dir() or not is_capacity_run(args.init_from):
-        return
-    base = json.loads((Path(args.init_from) / CONFIG_NAME).read_text())
-    population = base.get("population", {})
-    family = population.get("family")
-    family = "bioS-simple" if family == "bioS" and base.get("simple") else family
-    if args.dataset == DEFAULT_DATASET and family:
-        args.dataset = family
-    for flag, field, default, _ in BIOD_FLAGS:
-        name = flag.lstrip("-")
-        if getattr(args, name) == default and field in population:
-            setattr(args, name, population[field])
-
-
 def _training_config(args):
     from ..training import CapacityTrainingConfig
 
-    _data_flags_from_base(args)
     return CapacityTrainingConfig(
         output_dir=args.output,
         dataset=args.dataset,
@@ -171,10 +151,29 @@ def cmd_train(args) -> None:
     results = json.loads((Path(config.output_dir) / "results.json").read_text())
     base = results.get("base_population")
     if base:
-        print(f"  base population (N={base['n_people']:,})  {base['bits_before']:,.0f} bits before, "
-              f"{base['bits_after']:,.0f} after: {base['bits_forgotten']:,.0f} forgotten")
+        _print_base_population(base)
     saved = "peft adapter" if results.get("adapter", {}).get("library") == "peft" else "model"
     print(f"\nwrote {config.output_dir}: {saved}, tokenizer, knowledge_data.json, results.json, knowledge_curve.png, README.md")
+
+
+def _print_base_population(base: dict) -> None:
+    """One line on an adapter run's base population: its bits before and after, and what was forgotten."""
+    print(f"  base population (N={base['n_people']:,})  {base['bits_before']:,.0f} bits before, "
+          f"{base['bits_after']:,.0f} after: {base['bits_forgotten']:,.0f} forgotten")
+
+
+def _check_same_tokenizer(model_dir: Path, data, data_dir: str) -> None:
+    """Refuse ``eval --data`` whose tokenizer is not the one the model folder was saved with: its token ids would
+    mean other text to the model, and the report would be nonsense."""
+    if not any((model_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        return  # a model saved without its tokenizer: nothing to compare
+    from transformers import AutoTokenizer
+
+    own = AutoTokenizer.from_pretrained(model_dir)
+    if own.get_vocab() != data.tokenizer.get_vocab():
+        raise CLIError(f"{data_dir} is rendered with another tokenizer than the one saved in {model_dir} "
+                       f"({len(data.tokenizer):,} tokens against {len(own):,}, or other token ids), so the model would "
+                       "read other text than its people's: pass data made with the model's tokenizer")
 
 
 def cmd_demo(args) -> None:
@@ -212,20 +211,26 @@ def cmd_eval(args) -> None:
         raise CLIError(f"{path} is not a saved model folder (no config.json): pass the output dir of `hf-capacity train`")
     if is_adapter and args.quantized:
         raise CLIError(f"{path} holds a peft adapter: --quantized measures full models only")
+    results = path / "results.json"
+    from_base = is_adapter or (results.is_file() and bool(json.loads(results.read_text()).get("adapter")))
+    if args.base and not from_base:
+        raise CLIError(f"{path} was not trained from a base model (no adapter_config.json, no adapter in results.json): "
+                       "--base is for adapter and fine-tuning runs")
     data = KnowledgeData.load(args.data or path)
-    try:
-        if is_adapter:  # an adapter run: its base model (as trained: 4-bit for QLoRA) with the adapter
-            from ..adapters import load_adapter_run
+    if args.data:
+        _check_same_tokenizer(path, data, args.data)
+    eval_kwargs = {"max_people": args.max_people, "renderings": args.renderings, "batch_size": args.batch_size}
+    if from_base:  # bits net of the base's on these people, and the base population re-measured (forgetting)
+        from ..adapters import evaluate_adapter_run
 
-            model = load_adapter_run(path, code=args.code)
-        else:
+        report = evaluate_adapter_run(path, data, base=args.base, code=args.code, progress=not args.json,
+                                      **eval_kwargs)
+    else:
+        try:
             model = load_causal_lm(path, code=args.code)
-    except ValueError as err:
-        raise CLIError(f"{err} (--code installed)" if not is_adapter else str(err)) from err
-    report = evaluate_knowledge(
-        model, data, max_people=args.max_people, renderings=args.renderings, batch_size=args.batch_size,
-        progress=not args.json,
-    )
+        except ValueError as err:
+            raise CLIError(f"{err} (--code installed)") from err
+        report = evaluate_knowledge(model, data, progress=not args.json, **eval_kwargs)
     if args.quantized:
         from ..quantization import quantized_capacity
 
@@ -241,6 +246,9 @@ def cmd_eval(args) -> None:
         print(json.dumps(json_safe(report.to_dict()), default=float))
         return
     print(report.table())
+    base = report.extra.get("base_population")
+    if base:
+        _print_base_population(base)
     for scheme, q in report.extra.get("quantized", {}).items():
         ratio = q["ratio_to_full_precision"]
         print(f"  {scheme:<6} bits/param {q['bits_per_param']:.4f}  ratio to full precision "
@@ -272,7 +280,11 @@ def add_commands(subparsers) -> None:
 
     e = add_command(subparsers, "eval", help="measure the knowledge a trained model stores (bits, bits/param)")
     e.add_argument("model_dir", help="a folder written by `hf-capacity train` (model or peft adapter + knowledge_data.json)")
-    e.add_argument("--data", default=None, help="the data folder, if not the model folder")
+    e.add_argument("--data", default=None,
+                   help="the data folder, if not the model folder (its tokenizer must be the model's)")
+    e.add_argument("--base", default=None, metavar="MODEL_DIR",
+                   help="an adapter or fine-tuning run's base model folder, if not where the run records it "
+                        "(e.g. after moving the base)")
     add_count(e, "--max-people", default=None, help="evaluate a subsample (adds a 95%% CI)")
     add_count(e, "--renderings", default=1, help="evaluation renderings averaged per person")
     add_count(e, "--batch-size", default=64, help="biographies per forward pass")

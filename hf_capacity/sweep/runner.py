@@ -129,10 +129,15 @@ def _estimate_steps(config, data) -> int:
 
 
 def _bits_max(config, data) -> float:
-    """bits_max of the run's whole population (``data`` is its sample: the same format, at most 1000 people)."""
+    """bits_max of the run's whole population (``data`` is its sample: the same format, at most 1000 people); for an
+    adapter run from an hf-capacity bioD run, without the diversity sets it shares with its base (as the run reports)."""
+    from ..adapters import is_capacity_run
+
     population = data.population
     if isinstance(population, BioDPopulation):
-        return biod_bits_max(dataclasses.replace(population.shape, n_people=config.n_people)).total
+        bits = biod_bits_max(dataclasses.replace(population.shape, n_people=config.n_people))
+        shared = config.init_from is not None and is_capacity_run(config.init_from)
+        return bits.total - (bits.diversity_bits if shared else 0.0)
     return bios_bits_max(config.n_people).total
 
 

@@ -177,7 +177,8 @@ def require_finished_runs(df: pd.DataFrame, source: str | os.PathLike) -> pd.Dat
     """``df`` itself when it holds a finished run (or has no status column: a table made elsewhere).
 
     Otherwise raises ``NoFinishedRunError`` in one line, e.g. "no finished run in sweeps/x; 3 failed, see
-    sweeps/x/runs/<run_id>/error.json (ValueError: ...)": ``source`` is the table or sweep folder it came from.
+    sweeps/x/runs/<run_id>/error.json (ValueError: ...)", or, for a failed run without an error file (a stale run,
+    trained with other settings), the table's reason itself: ``source`` is the table or sweep folder it came from.
     """
     if "status" not in df.columns or (df["status"] == "done").any():
         return df
@@ -190,10 +191,14 @@ def require_finished_runs(df: pd.DataFrame, source: str | os.PathLike) -> pd.Dat
         raise NoFinishedRunError(f"no finished run in {source}; {counts}: run the sweep (again) to train them")
     first = failed.iloc[0]
     error = first.get("error")
-    error = error.strip().splitlines()[0][:200] if isinstance(error, str) and error.strip() else ""
-    folder = source if source.is_dir() else source.parent
-    where = folder / RUNS_DIR / str(first["run_id"]) / ERROR_FILE
-    raise NoFinishedRunError(
-        f"no finished run in {source}; {counts}, see {where}" + (f" ({error})" if error else "")
-        + (" and the error column of the table" if len(failed) > 1 else "")
-    )
+    error = error.strip().splitlines()[0] if isinstance(error, str) and error.strip() else ""
+    folder = (source if source.is_dir() else source.parent) / RUNS_DIR / str(first["run_id"])
+    others = len(failed) > 1
+    if (folder / ERROR_FILE).is_file():  # the run raised: its error file has the traceback
+        raise NoFinishedRunError(f"no finished run in {source}; {counts}, see {folder / ERROR_FILE}"
+                                 + (f" ({error[:200]})" if error else "")
+                                 + (" and the error column of the table" if others else ""))
+    # a stale run (trained with other settings) or a killed one has no error file: the table's error says why
+    reason = error or f"{folder} has no {ERROR_FILE}: run the sweep again to see why it fails"
+    raise NoFinishedRunError(f"no finished run in {source}; {counts}: {reason}"
+                             + (" (the others: the error column of the table)" if others else ""))
