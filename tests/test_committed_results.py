@@ -1,6 +1,7 @@
 """The committed calibration run re-measures to what its results say (and to the headline ≥ 1.8 bits/param)."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,6 @@ def test_the_capacity_law_study_rows_are_the_committed_table():
     assert (ROOT / "docs" / "figures" / "capacity_law.png").is_file()
     front = README.read_text().split("## The capacity law across model sizes\n", 1)[1].split("\n## ", 1)[0]
     assert "(docs/figures/capacity_law.png)" in front and "(docs/studies/capacity_law.md)" in front
+    # the headline quotes the law's points, smallest P first: the whole-vocabulary ladder rows of the table
+    points = script.ladder_points(table).sort_values("P")
+    assert re.findall(r"\b\d\.\d{3}\b", front) == [f"{r:.3f}" for r in points["bits_per_param"]]
