@@ -12,34 +12,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .checkpoints import last_checkpoint
 from .data import BioDPopulation, BioSPopulation, JunkConfig, KnowledgeData
+from .model_names import parse_model_name
 from .steps import tokens_per_step
-
-MODEL_NAME = re.compile(r"^(gpt2|llama|memory-llama)-(\d+)-(\d+)$")
-
-
-def check_model_name(name: str) -> tuple[str, int, int]:
-    """``(family, layers, heads)`` of a model name like the paper's (``gpt2-6-4``: 6 layers, 4 heads of head_dim);
-    raises ValueError for a name that is not one, or that asks for no layer or no head."""
-    match = MODEL_NAME.match(str(name))
-    if match is None:
-        raise ValueError(
-            f"unknown model {name!r}: use gpt2-<layers>-<heads>, llama-<layers>-<heads> or "
-            "memory-llama-<layers>-<heads>, e.g. gpt2-6-4"
-        )
-    family, layers, heads = match.group(1), int(match.group(2)), int(match.group(3))
-    if layers < 1 or heads < 1:
-        raise ValueError(
-            f"{name}: a model needs at least 1 layer and 1 head ({family}-ℓ-h: ℓ layers, h heads of head_dim)"
-        )
-    return family, layers, heads
-
 
 @dataclass
 class CapacityTrainingConfig:
@@ -107,7 +87,7 @@ class CapacityTrainingConfig:
     def __post_init__(self) -> None:
         if self.dataset not in ("bioS", "bioS-simple", "bioD"):
             raise ValueError(f"dataset must be bioS, bioS-simple or bioD, got {self.dataset!r}")
-        family, _, _ = check_model_name(self.model)
+        family, _, _ = parse_model_name(self.model)
         if self.fused_loss and family != "gpt2":
             raise ValueError(f"fused_loss is implemented for the gpt2 family, not {self.model!r}")
         if self.save_steps is not None and self.save_steps < 1:
@@ -223,8 +203,7 @@ def build_model(config: CapacityTrainingConfig, tokenizer):
     from .models.capacity_gpt2 import CapacityGPT2Config, CapacityGPT2ForCausalLM
     from .models.memory_llama import MemoryLlamaConfig, MemoryLlamaForCausalLM, default_memory_layers
 
-    family, layers, heads = MODEL_NAME.match(config.model).groups()
-    layers, heads = int(layers), int(heads)
+    family, layers, heads = parse_model_name(config.model)
     hidden = heads * config.head_dim
     common = dict(
         vocab_size=len(tokenizer),

@@ -8,6 +8,8 @@ from transformers import PreTrainedConfig
 MLP_TYPES = ("standard", "gated", "quarter", "none")
 POSITION_EMBEDDING_TYPES = ("rotary", "learned")
 HEAD_SIZE = 64  # the paper's GPT2-ℓ-h has heads of width 64
+# The gpt2 names of hf_capacity.model_names, read here because a model folder imports no hf_capacity (remote code);
+# tests/test_model_names.py keeps the two readings in step.
 _NAME_PATTERN = re.compile(r"^gpt2-(\d+)-(\d+)$")
 
 
