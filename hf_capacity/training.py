@@ -176,16 +176,6 @@ def _check_same_format(config: CapacityTrainingConfig, base: KnowledgeData) -> N
                              f"settings must match it (got {dict(config.biod)})")
 
 
-def llama_mlp_width(hidden: int, mlp_type: str) -> int:
-    """The MLP's hidden units for a LLaMA of width ``hidden``, parameter-matched across MLP types: the gated MLP
-    (three matrices) 8·hidden/3 rounded up to a multiple of 8, the standard one (two matrices) 4·hidden, so both
-    hold ≈ 8·hidden² weights, as GPT-2's MLP does. (Runs before this rule gave the standard MLP the gated width;
-    their folders record the width they had and load as they were.)"""
-    if mlp_type == "standard":
-        return 4 * hidden
-    return 8 * math.ceil(8 * hidden / 3 / 8)
-
-
 def build_model(config: CapacityTrainingConfig, tokenizer):
     """A freshly initialised model named like the paper (gpt2-ℓ-h, llama-ℓ-h, memory-llama-ℓ-h); with
     ``init_from``, the base model loaded from that folder, with LoRA adapters (``lora_r`` ≥ 1, a ``PeftModel``
@@ -224,7 +214,7 @@ def build_model(config: CapacityTrainingConfig, tokenizer):
                          moe_capacity_factor_eval=config.moe_capacity_factor_eval)
         return CapacityGPT2ForCausalLM(CapacityGPT2Config(**common, **extra))
     mlp_type = config.mlp_type or "gated"
-    llama = dict(common, intermediate_size=llama_mlp_width(hidden, mlp_type), mlp_type=mlp_type)
+    llama = dict(common, mlp_type=mlp_type)  # MemoryLlamaConfig gives the type its parameter-matched width
     if family == "memory-llama":
         llama.update(config.memory, memory_layers=default_memory_layers(layers, count=min(3, layers)))
         llama.setdefault("memory_value_dim", hidden)
