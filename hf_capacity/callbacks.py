@@ -252,7 +252,8 @@ class ForgettingCallback(_TrainerBoundCallback):
         p = self.after.num_params
         return {
             "n_people": self.data.population.n_people,
-            "num_params": p.base_capacity if p.is_adapter else p.capacity,  # the base's P on its own data's tokens
+            # the base's P on its own data's tokens
+            "num_params": p.base_paper_params if p.is_adapter else p.paper_params,
             "bits_max": self.after.bits_max.total,
             "bits_before": before,
             "bits_after": after,
@@ -546,9 +547,9 @@ class CapacityReportCallback(_TrainerBoundCallback):
         results = write_results(out, report, **extra)
         name = self.model_name or Path(output_dir).name
         plot = plot_training_curve(
-            history, report.bits_max.total, out / "knowledge_curve.png", num_params=report.num_params.capacity,
+            history, report.bits_max.total, out / "knowledge_curve.png", num_params=report.num_params.paper_params,
             exposures_per_step=per_step, data=f"{report.family}(N={report.n_people:,})",
-            model=f"{name} ({extra.get('model_type') or 'causal LM'}, P = {report.num_params.capacity:,})",
+            model=f"{name} ({extra.get('model_type') or 'causal LM'}, P = {report.num_params.paper_params:,})",
         )
         summary = ""
         if args is not None and state is not None:

@@ -100,11 +100,11 @@ class KnowledgeReport:
     @property
     def bits_per_param(self) -> float:
         """R(F) = bits / P, P by the paper's rule (used embedding rows only, tied once)."""
-        return capacity_ratio(self.bits.total, self.num_params.capacity)
+        return capacity_ratio(self.bits.total, self.num_params.paper_params)
 
     @property
     def bits_max_per_param(self) -> float:
-        return capacity_ratio(self.bits_max.total, self.num_params.capacity)
+        return capacity_ratio(self.bits_max.total, self.num_params.paper_params)
 
     @property
     def fraction_learned(self) -> float:
@@ -143,7 +143,7 @@ class KnowledgeReport:
             "fraction_learned": self.fraction_learned,
             "bits_per_param": self.bits_per_param,
             "bits_max_per_param": self.bits_max_per_param,
-            "num_params": self.num_params.capacity,
+            "num_params": self.num_params.paper_params,
             "num_params_total": self.num_params.total,
             "num_params_non_embedding": self.num_params.non_embedding,
             "num_params_active_per_token": self.num_params.active_per_token,
@@ -156,7 +156,7 @@ class KnowledgeReport:
             **self.extra,
         }
         if self.num_params.is_adapter:  # num_params / bits_per_param count the trainable adapter parameters
-            out["num_params_base"] = self.num_params.base_capacity
+            out["num_params_base"] = self.num_params.base_paper_params
         if self.bits_ci95 is not None:
             out["bits_ci95"] = list(self.bits_ci95)
         return out
@@ -200,10 +200,10 @@ class KnowledgeReport:
         if self.bits_ci95 is not None:
             lines.append(f"  95% CI (subsample)               [{self.bits_ci95[0]:,.0f}, {self.bits_ci95[1]:,.0f}]")
         if p.is_adapter:
-            params = (f"  trainable adapter parameters P   {p.capacity:14,}   (the frozen base model's P "
-                      f"{p.base_capacity:,}; total {p.total:,})")
+            params = (f"  trainable adapter parameters P   {p.paper_params:14,}   (the frozen base model's P "
+                      f"{p.base_paper_params:,}; total {p.total:,})")
         else:
-            params = (f"  parameters P (paper's rule)      {p.capacity:14,}   (total {p.total:,}; non-embedding "
+            params = (f"  parameters P (paper's rule)      {p.paper_params:14,}   (total {p.total:,}; non-embedding "
                       f"{p.non_embedding:,}; active/token {p.active_per_token:,})")
         lines += [
             params,

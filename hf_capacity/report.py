@@ -119,7 +119,7 @@ def model_card(
     params_label = "parameters P (paper's rule: used embedding rows, tied once)"
     if p.is_adapter:
         params_label = "trainable adapter parameters P (the base model's stay frozen)"
-    adapter_section = _adapter_section(adapter, base_population, p.base_capacity) if adapter else ""
+    adapter_section = _adapter_section(adapter, base_population, p.base_paper_params) if adapter else ""
     if is_peft:
         use_section = (
             "```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"

@@ -439,7 +439,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         exposures = config.exposures if exact else callbacks["exposures"].exposures_at(args, max_steps)
         for line in plan_lines(config, steps=max_steps, warmup_steps=warmup_steps,
                                tokens_per_step=tokens_per_step(args, config.context_length), exposures=exposures,
-                               exact=exact, num_params=count_parameters(model, data.used_token_ids()).capacity,
+                               exact=exact, num_params=count_parameters(model, data.used_token_ids()).paper_params,
                                bits_max=data.bits_max().total):
             print(line, flush=True)
     try:
