@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-
 _SAVED_NAMES = {"paper_params": "capacity", "base_paper_params": "base_capacity"}
 """Field → key in ``ParameterCount.to_dict()`` (results.json's ``params``), kept so saved results read as before."""
 

@@ -421,10 +421,10 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         eval_steps=eval_steps,
         context_length=config.context_length,
         quantized=config.quantized,
-        report=False,
+        save_report=False,
         knowledge_fraction=1.0,  # the knowledge stream alone
         max_people=config.eval_max_people,
-        stream_exposures=None if config.streaming or config.max_steps else config.exposures,
+        dataset_exposures=None if config.streaming or config.max_steps else config.exposures,
     )
     forgetting = None
     if config.init_from is not None and is_capacity_run(config.init_from):  # the base population's knowledge
