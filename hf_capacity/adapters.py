@@ -261,7 +261,7 @@ def prior_knowledge(model, data: KnowledgeData, init_from: str | os.PathLike, **
     base_params = None
     if is_peft_model(model):
         tokens = KnowledgeData.load(init_from).used_token_ids() if capacity_run else None
-        base_params = count_parameters(model, tokens).base_capacity
+        base_params = count_parameters(model, tokens).base_paper_params
     return PriorKnowledge.measured(report, shared_diversity=capacity_run and data.family == "bioD",
                                    base_params=base_params)
 
@@ -273,7 +273,7 @@ def base_population_summary(n_people: int, bits_before: float | None, after) -> 
     p = after.num_params
     return {
         "n_people": n_people,
-        "num_params": p.base_capacity if p.is_adapter else p.capacity,  # the base's P on its own data's tokens
+        "num_params": p.base_paper_params if p.is_adapter else p.paper_params,  # the base's P on its own data's tokens
         "bits_max": after.bits_max.total,
         "bits_before": bits_before,
         "bits_after": after.bits.total,

@@ -6,7 +6,7 @@ is *attached* to its trainer (``callback.attach(trainer)``, or all at once with 
 Without a trainer reference the metrics still land in ``trainer.state.log_history``.
 
     trainer = Trainer(model=model, args=args, train_dataset=data.stream(100).to_dataset())
-    add_capacity_callbacks(trainer, data, exposures=100)   # the one added line
+    add_capacity_callbacks(trainer, data, max_exposures=100)   # the one added line
     trainer.train()
     trainer.evaluate()   # no eval_dataset needed: eval_knowledge_bits, eval_bits_per_param, ...
 
@@ -22,6 +22,7 @@ import functools
 import itertools
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -542,9 +543,9 @@ class CapacityReportCallback(_TrainerBoundCallback):
         results = write_results(out, report, **extra)
         name = self.model_name or Path(output_dir).name
         plot = plot_training_curve(
-            history, report.bits_max.total, out / "knowledge_curve.png", num_params=report.num_params.capacity,
+            history, report.bits_max.total, out / "knowledge_curve.png", num_params=report.num_params.paper_params,
             exposures_per_step=per_step, data=f"{report.family}(N={report.n_people:,})",
-            model=f"{name} ({extra.get('model_type') or 'causal LM'}, P = {report.num_params.capacity:,})",
+            model=f"{name} ({extra.get('model_type') or 'causal LM'}, P = {report.num_params.paper_params:,})",
         )
         summary = ""
         if args is not None and state is not None:
@@ -664,20 +665,41 @@ def _knowledge_fraction(dataset, windows: list, data: KnowledgeData, given: floa
     return 1.0
 
 
+_RENAMED_ARGUMENTS = {"exposures": "max_exposures", "report": "save_report", "stream_exposures": "dataset_exposures"}
+"""``add_capacity_callbacks``' old keywords → their new names (the old ones still work, with a FutureWarning)."""
+
+
+def _renamed_arguments(renamed: dict, **given) -> tuple:
+    """``given`` (the new keywords' values, in order) with the values passed under old names put in; a FutureWarning
+    for each old name, a TypeError for an unknown keyword or for a value passed under both names."""
+    defaults = {"max_exposures": None, "save_report": True, "dataset_exposures": None}
+    for old, value in renamed.items():
+        if old not in _RENAMED_ARGUMENTS:
+            raise TypeError(f"add_capacity_callbacks() got an unexpected keyword argument {old!r}")
+        new = _RENAMED_ARGUMENTS[old]
+        if given[new] != defaults[new]:
+            raise TypeError(f"add_capacity_callbacks() got both {old!r} and its new name {new!r}: pass {new!r} only")
+        warnings.warn(f"add_capacity_callbacks({old}=...) is renamed {new}=...; {old} will be removed in a future "
+                      "version", FutureWarning, stacklevel=3)
+        given[new] = value
+    return tuple(given.values())
+
+
 def add_capacity_callbacks(
     trainer,
     data: KnowledgeData,
     *,
     eval_steps: int | None = None,
-    exposures: float | None = None,
+    max_exposures: float | None = None,
     context_length: int | None = None,
     quantized: tuple[str, ...] = (),
-    report: bool = True,
+    save_report: bool = True,
     max_people: int | None = None,
     divergence: bool = True,
-    stream_exposures: int | None = None,
+    dataset_exposures: int | None = None,
     knowledge_fraction: float | None = None,
     prior: PriorKnowledge | None = None,
+    **renamed,
 ) -> dict[str, TrainerCallback]:
     """Attach the capacity callbacks to ``trainer`` in one call; returns them by name.
 
@@ -686,12 +708,13 @@ def add_capacity_callbacks(
     and, on ``trainer.evaluate()``, the ``eval_*`` ones, which ``evaluate()`` also returns. ``evaluate()`` needs
     no eval dataset (``allow_knowledge_only_evaluate``).
 
-    ``exposures``: stop at this many exposures (ExposureCallback); ``quantized``: schemes to measure at the
-    end, e.g. ("int8", "nf4"); ``report``: write results.json, plot and model card into the output dir;
+    ``max_exposures``: stop at this many exposures (ExposureCallback); ``quantized``: schemes to measure at the
+    end, e.g. ("int8", "nf4"); ``save_report``: write results.json, plot and model card into the output dir;
     ``divergence``: stop with ``TrainingDivergedError`` when the loss or gradients turn non-finite;
-    ``stream_exposures``: the E the training set was built with (``data.stream(E, ...)``), so that a run over
+    ``dataset_exposures``: the E the training set was built with (``data.stream(E, ...)``), so that a run over
     whole passes reports every person's exact exposure count instead of the token-based average; ``prior``: what
     the model knew of these people before training (an adapter run's base), which the knowledge bits are net of.
+    (The old names ``exposures``, ``report`` and ``stream_exposures`` still work, with a FutureWarning.)
 
     Exposures are counted from the training set, never assumed: ``context_length`` defaults to the length of its
     windows (a map-style set or a stream alike); the share of knowledge in it is the ``knowledge`` column of a
@@ -700,6 +723,10 @@ def add_capacity_callbacks(
     set that holds other text (tokens no rendering produces, in ``SAMPLED_WINDOWS`` windows read ahead) without
     either is refused with a ValueError, before anything is attached.
     """
+    if renamed:
+        max_exposures, save_report, dataset_exposures = _renamed_arguments(
+            renamed, max_exposures=max_exposures, save_report=save_report, dataset_exposures=dataset_exposures
+        )
     windows = _sample_windows(trainer.train_dataset) if context_length is None or knowledge_fraction is None else []
     context = context_length if context_length is not None else _read_context_length(windows)
     fraction = _knowledge_fraction(trainer.train_dataset, windows, data, knowledge_fraction)
@@ -709,7 +736,7 @@ def add_capacity_callbacks(
         trainer.add_callback(callbacks["divergence"])
     # before the knowledge callback, so that a stop at the target exposures is measured at that very step
     callbacks["exposures"] = ExposureCallback(
-        data, context, exposures, stream_exposures, knowledge_fraction=fraction
+        data, context, max_exposures, dataset_exposures, knowledge_fraction=fraction
     ).attach(trainer)
     knowledge = KnowledgeCapacityCallback(data, eval_steps, max_people=max_people, prior=prior).attach(trainer)
     callbacks["knowledge"] = knowledge
@@ -717,7 +744,7 @@ def add_capacity_callbacks(
         callbacks["quantized"] = QuantizedCapacityCallback(
             data, tuple(quantized), knowledge, max_people=max_people
         ).attach(trainer)
-    if report:
+    if save_report:
         callbacks["report"] = CapacityReportCallback(
             knowledge, exposure_callback=callbacks["exposures"], quantized_callback=callbacks.get("quantized")
         ).attach(trainer)

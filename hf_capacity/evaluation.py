@@ -96,7 +96,7 @@ class PriorKnowledge:
     def apply(self, report: KnowledgeReport) -> KnowledgeReport:
         """``report`` counting the knowledge gained since this prior: bits and lower bound net of the prior's, by
         term (``bits.bits_gained``), bits_max without the shared diversity term; the measured bits kept in
-        ``bits_measured``, the base's P as ``num_params.base_capacity``."""
+        ``bits_measured``, the base's P as ``num_params.base_paper_params``."""
         keep = not self.shared_diversity
         bits = bits_gained(report.bits, self.bits, keep_diversity=keep)
         lower = bits_gained(report.bits_lower_bound, self.bits_lower_bound, keep_diversity=keep)
@@ -107,7 +107,7 @@ class PriorKnowledge:
             ci = (ci[0] - shift, min(ci[1] - shift, max(bits_max.total, bits.total)))
         params = report.num_params
         if params.is_adapter and self.base_params is not None:
-            params = dataclasses.replace(params, base_capacity=self.base_params)
+            params = dataclasses.replace(params, base_paper_params=self.base_params)
         return dataclasses.replace(report, bits=bits, bits_lower_bound=lower, bits_max=bits_max, bits_ci95=ci,
                                    num_params=params, prior=self, bits_measured=report.bits,
                                    bits_max_measured=report.bits_max)
@@ -153,11 +153,11 @@ class KnowledgeReport:
     @property
     def bits_per_param(self) -> float:
         """R(F) = bits / P, P by the paper's rule (used embedding rows only, tied once)."""
-        return capacity_ratio(self.bits.total, self.num_params.capacity)
+        return capacity_ratio(self.bits.total, self.num_params.paper_params)
 
     @property
     def bits_max_per_param(self) -> float:
-        return capacity_ratio(self.bits_max.total, self.num_params.capacity)
+        return capacity_ratio(self.bits_max.total, self.num_params.paper_params)
 
     @property
     def fraction_learned(self) -> float:
@@ -196,7 +196,7 @@ class KnowledgeReport:
             "fraction_learned": self.fraction_learned,
             "bits_per_param": self.bits_per_param,
             "bits_max_per_param": self.bits_max_per_param,
-            "num_params": self.num_params.capacity,
+            "num_params": self.num_params.paper_params,
             "num_params_total": self.num_params.total,
             "num_params_non_embedding": self.num_params.non_embedding,
             "num_params_active_per_token": self.num_params.active_per_token,
@@ -209,7 +209,7 @@ class KnowledgeReport:
             **self.extra,
         }
         if self.num_params.is_adapter:  # num_params / bits_per_param count the trainable adapter parameters
-            out["num_params_base"] = self.num_params.base_capacity
+            out["num_params_base"] = self.num_params.base_paper_params
         if self.prior is not None:  # bits are net of the base's: say what was measured and what was taken off
             out["bits_at_start"] = self.prior.bits.total
             out["bits_measured"] = self.bits_measured.total
@@ -262,10 +262,10 @@ class KnowledgeReport:
         if self.bits_ci95 is not None:
             lines.append(f"  95% CI (subsample)               [{self.bits_ci95[0]:,.0f}, {self.bits_ci95[1]:,.0f}]")
         if p.is_adapter:
-            params = (f"  trainable adapter parameters P   {p.capacity:14,}   (the frozen base model's P "
-                      f"{p.base_capacity:,}; total {p.total:,})")
+            params = (f"  trainable adapter parameters P   {p.paper_params:14,}   (the frozen base model's P "
+                      f"{p.base_paper_params:,}; total {p.total:,})")
         else:
-            params = (f"  parameters P (paper's rule)      {p.capacity:14,}   (total {p.total:,}; non-embedding "
+            params = (f"  parameters P (paper's rule)      {p.paper_params:14,}   (total {p.total:,}; non-embedding "
                       f"{p.non_embedding:,}; active/token {p.active_per_token:,})")
         lines += [
             params,

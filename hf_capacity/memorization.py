@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .data.random_sequences import RandomSequences
+from .model_names import parse_model_name
 
 
 @dataclass
@@ -155,9 +156,7 @@ class MemorizationRunConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        from .training import check_model_name
-
-        family, _, _ = check_model_name(self.model)
+        family, _, _ = parse_model_name(self.model)
         if family != "gpt2":
             raise ValueError(f"memorization runs train gpt2-<layers>-<heads> models, not {self.model!r}")
         if self.precision not in PRECISIONS:
@@ -214,9 +213,8 @@ def train_memorization(config: MemorizationRunConfig) -> dict:
     from .callbacks import MemorizationCallback
     from .logging_filters import transformers_progress_bars
     from .models.capacity_gpt2 import CapacityGPT2Config, CapacityGPT2ForCausalLM
-    from .training import check_model_name
 
-    _, layers, heads = check_model_name(config.model)
+    _, layers, heads = parse_model_name(config.model)
     data = config.sequences()
     set_seed(config.seed)
     model = CapacityGPT2ForCausalLM(CapacityGPT2Config(

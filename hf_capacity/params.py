@@ -9,18 +9,23 @@ Models may add a hook ``capacity_parameter_breakdown() -> {"inactive_per_token":
 (the project's model classes do): parameters a single token does not touch (unselected experts, unread memory
 values) and the size of a memory value table, so the active and table-free counts can be reported.
 
-Adapter models (a ``peft.PeftModel``: LoRA, QLoRA) learn only their trainable parameters, so for them ``capacity``
-is the trainable parameters (by the same rule: a trainable embedding copy counts only its used rows) and the
-frozen base model's P is reported apart, in ``base_capacity``. 4-bit weights (bitsandbytes) count as the
-weights they stand for, not as their packed storage.
+The paper's P is ``ParameterCount.paper_params`` (``num_params`` in results.json). Adapter models (a
+``peft.PeftModel``: LoRA, QLoRA) learn only their trainable parameters, so for them ``paper_params`` is the
+trainable parameters (by the same rule: a trainable embedding copy counts only its used rows) and the frozen base
+model's P is reported apart, in ``base_paper_params``. 4-bit weights (bitsandbytes) count as the weights they stand
+for, not as their packed storage.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import torch
+
+_SAVED_NAMES = {"paper_params": "capacity", "base_paper_params": "base_capacity"}
+"""Field → key in ``ParameterCount.to_dict()`` (results.json's ``params``), kept so saved results read as before."""
 
 
 @dataclass(frozen=True)
@@ -29,35 +34,62 @@ class ParameterCount:
 
     total: int
     """Every distinct parameter tensor, tied tensors once."""
-    capacity: int
-    """The paper's P for R(F): ``total`` minus the embedding rows of tokens absent from the data."""
+    paper_params: int
+    """The paper's P for R(F) (``num_params`` in results.json): ``total`` minus the embedding rows of tokens absent
+    from the data."""
     non_embedding: int
     """``total`` without token embeddings (input and untied output) and learned position embeddings."""
     active_per_token: int
-    """``capacity`` minus what a single token never touches (unselected experts, unread memory values)."""
+    """``paper_params`` minus what a single token never touches (unselected experts, unread memory values)."""
     memory_values: int
     """Size of the shared memory value table (0 for models without one); included in the counts above."""
     embedding: int
     """Token embedding parameters (input + untied output), all rows."""
     vocab_size: int
     used_tokens: int
-    base_capacity: int | None = None
-    """Adapter models only: the frozen base model's P by the paper's rule (``capacity`` then counts the trainable
-    adapter parameters). None for an ordinary model, whose every parameter learns."""
+    base_paper_params: int | None = None
+    """Adapter models only: the frozen base model's P by the paper's rule (``paper_params`` then counts the
+    trainable adapter parameters). None for an ordinary model, whose every parameter learns."""
 
     @property
     def is_adapter(self) -> bool:
-        """Whether this counts an adapter model (P = its trainable parameters, ``base_capacity`` the base's)."""
-        return self.base_capacity is not None
+        """Whether this counts an adapter model (P = its trainable parameters, ``base_paper_params`` the base's)."""
+        return self.base_paper_params is not None
+
+    @property
+    def paper_params_without_memory_values(self) -> int:
+        """``paper_params`` without the shared memory value table."""
+        return self.paper_params - self.memory_values
+
+    def to_dict(self) -> dict[str, int]:
+        """The counts under the names results.json has always stored them (``params`` there): P as ``capacity``."""
+        d = {_SAVED_NAMES.get(k, k): v for k, v in asdict(self).items()}
+        d["capacity_without_memory_values"] = self.paper_params_without_memory_values
+        return d
+
+    # Deprecated names (P is a count of parameters, not a capacity ratio); they still work, with a FutureWarning.
+    @property
+    def capacity(self) -> int:
+        """Deprecated: ``paper_params``."""
+        _renamed("capacity", "paper_params")
+        return self.paper_params
+
+    @property
+    def base_capacity(self) -> int | None:
+        """Deprecated: ``base_paper_params``."""
+        _renamed("base_capacity", "base_paper_params")
+        return self.base_paper_params
 
     @property
     def capacity_without_memory_values(self) -> int:
-        return self.capacity - self.memory_values
+        """Deprecated: ``paper_params_without_memory_values``."""
+        _renamed("capacity_without_memory_values", "paper_params_without_memory_values")
+        return self.paper_params_without_memory_values
 
-    def to_dict(self) -> dict[str, int]:
-        d = asdict(self)
-        d["capacity_without_memory_values"] = self.capacity_without_memory_values
-        return d
+
+def _renamed(old: str, new: str) -> None:
+    warnings.warn(f"ParameterCount.{old} is renamed {new} (the paper's parameter count P, not a capacity ratio); "
+                  f"{old} will be removed in a future version", FutureWarning, stacklevel=3)
 
 
 def _numel(p: torch.Tensor) -> int:
@@ -105,7 +137,7 @@ def count_parameters(model: torch.nn.Module, used_token_ids: Iterable[int] | Non
     """Count ``model``'s parameters by the paper's rule.
 
     ``used_token_ids``: the token ids that occur in the training data (``None``: every row counts, so
-    ``capacity == total``). Works for any ``torch.nn.Module``; ``get_input_embeddings``/
+    ``paper_params == total``). Works for any ``torch.nn.Module``; ``get_input_embeddings``/
     ``get_output_embeddings`` (Hugging Face models) identify the token embeddings.
     """
     total = _unique_numel(model.parameters())
@@ -137,12 +169,12 @@ def count_parameters(model: torch.nn.Module, used_token_ids: Iterable[int] | Non
     inactive = int(breakdown.get("inactive_per_token", 0))
     memory_values = int(breakdown.get("memory_values", 0))
 
-    capacity = total - unused_rows
+    paper_params = total - unused_rows
     return ParameterCount(
         total=total,
-        capacity=capacity,
+        paper_params=paper_params,
         non_embedding=total - embedding - position,
-        active_per_token=capacity - inactive,
+        active_per_token=paper_params - inactive,
         memory_values=memory_values,
         embedding=embedding,
         vocab_size=vocab_size,
@@ -165,16 +197,16 @@ def _adapter_count(model, embedding_tensors: list[torch.Tensor], used: int, tota
     if trainable == 0:
         raise ValueError("this adapter model has no adapter parameter (nothing named after its adapters "
                          f"{', '.join(adapters)}, nothing trainable): nothing can learn")
-    capacity = trainable - _unused_rows(trainable_embeddings, used)
+    paper_params = trainable - _unused_rows(trainable_embeddings, used)
     trainable_embedding = sum(t.numel() for t in trainable_embeddings)
     return ParameterCount(
         total=total,
-        capacity=capacity,
+        paper_params=paper_params,
         non_embedding=trainable - trainable_embedding,
-        active_per_token=capacity,
+        active_per_token=paper_params,
         memory_values=0,
         embedding=sum(t.numel() for t in embedding_tensors),
         vocab_size=embedding_tensors[0].shape[0] if embedding_tensors else 0,
         used_tokens=used,
-        base_capacity=frozen - _unused_rows(frozen_embeddings, used),
+        base_paper_params=frozen - _unused_rows(frozen_embeddings, used),
     )

@@ -47,7 +47,7 @@ def check_run(config: CapacityTrainingConfig, data: KnowledgeData | None = None)
             import peft  # noqa: F401 - a missing peft says so before any training
     else:
         with torch.device("meta"):
-            num_params = count_parameters(build_model(config, data.tokenizer), data.used_token_ids()).capacity
+            num_params = count_parameters(build_model(config, data.tokenizer), data.used_token_ids()).paper_params
     if config.eval_steps is not None and config.eval_steps < 1:
         raise ValueError(f"eval_steps must be >= 1 (or None: only at the end), got {config.eval_steps}")
     for scheme in config.quantized:

@@ -126,7 +126,7 @@ def model_card(
             bits_max_label = "new bits in the data (bits_max, without the base's diversity sets)"
     non_embedding_row = ("" if p.is_adapter else  # an adapter's P has no embedding to leave out
                          f"| non-embedding parameters | {d['num_params_non_embedding']:,} |")
-    adapter_section = _adapter_section(adapter, base_population, p.base_capacity) if adapter else ""
+    adapter_section = _adapter_section(adapter, base_population, p.base_paper_params) if adapter else ""
     if is_peft:
         use_section = (
             "```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"

@@ -12,34 +12,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .checkpoints import last_checkpoint
 from .data import BioDPopulation, BioSPopulation, JunkConfig, KnowledgeData
+from .model_names import parse_model_name
 from .steps import tokens_per_step
-
-MODEL_NAME = re.compile(r"^(gpt2|llama|memory-llama)-(\d+)-(\d+)$")
-
-
-def check_model_name(name: str) -> tuple[str, int, int]:
-    """``(family, layers, heads)`` of a model name like the paper's (``gpt2-6-4``: 6 layers, 4 heads of head_dim);
-    raises ValueError for a name that is not one, or that asks for no layer or no head."""
-    match = MODEL_NAME.match(str(name))
-    if match is None:
-        raise ValueError(
-            f"unknown model {name!r}: use gpt2-<layers>-<heads>, llama-<layers>-<heads> or "
-            "memory-llama-<layers>-<heads>, e.g. gpt2-6-4"
-        )
-    family, layers, heads = match.group(1), int(match.group(2)), int(match.group(3))
-    if layers < 1 or heads < 1:
-        raise ValueError(
-            f"{name}: a model needs at least 1 layer and 1 head ({family}-ℓ-h: ℓ layers, h heads of head_dim)"
-        )
-    return family, layers, heads
-
 
 @dataclass
 class CapacityTrainingConfig:
@@ -107,7 +87,7 @@ class CapacityTrainingConfig:
     def __post_init__(self) -> None:
         if self.dataset not in ("bioS", "bioS-simple", "bioD"):
             raise ValueError(f"dataset must be bioS, bioS-simple or bioD, got {self.dataset!r}")
-        family, _, _ = check_model_name(self.model)
+        family, _, _ = parse_model_name(self.model)
         if self.fused_loss and family != "gpt2":
             raise ValueError(f"fused_loss is implemented for the gpt2 family, not {self.model!r}")
         if self.save_steps is not None and self.save_steps < 1:
@@ -260,16 +240,6 @@ def _check_same_format(config: CapacityTrainingConfig, base: KnowledgeData) -> N
                              f"settings must match it (got {dict(config.biod)})")
 
 
-def llama_mlp_width(hidden: int, mlp_type: str) -> int:
-    """The MLP's hidden units for a LLaMA of width ``hidden``, parameter-matched across MLP types: the gated MLP
-    (three matrices) 8·hidden/3 rounded up to a multiple of 8, the standard one (two matrices) 4·hidden, so both
-    hold ≈ 8·hidden² weights, as GPT-2's MLP does. (Runs before this rule gave the standard MLP the gated width;
-    their folders record the width they had and load as they were.)"""
-    if mlp_type == "standard":
-        return 4 * hidden
-    return 8 * math.ceil(8 * hidden / 3 / 8)
-
-
 def build_model(config: CapacityTrainingConfig, tokenizer):
     """A freshly initialised model named like the paper (gpt2-ℓ-h, llama-ℓ-h, memory-llama-ℓ-h); with
     ``init_from``, the base model loaded from that folder, with LoRA adapters (``lora_r`` ≥ 1, a ``PeftModel``
@@ -287,8 +257,7 @@ def build_model(config: CapacityTrainingConfig, tokenizer):
     from .models.capacity_gpt2 import CapacityGPT2Config, CapacityGPT2ForCausalLM
     from .models.memory_llama import MemoryLlamaConfig, MemoryLlamaForCausalLM, default_memory_layers
 
-    family, layers, heads = MODEL_NAME.match(config.model).groups()
-    layers, heads = int(layers), int(heads)
+    family, layers, heads = parse_model_name(config.model)
     hidden = heads * config.head_dim
     common = dict(
         vocab_size=len(tokenizer),
@@ -309,7 +278,7 @@ def build_model(config: CapacityTrainingConfig, tokenizer):
                          moe_capacity_factor_eval=config.moe_capacity_factor_eval)
         return CapacityGPT2ForCausalLM(CapacityGPT2Config(**common, **extra))
     mlp_type = config.mlp_type or "gated"
-    llama = dict(common, intermediate_size=llama_mlp_width(hidden, mlp_type), mlp_type=mlp_type)
+    llama = dict(common, mlp_type=mlp_type)  # MemoryLlamaConfig gives the type its parameter-matched width
     if family == "memory-llama":
         llama.update(config.memory, memory_layers=default_memory_layers(layers, count=min(3, layers)))
         llama.setdefault("memory_value_dim", hidden)
@@ -521,10 +490,10 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         eval_steps=eval_steps,
         context_length=config.context_length,
         quantized=config.quantized,
-        report=False,
+        save_report=False,
         knowledge_fraction=1.0,  # the knowledge stream alone
         max_people=config.eval_max_people,
-        stream_exposures=None if config.streaming or config.max_steps else config.exposures,
+        dataset_exposures=None if config.streaming or config.max_steps else config.exposures,
         prior=prior,
     )
     forgetting = None
@@ -543,7 +512,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         exposures = config.exposures if exact else callbacks["exposures"].exposures_at(args, max_steps)
         for line in plan_lines(config, steps=max_steps, warmup_steps=warmup_steps,
                                tokens_per_step=tokens_per_step(args, config.context_length), exposures=exposures,
-                               exact=exact, num_params=count_parameters(model, data.used_token_ids()).capacity,
+                               exact=exact, num_params=count_parameters(model, data.used_token_ids()).paper_params,
                                bits_max=(prior.new_bits_max(data.bits_max()) if prior else data.bits_max()).total):
             print(line, flush=True)
     try:

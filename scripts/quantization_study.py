@@ -55,8 +55,8 @@ def study(run: str) -> list[dict]:
     for row in rows:
         report = row.pop("report")
         bits = report.bits.total
-        out.append({"run": run, **row, "knowledge_bits": bits, "bits_per_param": bits / full.num_params.capacity,
-                    "ratio_to_unquantized": bits / full.bits.total, "P": full.num_params.capacity})
+        out.append({"run": run, **row, "knowledge_bits": bits, "bits_per_param": bits / full.num_params.paper_params,
+                    "ratio_to_unquantized": bits / full.bits.total, "P": full.num_params.paper_params})
     return out
 
 

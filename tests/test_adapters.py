@@ -68,10 +68,10 @@ def test_lora_run_trains_only_the_adapter_and_counts_exactly_it(base_run, tmp_pa
     out = tmp_path / "lora"
     report, trainer, results = adapter_run(base_run, out, lora_r=2)
     expected = lora_param_count(base_run, 2)
-    assert report.num_params.capacity == expected == results["num_params"]
+    assert report.num_params.paper_params == expected == results["num_params"]
     # the base's P: one figure, by the same rule on its own population's tokens (what its own results.json says)
-    own = count_parameters(load_causal_lm(base_run), KnowledgeData.load(base_run).used_token_ids()).capacity
-    assert report.num_params.base_capacity == results["num_params_base"] == results["base_population"]["num_params"]
+    own = count_parameters(load_causal_lm(base_run), KnowledgeData.load(base_run).used_token_ids()).paper_params
+    assert report.num_params.base_paper_params == results["num_params_base"] == results["base_population"]["num_params"]
     assert results["num_params_base"] == own == json.loads((base_run / "results.json").read_text())["num_params"]
     # the base's weights are untouched, the adapter's moved
     base_weights = load_file(str(base_run / "model.safetensors"))
@@ -96,7 +96,7 @@ def test_lora_run_trains_only_the_adapter_and_counts_exactly_it(base_run, tmp_pa
     reloaded = load_adapter_run(out)  # PeftModel.from_pretrained on the base the adapter names
     assert isinstance(reloaded, PeftModel)
     again = evaluate_knowledge(reloaded, KnowledgeData.load(out), progress=False)
-    assert again.num_params.capacity == expected
+    assert again.num_params.paper_params == expected
     assert again.bits.total == pytest.approx(report.bits.total, rel=1e-6, abs=1e-6)
 
 
@@ -104,7 +104,7 @@ def test_full_finetuning_is_the_reference_with_the_whole_model_as_p(base_run, tm
     report, _, results = adapter_run(base_run, tmp_path / "ft", lora_r=0)
     # every parameter learns: P is the whole model by the paper's rule, on the tokens of the data it trains on
     whole = count_parameters(load_causal_lm(base_run), KnowledgeData.load(tmp_path / "ft").used_token_ids())
-    assert report.num_params.capacity == whole.capacity and not report.num_params.is_adapter
+    assert report.num_params.paper_params == whole.paper_params and not report.num_params.is_adapter
     assert results["adapter"] == {"method": "full", "base_model": str(base_run)}
     assert results["base_population"]["bits_after"] <= results["base_population"]["bits_before"] + 1e-6
     meta = yaml.safe_load((tmp_path / "ft" / "README.md").read_text().split("---")[1])
@@ -128,11 +128,11 @@ def test_qlora_learns_on_a_4bit_base_after_an_evaluation(base_run, tmp_path):
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert layers and all(not m.support_avx512bf16_for_cpu for m in layers)
     assert all(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
-    assert report.num_params.capacity == lora_param_count(base_run, 2)
+    assert report.num_params.paper_params == lora_param_count(base_run, 2)
     assert results["adapter"]["method"] == "qlora"
     # P of the base counts the weights the 4-bit tensors stand for, not their packed bytes
     full = count_parameters(load_causal_lm(base_run), KnowledgeData.load(base_run).used_token_ids())
-    assert report.num_params.base_capacity == results["num_params_base"] == full.capacity
+    assert report.num_params.base_paper_params == results["num_params_base"] == full.paper_params
     # eval loads it as trained: the adapter on a 4-bit base
     loaded = load_adapter_run(tmp_path / "qlora")
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in loaded.modules())
@@ -298,7 +298,7 @@ def test_any_causal_lm_folder_is_a_base_with_its_own_tokenizer(tmp_path):
     assert isinstance(data.renderer, OffsetRenderer) and data.population.name_offset == 0
     linear = [m for m in load_causal_lm(base).modules() if isinstance(m, torch.nn.Linear) and m.out_features != len(tokenizer)]
     assert len(linear) == 7  # q k v o gate up down
-    assert report.num_params.capacity == sum(2 * (m.in_features + m.out_features) for m in linear)
+    assert report.num_params.paper_params == sum(2 * (m.in_features + m.out_features) for m in linear)
     assert "base_population" not in results and results["adapter"]["method"] == "lora"
 
 

@@ -48,6 +48,7 @@ def test_default_intermediate_sizes_and_gpt2_aliases():
     assert tiny_config().intermediate_size == 128
     assert tiny_config(mlp_type="gated").intermediate_size == 85  # round(8·32/3): same parameters as 4d ungated
     assert tiny_config(mlp_type="quarter").intermediate_size == 32
+    assert CapacityGPT2Config.default_intermediate_size("gated", 32) == 85
     assert tiny_config(num_experts=4).expert_intermediate_size == 32
     config = CapacityGPT2Config(n_embd=64, n_head=4, n_layer=3, n_positions=128)
     assert (config.hidden_size, config.num_attention_heads, config.num_hidden_layers) == (64, 4, 3)

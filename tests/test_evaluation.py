@@ -126,7 +126,7 @@ def test_a_report_net_of_prior_knowledge_counts_only_what_was_added(biod_data):
     d = report.to_dict()
     assert d["bits_at_start"] == 35.0 and d["bits_measured"] == pytest.approx(measured.bits.total)
     assert d["bits_max_shared_with_base"] == pytest.approx(whole.diversity_bits)
-    assert d["bits_per_param"] == pytest.approx(report.bits.total / report.num_params.capacity)
+    assert d["bits_per_param"] == pytest.approx(report.bits.total / report.num_params.paper_params)
     assert "net of the base's 35 bits" in report.table()
     kept = PriorKnowledge(KnowledgeBits(10.0, 20.0, 5.0), KnowledgeBits(10.0, 20.0, 5.0)).apply(measured)
     assert kept.bits.diversity_bits == pytest.approx(whole.diversity_bits - 5.0, rel=1e-6)  # a base of other sets

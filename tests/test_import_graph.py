@@ -114,7 +114,6 @@ LAZY_LOOPS: set[tuple[str, str]] = {
     # the memorization run (a Trainer with the MemorizationCallback, which measures with memorization.memorized_bits)
     # lives beside the measurement it triggers; it goes once the run has a module of its own
     ("hf_capacity.memorization", "hf_capacity.callbacks"),
-    ("hf_capacity.memorization", "hf_capacity.training"),  # the model-name parser, for the same run
 }
 """Function-level imports known to close a loop (importer, imported); each should go, none should be added."""
 

@@ -66,7 +66,7 @@ def test_a_fitted_vocabulary_keeps_every_token_and_p_while_the_head_shrinks(fami
     config = CapacityTrainingConfig(model="gpt2-1-1", head_dim=16, progress=False)
     p_full = count_parameters(build_model(config, full.tokenizer), full.used_token_ids())
     p_fitted = count_parameters(build_model(config, fitted.tokenizer), fitted.used_token_ids())
-    assert p_fitted.capacity == p_full.capacity and p_fitted.total < p_full.total
+    assert p_fitted.paper_params == p_full.paper_params and p_fitted.total < p_full.total
 
 
 def test_a_fitted_vocabulary_saves_and_loads_back(tmp_path):

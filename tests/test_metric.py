@@ -162,7 +162,7 @@ def test_metric_inputs_give_the_bits_of_evaluate_knowledge(metric, request, data
     assert (result["p1"], result["p2"]) == (pytest.approx(report.p1, abs=1e-9), pytest.approx(report.p2, abs=1e-9))
     assert result.get("p3") == (None if report.p3 is None else pytest.approx(report.p3, abs=1e-9))
     assert result["bits_per_param"] == pytest.approx(report.bits_per_param, abs=1e-9)
-    assert inputs["num_params"] == num_params_for_metric(model, data) == report.num_params.capacity
+    assert inputs["num_params"] == num_params_for_metric(model, data) == report.num_params.paper_params
     if model_kind == "partial_oracle":  # a real test of the sums: no term clipped at 0
         assert 0 < result["name_bits"] and 0 < result["value_bits"] and result["bits"] < result["bits_max"]
     # the report itself gives the same bits (its inputs repeat the mean losses)

@@ -177,5 +177,5 @@ def test_bits_of_a_trained_stock_model_match_a_plain_per_person_loop(family):
     assert report.p2 == pytest.approx(losses[:, 1].mean(), rel=1e-5)
     used = len(data.used_token_ids())
     unused_rows = (len(tokenizer) - used) * 32 * (2 if family == "llama" else 1)
-    assert count_parameters(model, data.used_token_ids()).capacity == model.num_parameters() - unused_rows
-    assert report.num_params.capacity == model.num_parameters() - unused_rows
+    assert count_parameters(model, data.used_token_ids()).paper_params == model.num_parameters() - unused_rows
+    assert report.num_params.paper_params == model.num_parameters() - unused_rows

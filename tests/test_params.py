@@ -27,7 +27,7 @@ def test_tied_embeddings_count_once_and_unused_rows_are_dropped():
     count = count_parameters(TinyLM(tied=True), used_token_ids=range(10))
     assert count.total == 100 * 8 + 72
     assert count.embedding == 800
-    assert count.capacity == 10 * 8 + 72  # only the 10 used rows
+    assert count.paper_params == 10 * 8 + 72  # only the 10 used rows
     assert count.non_embedding == 72
     assert count.used_tokens == 10 and count.vocab_size == 100
 
@@ -35,13 +35,13 @@ def test_tied_embeddings_count_once_and_unused_rows_are_dropped():
 def test_untied_output_rows_are_dropped_too():
     count = count_parameters(TinyLM(tied=False), used_token_ids=[1, 2, 3, 3])
     assert count.total == 800 + 72 + 800
-    assert count.capacity == 3 * 8 + 72 + 3 * 8
+    assert count.paper_params == 3 * 8 + 72 + 3 * 8
 
 
 def test_position_embeddings_are_not_non_embedding_parameters():
     count = count_parameters(TinyLM(positions=16))
     assert count.total == 800 + 128 + 72
-    assert count.capacity == count.total  # all rows used when no ids are given
+    assert count.paper_params == count.total  # all rows used when no ids are given
     assert count.non_embedding == 72
 
 
@@ -49,8 +49,8 @@ def test_hook_reports_inactive_and_memory_parameters():
     model = TinyLM()
     model.capacity_parameter_breakdown = lambda: {"inactive_per_token": 50, "memory_values": 20}
     count = count_parameters(model)
-    assert count.active_per_token == count.capacity - 50
-    assert count.capacity_without_memory_values == count.capacity - 20
+    assert count.active_per_token == count.paper_params - 50
+    assert count.paper_params_without_memory_values == count.paper_params - 20
 
 
 def test_ids_outside_the_vocabulary_are_rejected():
@@ -60,7 +60,7 @@ def test_ids_outside_the_vocabulary_are_rejected():
 
 def test_plain_module_without_embeddings():
     count = count_parameters(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)))
-    assert count.total == count.capacity == count.non_embedding == 16 + 5
+    assert count.total == count.paper_params == count.non_embedding == 16 + 5
 
 
 def test_gated_and_standard_mlps_are_parameter_matched_in_both_families(bios_data):
@@ -77,3 +77,19 @@ def test_gated_and_standard_mlps_are_parameter_matched_in_both_families(bios_dat
         gated, standard = mlp_weights(family, "gated"), mlp_weights(family, "standard")
         assert standard == 8 * hidden**2, family
         assert abs(gated - standard) <= 0.05 * standard, (family, gated, standard)
+
+
+def test_the_old_names_of_the_papers_count_still_work_and_warn():
+    """``capacity`` was a count, not a ratio: renamed ``paper_params``; the old names read the same, with a
+    FutureWarning, and results.json keeps its keys."""
+    count = count_parameters(TinyLM(), used_token_ids=range(10))
+    with pytest.warns(FutureWarning, match="ParameterCount.capacity is renamed paper_params"):
+        assert count.capacity == count.paper_params
+    with pytest.warns(FutureWarning, match="renamed paper_params_without_memory_values"):
+        assert count.capacity_without_memory_values == count.paper_params_without_memory_values
+    with pytest.warns(FutureWarning, match="renamed base_paper_params"):
+        assert count.base_capacity is None
+    saved = count.to_dict()
+    assert saved["capacity"] == count.paper_params and "paper_params" not in saved
+    assert saved["capacity_without_memory_values"] == count.paper_params - count.memory_values
+    assert "base_capacity" in saved and "base_paper_params" not in saved

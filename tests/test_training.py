@@ -99,7 +99,7 @@ def test_metrics_reach_report_to_backends_and_evaluate(tmp_path):
                              report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
     backend = RecordingBackend()
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=train.select(range(4)), callbacks=[backend])
-    callbacks = add_capacity_callbacks(trainer, data, eval_steps=3, report=False)
+    callbacks = add_capacity_callbacks(trainer, data, eval_steps=3, save_report=False)
     trainer.train()
     logged_keys = set().union(*backend.logged)
     assert {"knowledge_bits", "bits_per_param", "accuracy_birth_city", "exposures", "loss"} <= logged_keys
@@ -136,7 +136,7 @@ def test_every_capacity_metric_reaches_tensorboard_and_evaluate_needs_no_eval_se
                              report_to=["tensorboard"], use_cpu=True, save_strategy="no", disable_tqdm=True)
     trainer = Trainer(model=build_model(config, data.tokenizer), args=args,
                       train_dataset=data.stream(2, 128).to_dataset(progress=False))
-    add_capacity_callbacks(trainer, data, eval_steps=3, quantized=("int8",), report=False)
+    add_capacity_callbacks(trainer, data, eval_steps=3, quantized=("int8",), save_report=False)
     trainer.train()
     metrics = trainer.evaluate()  # as the README shows it: the Trainer has no eval_dataset
     assert {"eval_knowledge_bits", "eval_bits_per_param", "eval_fraction_learned"} <= set(metrics)
@@ -168,7 +168,7 @@ def test_knowledge_only_periodic_evaluation_drives_metric_for_best_model(tmp_pat
     backend = RecordingBackend()
     trainer = Trainer(model=build_model(config, data.tokenizer), args=args, callbacks=[backend],
                       train_dataset=data.stream(2, 128).to_dataset(progress=False), eval_dataset=KnowledgeOnlyEvalSet())
-    knowledge = add_capacity_callbacks(trainer, data, eval_steps=3, report=False)["knowledge"]
+    knowledge = add_capacity_callbacks(trainer, data, eval_steps=3, save_report=False)["knowledge"]
     trainer.train()
     evaluated = [logs["eval_p2_value_loss"] for logs in backend.logged if "eval_p2_value_loss" in logs]
     assert len(evaluated) == 2 and not any("eval_loss" in logs for logs in backend.logged)
@@ -301,11 +301,11 @@ def test_knowledge_interleaved_into_a_corpus_without_mix_knowledge_is_refused_un
     train = datasets.interleave_datasets([corpus, knowledge], probabilities=[0.3, 0.7], seed=0)
     trainer = own_trainer(tmp_path, data, train)
     with pytest.raises(ValueError, match=r"other text.*mix_knowledge.*knowledge_fraction") as caught:
-        add_capacity_callbacks(trainer, data, report=False)  # 30% of the tokens are not knowledge: not assumed
+        add_capacity_callbacks(trainer, data, save_report=False)  # 30% of the tokens are not knowledge: not assumed
     assert "\n" not in str(caught.value)
     attached = trainer.callback_handler.callbacks
     assert not any(isinstance(c, (ExposureCallback, DivergenceCallback)) for c in attached)  # refused before attaching
-    callbacks = add_capacity_callbacks(trainer, data, report=False, knowledge_fraction=0.7)
+    callbacks = add_capacity_callbacks(trainer, data, save_report=False, knowledge_fraction=0.7)
     alone = ExposureCallback(data, context_length=64).exposures_at(trainer.args, 10)  # the knowledge stream alone
     assert callbacks["exposures"].exposures_at(trainer.args, 10) == pytest.approx(0.7 * alone)
 
@@ -317,7 +317,7 @@ def test_a_streamed_training_set_gives_its_own_context_length(tmp_path):
 
     data = build_data(tiny_config(tmp_path))
     trainer = own_trainer(tmp_path, data, data.stream(2, 256).to_iterable_dataset())
-    callbacks = add_capacity_callbacks(trainer, data, report=False)
+    callbacks = add_capacity_callbacks(trainer, data, save_report=False)
     assert callbacks["exposures"].context_length == 256  # read off the stream's windows, not assumed
 
     def ragged():  # unpacked examples: no context length to read
@@ -326,8 +326,29 @@ def test_a_streamed_training_set_gives_its_own_context_length(tmp_path):
 
     trainer = own_trainer(tmp_path, data, datasets.IterableDataset.from_generator(ragged))
     with pytest.raises(ValueError, match="context_length"):
-        add_capacity_callbacks(trainer, data, report=False)
+        add_capacity_callbacks(trainer, data, save_report=False)
 
+
+
+def test_the_old_argument_names_of_add_capacity_callbacks_still_work_and_warn(tmp_path):
+    """exposures → max_exposures, stream_exposures → dataset_exposures, report → save_report."""
+    from hf_capacity.training import build_data
+
+    data = build_data(tiny_config(tmp_path))
+    trainer = own_trainer(tmp_path, data, data.stream(2, 64).to_dataset(progress=False))
+    with pytest.warns(FutureWarning) as caught:
+        callbacks = add_capacity_callbacks(trainer, data, exposures=1.5, stream_exposures=2, report=False)
+    assert sorted(str(w.message).split(")")[0] for w in caught) == [
+        "add_capacity_callbacks(exposures=...", "add_capacity_callbacks(report=...",
+        "add_capacity_callbacks(stream_exposures=...",
+    ]
+    assert "renamed max_exposures=..." in str(caught[0].message)
+    assert callbacks["exposures"].target_exposures == 1.5 and callbacks["exposures"].stream_exposures == 2
+    assert "report" not in callbacks
+    with pytest.raises(TypeError, match="both 'report' and its new name 'save_report'"):
+        add_capacity_callbacks(trainer, data, save_report=False, report=False)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'reprot'"):
+        add_capacity_callbacks(trainer, data, reprot=False)
 
 def test_two_gpus_in_one_process_train_the_stream_once_and_report_the_exposures_they_trained(tmp_path, monkeypatch):
     # Without torchrun a Trainer that sees 2 GPUs wraps the model in DataParallel: a step trains per-device batch

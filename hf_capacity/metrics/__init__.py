@@ -38,7 +38,7 @@ def num_params_for_metric(model, data) -> int:
     rows only for the tokens of ``data``'s training text, tied weights once), as ``evaluate_knowledge`` counts."""
     from ..params import count_parameters
 
-    return count_parameters(model, data.used_token_ids()).capacity
+    return count_parameters(model, data.used_token_ids()).paper_params
 
 
 def metric_inputs(source, data=None, *, model=None) -> dict:
@@ -77,7 +77,7 @@ def metric_inputs(source, data=None, *, model=None) -> dict:
             out = {"name_loss": [source.p1] * n, "value_loss": [source.p2] * n}
         out.update(family=source.family, n_people=source.n_people)
         if model is None:
-            out["num_params"] = source.num_params.capacity
+            out["num_params"] = source.num_params.paper_params
         if population is not None and population.n_people != source.n_people:
             raise ValueError(f"the report is of N={source.n_people} people, the data of N={population.n_people}")
     elif isinstance(source, SpanLosses):

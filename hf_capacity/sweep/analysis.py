@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..training import MODEL_NAME
+from ..model_names import match_model_name
 from .config import DEFAULT_MLP, plural, short_number
 
 FULL_PRECISION = "fp32"
@@ -33,8 +33,8 @@ def architecture_label(model: Any, mlp_type: Any = None, num_experts: Any = 0) -
     """``gpt2``, ``gpt2-quarter``, ``gpt2-moe32``, ``llama``, ``llama-standard``, ...: the model family plus any
     non-default MLP and the number of experts (sizes ℓ-h are what a capacity law is fitted across)."""
     text = str(model)
-    match = MODEL_NAME.match(text)
-    family = match.group(1) if match else text
+    parsed = match_model_name(text)
+    family = parsed.family if parsed else text
     label = family
     if isinstance(mlp_type, str) and mlp_type and mlp_type != DEFAULT_MLP.get(family):
         label += f"-{mlp_type}"
@@ -300,8 +300,8 @@ def precision_table(df: pd.DataFrame) -> pd.DataFrame:
     for _, run in df[df["status"] == "done"].iterrows():
         mlp = run.get("mlp_type")
         if not isinstance(mlp, str) or not mlp:
-            match = MODEL_NAME.match(str(run["model"]))
-            mlp = DEFAULT_MLP.get(match.group(1) if match else "", "standard")
+            parsed = match_model_name(run["model"])
+            mlp = DEFAULT_MLP.get(parsed.family if parsed else "", "standard")
         common = {
             "model": run["model"], "head_dim": int(run["head_dim"]), "mlp_type": mlp, "seed": int(run["seed"]),
             "exposures": int(run["exposures"]), "N": int(run["n_people"]), "P": int(run["num_params"]),
@@ -340,8 +340,8 @@ def capacity_law_table(df: pd.DataFrame) -> pd.DataFrame:
     tokenizer) or ``"fitted"`` (``fit_vocabulary``: only the tokens the renderings use)."""
     rows = []
     for _, run in df[df["status"] == "done"].iterrows():
-        match = MODEL_NAME.match(str(run["model"]))
-        layers, heads = (int(match.group(2)), int(match.group(3))) if match else (None, None)
+        parsed = match_model_name(run["model"])
+        layers, heads = (parsed.layers, parsed.heads) if parsed else (None, None)
         p = float(run["num_params"])
         rows.append({
             "dataset": run["dataset"], "model": run["model"], "layers": layers,

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..training import MODEL_NAME, CapacityTrainingConfig
+from ..model_names import match_model_name
+from ..training import CapacityTrainingConfig
 from .folders import RUNS_DIR, is_done
 
 TOP_LEVEL_KEYS = ("name", "description", "output_dir", "base", "grid", "runs", "rules")
@@ -193,8 +194,8 @@ def run_slug(config: Mapping[str, Any]) -> str:
     the bioD shape, a head dim other than 64, junk and the domain token. It never depends on the other runs, so
     a finished run keeps its id (and folder) when the grid grows; the hash in the run id tells the rest apart."""
     model = config["model"]
-    match = MODEL_NAME.match(model)
-    family = match.group(1) if match else None
+    parsed = match_model_name(model)
+    family = parsed.family if parsed else None
     if config.get("mlp_type") and config["mlp_type"] != DEFAULT_MLP.get(family):
         model += f"-{config['mlp_type']}"
     if config.get("num_experts"):

@@ -8,6 +8,8 @@ from transformers import PreTrainedConfig
 MLP_TYPES = ("standard", "gated", "quarter", "none")
 POSITION_EMBEDDING_TYPES = ("rotary", "learned")
 HEAD_SIZE = 64  # the paper's GPT2-ℓ-h has heads of width 64
+# The gpt2 names of hf_capacity.model_names, read here because a model folder imports no hf_capacity (remote code);
+# tests/test_model_names.py keeps the two readings in step.
 _NAME_PATTERN = re.compile(r"^gpt2-(\d+)-(\d+)$")
 
 
@@ -25,7 +27,8 @@ class CapacityGPT2Config(PreTrainedConfig):
     - `mlp_type`: "standard" (d → 4d → d, `activation_function` "gelu_new", GPT-2's MLP), "gated"
       (`down(silu(gate(x)) * up(x))` with `intermediate_size` defaulting to round(8d/3), the standard MLP's
       parameter count), "quarter" (d → d → d) or "none" (attention-only blocks).
-      `intermediate_size` (None → the default of the type) overrides the hidden width.
+      `intermediate_size` (None → `CapacityGPT2Config.default_intermediate_size(mlp_type, hidden_size)`, the
+      type's parameter-matched width) overrides the hidden width.
     - MoE (`num_experts` > 0 replaces every MLP): `num_experts_per_tok` (top-k, 1), `expert_intermediate_size`
       (None → `hidden_size`: each expert is d → d → d, gated when `mlp_type` is "gated"),
       `moe_capacity_factor_train` (2.0) and `moe_capacity_factor_eval` (None = no dropping): an expert takes at most
@@ -89,11 +92,24 @@ class CapacityGPT2Config(PreTrainedConfig):
         super().__post_init__(**kwargs)  # applies aliases (n_embd, ...) and fills `rope_parameters`
         self._validate()
         if self.intermediate_size is None:
-            self.intermediate_size = default_intermediate_size(self.mlp_type, self.hidden_size)
+            self.intermediate_size = self.default_intermediate_size(self.mlp_type, self.hidden_size)
         if self.expert_intermediate_size is None and self.num_experts > 0:
             self.expert_intermediate_size = self.hidden_size
         if self.activation_function is None:
             self.activation_function = "silu" if self.mlp_type == "gated" else "gelu_new"
+
+    @staticmethod
+    def default_intermediate_size(mlp_type: str, hidden_size: int) -> int | None:
+        """The MLP's hidden width when `intermediate_size` is None, parameter-matched across MLP types: 4d for
+        "standard" (two d×4d matrices), round(8d/3) for "gated" (three matrices, the same ≈ 8d² weights), d for
+        "quarter", None for "none"."""
+        if mlp_type == "standard":
+            return 4 * hidden_size
+        if mlp_type == "gated":
+            return int(math.floor(8 * hidden_size / 3 + 0.5))
+        if mlp_type == "quarter":
+            return hidden_size
+        return None
 
     def _validate(self) -> None:
         """Raise a `ValueError` naming the offending field and the accepted values."""
@@ -156,17 +172,6 @@ class CapacityGPT2Config(PreTrainedConfig):
         layers, heads = int(match.group(1)), int(match.group(2))
         shape = {"num_hidden_layers": layers, "num_attention_heads": heads, "hidden_size": HEAD_SIZE * heads}
         return cls(**{**shape, **overrides})
-
-
-def default_intermediate_size(mlp_type: str, hidden_size: int) -> int | None:
-    """Hidden width of the MLP of each type: 4d, round(8d/3) (same parameter count as 4d ungated), d, or None."""
-    if mlp_type == "standard":
-        return 4 * hidden_size
-    if mlp_type == "gated":
-        return int(math.floor(8 * hidden_size / 3 + 0.5))
-    if mlp_type == "quarter":
-        return hidden_size
-    return None
 
 
 __all__ = ["CapacityGPT2Config"]

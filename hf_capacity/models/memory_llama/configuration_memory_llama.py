@@ -1,6 +1,7 @@
 """Configuration of MemoryLlama: a LLaMA whose MLPs at chosen layers are Memory+ product-key memory layers."""
 
 import copy
+import math
 
 from transformers import PreTrainedConfig
 
@@ -29,7 +30,8 @@ def default_memory_layers(num_layers: int, count: int = 3) -> list[int]:
 class MemoryLlamaConfig(PreTrainedConfig):
     r"""Configuration of a [`MemoryLlamaForCausalLM`].
 
-    The LLaMA fields mean what they mean in `LlamaConfig` (and default to its values). The memory fields:
+    The LLaMA fields mean what they mean in `LlamaConfig` (and default to its values, but for
+    `intermediate_size`: see `mlp_type`). The memory fields:
 
     - `memory_layers` (`list[int]`, default `None` → `[]`, a plain LLaMA): indices of the decoder blocks whose MLP is
       replaced by a Memory+ layer. `default_memory_layers(num_hidden_layers)` gives the paper's spread.
@@ -42,7 +44,9 @@ class MemoryLlamaConfig(PreTrainedConfig):
       so each token can turn its memory read down; it starts at 0.5.
     - `memory_value_lr` (1e-3): learning rate of the value table in `optimizer_param_groups`.
     - `mlp_type` ("gated" | "standard"): the dense MLP, `down(act(gate(x)) * up(x))` or the ungated
-      ablation `down(act(up(x)))`, both with `intermediate_size` hidden units.
+      ablation `down(act(up(x)))`, both with `intermediate_size` hidden units; `intermediate_size` None (the
+      default) is `MemoryLlamaConfig.default_intermediate_size(mlp_type, hidden_size)`, the width that gives
+      both types the same parameter count.
 
     Example:
 
@@ -58,7 +62,7 @@ class MemoryLlamaConfig(PreTrainedConfig):
 
     vocab_size: int = 32000
     hidden_size: int = 4096
-    intermediate_size: int = 11008
+    intermediate_size: int | None = None
     num_hidden_layers: int = 32
     num_attention_heads: int = 32
     num_key_value_heads: int | None = None
@@ -100,10 +104,22 @@ class MemoryLlamaConfig(PreTrainedConfig):
             self.num_key_value_heads = self.num_attention_heads
         if self.memory_value_dim is None:
             self.memory_value_dim = self.hidden_size
+        if self.intermediate_size is None:
+            self.intermediate_size = self.default_intermediate_size(self.mlp_type, self.hidden_size)
         self.memory_layers = [] if self.memory_layers is None else list(self.memory_layers)
         self._check_fields()
         self.memory_layers = sorted(self.memory_layers)
         super().__post_init__(**kwargs)
+
+    @staticmethod
+    def default_intermediate_size(mlp_type: str, hidden_size: int) -> int:
+        """The MLP's hidden units when `intermediate_size` is None, parameter-matched across MLP types: the gated
+        MLP (three matrices) 8·hidden/3 rounded up to a multiple of 8, the standard one (two matrices) 4·hidden, so
+        both hold ≈ 8·hidden² weights, as GPT-2's MLP does. (Runs before this rule gave the standard MLP the gated
+        width; their saved configs record the width they had and load as they were.)"""
+        if mlp_type == "standard":
+            return 4 * hidden_size
+        return 8 * math.ceil(8 * hidden_size / 3 / 8)
 
     def _check_fields(self):
         if self.num_attention_heads % self.num_key_value_heads != 0:
