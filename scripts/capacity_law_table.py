@@ -23,11 +23,18 @@ from hf_capacity.scaling import fit_capacity_law, fit_loglog_slope
 from hf_capacity.sweep import capacity_law_table, load_results, require_finished_runs
 
 
+CAPACITY_LIMITED = 0.8
+"""A run is a point of the law when it learned less than this fraction of its data (bits < 0.8 · bits_max): its
+data did not limit it. A run that learned more stays in the table as a lower bound on its size's capacity."""
+
+
 def ladder_points(table: pd.DataFrame) -> pd.DataFrame:
-    """The rows the law is fitted on: bioD, 1000 exposures, context 256, fp32, the whole vocabulary (the rows trained
-    with the fitted vocabulary before 2026-12-06 stay in the table as a record, outside the fit)."""
+    """The rows the law is fitted on: bioD, 1000 exposures, context 256, fp32, the whole vocabulary, capacity-limited
+    (``CAPACITY_LIMITED``). The rows trained with the fitted vocabulary before 2026-12-06 stay in the table as a
+    record, outside the fit."""
     keep = (table["dataset"] == "bioD") & (table["exposures"] == 1000) & (table["context_length"] == 256)
-    return table[keep & (table["precision"] == "fp32") & (table["vocabulary"] == "whole")]
+    keep &= (table["precision"] == "fp32") & (table["vocabulary"] == "whole")
+    return table[keep & (table["fraction_learned"] < CAPACITY_LIMITED)]
 
 
 def fits(table: pd.DataFrame):
@@ -40,18 +47,23 @@ def fits(table: pd.DataFrame):
 
 def figure_points(table: pd.DataFrame) -> pd.DataFrame:
     """The whole-vocabulary rows, with a ``series`` column for the figure's markers: the dataset for the ladder's
-    context (256), "<dataset>, context <n>" for a context control."""
+    context (256), "<dataset>, context <n>" for a context control, and apart the runs that learned most of their
+    data (lower bounds)."""
     points = table[table["vocabulary"] == "whole"]
-    series = [r.dataset if r.context_length == 256 else f"{r.dataset}, context {r.context_length}"
+    series = [f"{r.dataset}, learned ≥ {CAPACITY_LIMITED:.0%} of its data (a lower bound)"
+              if r.fraction_learned >= CAPACITY_LIMITED else
+              r.dataset if r.context_length == 256 else f"{r.dataset}, context {r.context_length}"
               for r in points.itertuples()]
     return points.assign(series=series)
 
 
 def markdown_rows(table: pd.DataFrame) -> list[str]:
     """The rows of the table in docs/studies/capacity_law.md (dataset, model, layers, width, exposures, precision,
-    P, non-embedding share, N, R_max, bits, bits/param, context, vocabulary, learning rate, seed) of a capacity-law table."""
+    P, non-embedding share, N, R_max, bits, bits/param, learned, context, vocabulary, learning rate, seed) of a
+    capacity-law table."""
     return [f"| {r.dataset} | {r.model} | {r.layers} | {r.width} | {r.exposures} | {r.precision} | {r.P:,} | "
             f"{r.non_embedding_share:.0%} | {r.N:,} | {r.R_max:.2f} | {r.bits:,.0f} | **{r.bits_per_param:.3f}** | "
+            f"{r.fraction_learned:.0%} | "
             f"{r.context_length} | {r.vocabulary} | {r.learning_rate:g} | {r.seed} |" for r in table.itertuples()]
 
 

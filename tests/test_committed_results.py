@@ -106,10 +106,11 @@ def test_the_capacity_law_study_rows_are_the_committed_table():
     section = (STUDIES / "capacity_law.md").read_text()
     shown = [line for line in section.splitlines() if line.startswith("| bio")]
     assert shown == script.markdown_rows(table) and len(shown) >= 1
-    assert (table["R_max"] > 1.25 * table["bits_per_param"]).all()  # every row capacity-limited: < 80% learned
+    points = script.ladder_points(table)
+    assert (points["R_max"] > 1.25 * points["bits_per_param"]).all()  # the law's points: capacity-limited, < 80% learned
     assert (ROOT / "docs" / "figures" / "capacity_law.png").is_file()
     front = README.read_text().split("## The capacity law across model sizes\n", 1)[1].split("\n## ", 1)[0]
     assert "(docs/figures/capacity_law.png)" in front and "(docs/studies/capacity_law.md)" in front
-    # the headline quotes the law's points, smallest P first: the whole-vocabulary ladder rows of the table
-    points = script.ladder_points(table).sort_values("P")
-    assert re.findall(r"\b\d\.\d{3}\b", front) == [f"{r:.3f}" for r in points["bits_per_param"]]
+    # the headline (its bold figures) quotes the law's points, smallest P first
+    headline = " ".join(re.findall(r"\*\*(.*?)\*\*", front, flags=re.S))
+    assert re.findall(r"\b\d\.\d{3}\b", headline) == [f"{r:.3f}" for r in points.sort_values("P")["bits_per_param"]]

@@ -417,17 +417,20 @@ def test_capacity_law_table_and_figure_of_a_sweep(tmp_path, tiny_sweep):
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_capacity_law_is_fitted_on_whole_vocabulary_rows_only():
+def test_the_capacity_law_is_fitted_on_capacity_limited_whole_vocabulary_rows_only():
     """A fitted-vocabulary row trained while that was the default shares its run id with today's whole-vocabulary
-    run of the same settings: the table keeps both, the law's points are the whole-vocabulary one."""
+    run of the same settings: the table keeps both, the law's points are the whole-vocabulary one; a run that
+    learned most of its data is kept out of the fit."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("capacity_law_table", ROOT / "scripts" / "capacity_law_table.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     row = {"dataset": "bioD", "exposures": 1000, "context_length": 256, "precision": "fp32", "P": 43_152,
-           "run_id": "gpt2-1-1_same"}
-    table = pd.DataFrame([{**row, "vocabulary": "fitted", "bits": 81_578.0}, {**row, "vocabulary": "whole", "bits": 90_000.0}])
+           "run_id": "gpt2-1-1_same", "fraction_learned": 0.33}
+    table = pd.DataFrame([{**row, "vocabulary": "fitted", "bits": 81_578.0}, {**row, "vocabulary": "whole", "bits": 90_000.0},
+                          # a run that learned 88% of its data is a lower bound on its capacity, not a point of the law
+                          {**row, "vocabulary": "whole", "bits": 462_304.0, "P": 184_608, "fraction_learned": 0.88}])
     assert script.ladder_points(table)["bits"].tolist() == [90_000.0]
 
 
