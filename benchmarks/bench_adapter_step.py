@@ -23,9 +23,10 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from hf_capacity.training import CapacityTrainingConfig, build_data, build_model  # noqa: E402  (first: quiet bnb)
 from bench_train_step import SKIP, StepClock  # noqa: E402
 from transformers import Trainer, TrainingArguments  # noqa: E402
+
+from hf_capacity.training import CapacityTrainingConfig, build_data, build_model  # noqa: E402  (first: quiet bnb)
 
 VARIANTS = [("full fine-tuning", 0, False), ("LoRA r=8", 8, False), ("LoRA r=32", 32, False), ("QLoRA r=8 (NF4 base)", 8, True)]
 

@@ -25,10 +25,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from hf_capacity.data.random_sequences import RandomSequences  # noqa: E402
-from hf_capacity.models.capacity_gpt2 import CapacityGPT2Config, CapacityGPT2ForCausalLM  # noqa: E402
 from bench_train_step import SKIP, StepClock, matmul_peak_gflops  # noqa: E402
 from transformers import Trainer, TrainingArguments, get_scheduler  # noqa: E402
+
+from hf_capacity.data.random_sequences import RandomSequences  # noqa: E402
+from hf_capacity.models.capacity_gpt2 import CapacityGPT2Config, CapacityGPT2ForCausalLM  # noqa: E402
 
 
 def build(data: RandomSequences, head_dim: int) -> CapacityGPT2ForCausalLM:

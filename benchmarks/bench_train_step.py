@@ -35,9 +35,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from hf_capacity.training import CapacityTrainingConfig, build_data, build_model  # noqa: E402  (first: quiet bnb)
-from hf_capacity.models.capacity_gpt2 import modeling_capacity_gpt2 as modeling  # noqa: E402
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+
+from hf_capacity.models.capacity_gpt2 import modeling_capacity_gpt2 as modeling  # noqa: E402
+from hf_capacity.training import CapacityTrainingConfig, build_data, build_model  # noqa: E402  (first: quiet bnb)
 
 SKIP = 5
 BASELINE = "fused loss, whole vocabulary (baseline)"

@@ -210,6 +210,7 @@ def train_memorization(config: MemorizationRunConfig) -> dict:
     from pathlib import Path
 
     from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+
     from .callbacks import MemorizationCallback
     from .logging_filters import transformers_progress_bars
     from .models.capacity_gpt2 import CapacityGPT2Config, CapacityGPT2ForCausalLM

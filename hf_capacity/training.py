@@ -21,6 +21,7 @@ from .data import BioDPopulation, BioSPopulation, JunkConfig, KnowledgeData
 from .model_names import parse_model_name
 from .steps import tokens_per_step
 
+
 @dataclass
 class CapacityTrainingConfig:
     """A knowledge-capacity training run (data, model, optimisation, evaluation)."""

@@ -22,7 +22,6 @@ from hf_capacity.plots import plot_capacity_law
 from hf_capacity.scaling import fit_capacity_law, fit_loglog_slope
 from hf_capacity.sweep import capacity_law_table, load_results, require_finished_runs
 
-
 CAPACITY_LIMITED = 0.8
 """A run is a point of the law when it learned less than this fraction of its data (bits < 0.8 · bits_max): its
 data did not limit it. A run that learned more stays in the table as a lower bound on its size's capacity."""

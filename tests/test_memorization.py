@@ -9,8 +9,8 @@ import torch
 
 from hf_capacity.data.random_sequences import RandomSequences
 from hf_capacity.memorization import memorized_bits, relative_memorization
-from hf_capacity.models.capacity_gpt2 import CapacityGPT2Config, CapacityGPT2ForCausalLM
 from hf_capacity.memorization_fit import fit_memorization_plateau
+from hf_capacity.models.capacity_gpt2 import CapacityGPT2Config, CapacityGPT2ForCausalLM
 
 
 def test_random_sequences_carry_exactly_n_s_log2_v_bits():

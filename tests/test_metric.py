@@ -1,7 +1,6 @@
 """The knowledge_bits `evaluate` metric: offline loading, bioS/bioD bits against hand computation, errors."""
 
 import math
-
 from types import SimpleNamespace
 
 import evaluate

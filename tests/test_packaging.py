@@ -1,7 +1,8 @@
 """Packaging: the wheel's package list covers the source tree, and shipped data files are found."""
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 from hf_capacity.report import CARD_TEMPLATE, _template_path
 

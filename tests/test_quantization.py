@@ -15,7 +15,7 @@ from hf_capacity.quantization import (
     quantized_capacity,
     round_to_nearest_weight,
 )
-from hf_capacity.training import CapacityTrainingConfig, build_model, train_capacity
+from hf_capacity.training import CapacityTrainingConfig, train_capacity
 
 
 def correlated_inputs(n: int, width: int, seed: int = 0) -> torch.Tensor:

@@ -102,8 +102,8 @@ def test_biod_rendering_spans_and_composition(biod_data):
 
 
 def test_bad_tokenizer_is_rejected(bios_data):
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
     plain = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")), unk_token="[UNK]")
     with pytest.raises(ValueError, match="no eos_token"):  # a user's tokenizer: spans by offsets, which need EOS

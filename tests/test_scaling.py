@@ -12,7 +12,6 @@ from scipy.optimize import minimize
 from scipy.special import logsumexp, softmax
 
 from hf_capacity import scaling
-from hf_capacity.scaling import chinchilla_optimizer
 from hf_capacity.scaling import (
     BESIROGLU_2024,
     HOFFMANN_2022,
@@ -24,6 +23,7 @@ from hf_capacity.scaling import (
     bootstrap_chinchilla,
     capacity_ratio_by_group,
     chinchilla_loss,
+    chinchilla_optimizer,
     compute_optimal_allocation,
     drop_early_checkpoints,
     evaluate_law_fit,

@@ -14,7 +14,6 @@ import yaml
 import hf_capacity.sweep.runner as sweep_module
 from hf_capacity.callbacks import TrainingDivergedError
 from hf_capacity.cli import CLIError, build_parser, main
-from hf_capacity.training import build_data, steps_for_exposures
 from hf_capacity.sweep import (
     SweepConfigError,
     SweepRunFailed,
@@ -24,6 +23,7 @@ from hf_capacity.sweep import (
     rebuild_table,
     run_sweep,
 )
+from hf_capacity.training import build_data, steps_for_exposures
 
 ROOT = Path(__file__).resolve().parents[1]
 

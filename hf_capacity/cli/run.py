@@ -202,8 +202,8 @@ def _cuda() -> bool:
 def cmd_eval(args) -> None:
     from .. import models  # noqa: F401 - registers the model families
     from ..data import KnowledgeData
-    from ..models.registration import load_causal_lm
     from ..evaluation import evaluate_knowledge
+    from ..models.registration import load_causal_lm
 
     path = Path(args.model_dir)
     is_adapter = (path / "adapter_config.json").is_file()

@@ -14,8 +14,8 @@ from functools import cached_property
 from pathlib import Path
 
 from ..bits import KnowledgeBits, biod_bits_max, bios_bits_max
-from .population import BioDPopulation, BioSPopulation, Population, population_from_config
 from .offset_spans import OffsetRenderer
+from .population import BioDPopulation, BioSPopulation, Population, population_from_config
 from .render import EOS_TOKEN, Renderer
 from .stream import JunkConfig, PackedStream, junk_renderer_for
 from .tokenizer import DEFAULT_VOCAB_SIZE, fit_tokenizer, train_tokenizer

@@ -21,7 +21,13 @@ By concept:
 """
 
 from .analysis import (
-    SweepFit, adapter_table, architecture_label, capacity_law_table, capacity_points, fit_sweep, plot_sweep,
+    SweepFit,
+    adapter_table,
+    architecture_label,
+    capacity_law_table,
+    capacity_points,
+    fit_sweep,
+    plot_sweep,
     precision_table,
 )
 from .config import Sweep, SweepConfigError, SweepRun, config_hash, load_sweep, run_slug

@@ -25,8 +25,8 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from ..bits import biod_bits_max, bios_bits_max
-from ..data import BioDPopulation
 from ..checkpoints import last_checkpoint
+from ..data import BioDPopulation
 from ..preflight import SAMPLE_PEOPLE, check_run, sample_data
 from ..steps import tokens_per_step
 from ..training import CONFIG_FILE, steps_for_exposures, train_capacity

@@ -15,8 +15,18 @@ from typing import Any, Mapping
 import pandas as pd
 
 from .config import SWEEP_OWNED
-from .folders import (DONE, ERROR_FILE, PLAN_FILE, RUN_FILE, RUNS_DIR, TABLE_CSV, TABLE_PARQUET, is_done, read_json,
-                      stale_message)
+from .folders import (
+    DONE,
+    ERROR_FILE,
+    PLAN_FILE,
+    RUN_FILE,
+    RUNS_DIR,
+    TABLE_CSV,
+    TABLE_PARQUET,
+    is_done,
+    read_json,
+    stale_message,
+)
 
 
 class NoFinishedRunError(ValueError):
