@@ -28,7 +28,10 @@ from transformers import Trainer, TrainingArguments  # noqa: E402
 
 from hf_capacity.training import CapacityTrainingConfig, build_data, build_model  # noqa: E402  (first: quiet bnb)
 
-VARIANTS = [("full fine-tuning", 0, False), ("LoRA r=8", 8, False), ("LoRA r=32", 32, False), ("QLoRA r=8 (NF4 base)", 8, True)]
+VARIANTS = [
+    ("full fine-tuning", 0, False), ("LoRA r=8", 8, False), ("LoRA r=32", 32, False),
+    ("QLoRA r=8 (NF4 base)", 8, True),
+]
 
 
 def make_trainer(config, dataset, steps: int, out: str) -> tuple[Trainer, StepClock]:

@@ -127,8 +127,9 @@ def main() -> None:
         ("plain loss, whole vocabulary", replace(base, fit_vocabulary=False), full, None),
         (BASELINE, replace(base, fit_vocabulary=False, fused_loss=True), full, 128),
         ("fused loss, fitted vocabulary", replace(base, fused_loss=True, fit_vocabulary=True), fitted, None),
-        ("fused loss, fitted vocabulary, context 256", replace(base, fused_loss=True, fit_vocabulary=True, context_length=256,
-                                                               batch_size=2 * args.batch), fitted, None),
+        ("fused loss, fitted vocabulary, context 256",
+         replace(base, fused_loss=True, fit_vocabulary=True, context_length=256, batch_size=2 * args.batch),
+         fitted, None),
     ]
     if args.compile:
         variants += [(name + ", compiled", replace(config, torch_compile=True), data, rows)

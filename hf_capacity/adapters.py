@@ -77,7 +77,9 @@ def check_base_folder(path: str | os.PathLike) -> Path:
     """``path`` as a Path, or a ValueError saying why it cannot be a base model."""
     folder = Path(path)
     if not folder.is_dir():
-        raise ValueError(f"init_from {str(path)!r} is not a folder: pass a model folder (e.g. a `hf-capacity train` output)")
+        raise ValueError(
+            f"init_from {str(path)!r} is not a folder: pass a model folder (e.g. a `hf-capacity train` output)"
+        )
     if (folder / "adapter_config.json").is_file():
         raise ValueError(f"{folder} holds a peft adapter, not a full model: start from its base model folder")
     if not (folder / "config.json").is_file():

@@ -145,8 +145,8 @@ class KnowledgeCapacityCallback(_PeriodicMeasurementCallback):
     ``metric_for_best_model="eval_bits_per_param"``), also logged to the ``report_to`` backends when attached.
     ``history`` keeps every measurement (from step 0 unless ``measure_at_start=False`` or resumed); ``last_report``
     the latest ``KnowledgeReport``. With ``prior`` (``evaluation.PriorKnowledge``: an adapter run's base model on the
-    new people) every measurement counts the bits gained over it, so the curve starts at 0. Attaching it (``attach``) also lets ``trainer.evaluate()`` run without an
-    eval dataset (``allow_knowledge_only_evaluate``).
+    new people) every measurement counts the bits gained over it, so the curve starts at 0. Attaching it
+    (``attach``) also lets ``trainer.evaluate()`` run without an eval dataset (``allow_knowledge_only_evaluate``).
     """
 
     def __init__(
@@ -200,7 +200,9 @@ class KnowledgeCapacityCallback(_PeriodicMeasurementCallback):
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
         if not self.measure_on_evaluate or metrics is None:
             return
-        report = self.last_report if self._measured_step == state.global_step else self.measure(model, state.global_step)
+        report = (
+            self.last_report if self._measured_step == state.global_step else self.measure(model, state.global_step)
+        )
         measured = report.log_metrics(prefix="eval_")
         metrics.update(measured)  # evaluate()'s return value and metric_for_best_model
         if self.trainer is not None:  # the Trainer logged its own eval metrics before on_evaluate: log ours
@@ -342,7 +344,8 @@ class MemorizationCallback(_PeriodicMeasurementCallback):
         self.last_report = memorized_bits(model, self.sequences, num_params=self.num_params)
         metrics = self.last_report.log_metrics()
         if self.held_out is not None:
-            metrics["heldout_memorized_bits"] = memorized_bits(model, self.held_out, num_params=self.num_params).bits_total
+            held_out = memorized_bits(model, self.held_out, num_params=self.num_params)
+            metrics["heldout_memorized_bits"] = held_out.bits_total
         self._measured_step = step
         self.history.append({"step": step, **metrics})
         return metrics
@@ -507,7 +510,8 @@ class CapacityReportCallback(_TrainerBoundCallback):
         self.written = self.write(args.output_dir, model, args=args, state=state)
         if args.push_to_hub and self.trainer is not None:
             self.trainer.push_to_hub(commit_message="hf-capacity: model")
-            self.written = self.write(args.output_dir, model, args=args, state=state)  # the Trainer's card replaced ours
+            # the Trainer's card replaced ours
+            self.written = self.write(args.output_dir, model, args=args, state=state)
             push_capacity_files(args.output_dir, self.trainer.hub_model_id, token=args.hub_token)
         return self.written
 

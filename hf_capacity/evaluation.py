@@ -171,7 +171,8 @@ class KnowledgeReport:
         level = "not below" if self.p2 >= self.p2_uniform else "barely below"
         return (f"stored almost nothing ({100 * self.fraction_learned:.1f}% of bits_max): value loss p2 = "
                 f"{self.p2:.4f} {self.value_loss_unit}, {level} uniform guessing ({self.p2_uniform:.4f}), so the "
-                "model has not learned the values yet; train for more exposures or steps, or at a higher learning rate")
+                "model has not learned the values yet; train for more exposures or steps, "
+                "or at a higher learning rate")
 
     def to_dict(self) -> dict:
         """Flat JSON-ready dict, the keys of ``results.json``: bits, bits_max, name_bits, value_bits, diversity_bits
@@ -258,7 +259,8 @@ class KnowledgeReport:
             shared = self.bits_max_measured.total - self.bits_max.total
             lines.append(f"    net of the base's {self.prior.bits.total:,.0f} bits on these people before training "
                          f"(measured {self.bits_measured.total:,.0f})"
-                         + (f"; bits_max leaves out the {shared:,.0f} diversity bits of the base's sets" if shared else ""))
+                         + (f"; bits_max leaves out the {shared:,.0f} diversity bits of the base's sets"
+                            if shared else ""))
         if self.bits_ci95 is not None:
             lines.append(f"  95% CI (subsample)               [{self.bits_ci95[0]:,.0f}, {self.bits_ci95[1]:,.0f}]")
         if p.is_adapter:
@@ -483,8 +485,9 @@ def evaluate_knowledge(
     """Measure the knowledge ``model`` stores about ``data``'s population.
 
     Exact over all people by default; ``max_people`` evaluates a seeded random subsample (the report then
-    carries a 95% confidence interval, kept within [0, bits_max]: bits cannot be negative). Under ``accelerate``/DDP (``distributed=None``: auto), people are
-    sharded across processes and the per-person results gathered, so every rank gets the same report.
+    carries a 95% confidence interval, kept within [0, bits_max]: bits cannot be negative). Under
+    ``accelerate``/DDP (``distributed=None``: auto), people are sharded across processes and the per-person results
+    gathered, so every rank gets the same report.
     """
     if len(data.tokenizer) > model.get_input_embeddings().weight.shape[0]:
         raise ValueError(

@@ -40,8 +40,9 @@ class MemorizationReport:
         return self.bits_total / self.num_params if self.num_params else float("nan")
 
     def log_metrics(self, prefix: str = "") -> dict[str, float]:
+        fraction = self.bits_total / self.information_bits if self.information_bits else 0.0
         return {f"{prefix}memorized_bits": self.bits_total, f"{prefix}memorized_bits_per_param": self.bits_per_param,
-                f"{prefix}memorized_fraction": self.bits_total / self.information_bits if self.information_bits else 0.0}
+                f"{prefix}memorized_fraction": fraction}
 
 
 @torch.no_grad()
@@ -280,5 +281,5 @@ def remeasure_memorization(run_dir) -> dict:
     recorded = json.loads((path / RESULT_NAME).read_text()) if (path / RESULT_NAME).is_file() else None
     return {"memorized_bits": report.bits_total, "heldout_memorized_bits": held.bits_total,
             "bits_per_param": report.bits_per_param, "num_params": report.num_params, "data_bits": data.entropy_bits,
-            "recorded": None if recorded is None else {k: recorded[k] for k in
-                                                        ("memorized_bits", "heldout_memorized_bits", "bits_per_param")}}
+            "recorded": None if recorded is None else {
+                k: recorded[k] for k in ("memorized_bits", "heldout_memorized_bits", "bits_per_param")}}

@@ -10,8 +10,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 __all__ = [
-    "plot_capacity", "plot_capacity_law", "plot_capacity_ratio", "plot_knowledge_curves", "plot_loss_law", "plot_memorization",
-    "training_curve_figure",
+    "plot_capacity", "plot_capacity_law", "plot_capacity_ratio", "plot_knowledge_curves", "plot_loss_law",
+    "plot_memorization", "training_curve_figure",
 ]
 
 

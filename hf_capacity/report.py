@@ -156,7 +156,10 @@ def model_card(
                           for label, value, uniform in losses)
     quantized_section = ""
     if quantized:
-        quantized_section = "### After quantization (bitsandbytes)\n\n| scheme | bits per parameter | ratio to full precision |\n|---|---:|---:|\n"
+        quantized_section = (
+            "### After quantization (bitsandbytes)\n\n"
+            "| scheme | bits per parameter | ratio to full precision |\n|---|---:|---:|\n"
+        )
         quantized_section += "\n".join(
             f"| {s} | {q['bits_per_param']:.4f} | {_number(q['ratio_to_full_precision'], '.3f', NO_RATIO)} |"
             for s, q in quantized.items()

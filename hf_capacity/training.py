@@ -30,7 +30,9 @@ class CapacityTrainingConfig:
     # data
     dataset: str = "bioS"  # bioS | bioS-simple | bioD
     n_people: int = 1000
-    biod: dict = field(default_factory=lambda: {"n_attributes": 4, "chunks_per_value": 2, "diversity": 100, "chunk_length": 2, "alphabet": 20})
+    biod: dict = field(default_factory=lambda: {
+        "n_attributes": 4, "chunks_per_value": 2, "diversity": 100, "chunk_length": 2, "alphabet": 20,
+    })
     junk_fraction: float = 0.0
     junk_n_people: int = 100_000_000
     domain_token: bool = False
@@ -45,7 +47,9 @@ class CapacityTrainingConfig:
     moe_capacity_factor_train: float | None = 2.0  # gpt2 MoE: an expert's token budget in training (the paper: 2)
     moe_capacity_factor_eval: float | None = 8.0  # ... and at evaluation (the paper: 8; None: no dropping)
     fused_loss: bool = False  # gpt2: head + cross-entropy fused chunk by chunk (same loss, faster training step)
-    memory: dict = field(default_factory=lambda: {"memory_n_keys": 32, "memory_heads": 2, "memory_topk": 8, "memory_key_dim": 64})
+    memory: dict = field(default_factory=lambda: {
+        "memory_n_keys": 32, "memory_heads": 2, "memory_topk": 8, "memory_key_dim": 64,
+    })
     # training
     exposures: int = 100
     context_length: int = 512
@@ -95,7 +99,9 @@ class CapacityTrainingConfig:
             raise ValueError(f"save_steps must be >= 1 (or None: no checkpoints), got {self.save_steps}")
         if self.save_total_limit < 1:
             raise ValueError(f"save_total_limit must be >= 1, got {self.save_total_limit}")
-        for name in ("n_people", "exposures", "context_length", "batch_size", "head_dim", "gradient_accumulation_steps"):
+        for name in (
+            "n_people", "exposures", "context_length", "batch_size", "head_dim", "gradient_accumulation_steps"
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         self._check_optimiser()
@@ -116,7 +122,9 @@ class CapacityTrainingConfig:
             if self.quantized and self.lora_r:
                 raise ValueError("quantized capacity is measured on full models; an adapter run cannot take quantized")
             if self.junk_fraction:
-                raise ValueError("an adapter run teaches a new population of the base's format; junk_fraction is not supported")
+                raise ValueError(
+                    "an adapter run teaches a new population of the base's format; junk_fraction is not supported"
+                )
         if self.name_offset is not None and self.name_offset < 0:
             raise ValueError(f"name_offset must be >= 0, got {self.name_offset}")
 
@@ -125,7 +133,8 @@ class CapacityTrainingConfig:
         is made), or accept and train badly with."""
         checks = (("learning_rate", self.learning_rate > 0, "> 0"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
                   ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
-                  ("adam_beta2", 0 <= self.adam_beta2 < 1, "in [0, 1)"), ("adam_epsilon", self.adam_epsilon > 0, "> 0"),
+                  ("adam_beta2", 0 <= self.adam_beta2 < 1, "in [0, 1)"),
+                  ("adam_epsilon", self.adam_epsilon > 0, "> 0"),
                   ("warmup_steps", self.warmup_steps >= 0, ">= 0"))
         for name, ok, bound in checks:
             value = getattr(self, name)

@@ -67,8 +67,8 @@ def main() -> int:
     args = parser.parse_args()
     text = render(closure("hf-capacity", {"test"}))
     if args.check:
-        old = {l for l in OUT.read_text().splitlines() if "==" in l}
-        new = {l for l in text.splitlines() if "==" in l}
+        old = {line for line in OUT.read_text().splitlines() if "==" in line}
+        new = {line for line in text.splitlines() if "==" in line}
         for line in sorted(old ^ new):
             print(("- " if line in old else "+ ") + line)
         return int(old != new)

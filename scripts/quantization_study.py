@@ -35,7 +35,8 @@ def study(run: str) -> list[dict]:
     data = KnowledgeData.load(run)
     full = evaluate_knowledge(load_causal_lm(run).eval(), data, progress=False)
     rows = [{"method": "none", "bits": 8 * 4, "group_size": None, "report": full}]
-    for scheme, q in quantized_capacity(run, data, ("int8", "nf4", "fp4"), full_precision=full, progress=False).items():
+    quantized = quantized_capacity(run, data, ("int8", "nf4", "fp4"), full_precision=full, progress=False)
+    for scheme, q in quantized.items():
         rows.append({"method": f"bitsandbytes {scheme}", "bits": 8 if scheme == "int8" else 4, "group_size": 64,
                      "report": q.report})
     batches = calibration_batches(data)

@@ -12,5 +12,6 @@ def bios_data() -> KnowledgeData:
 
 @pytest.fixture(scope="session")
 def biod_data() -> KnowledgeData:
-    population = BioDPopulation(n_people=200, n_attributes=4, chunks_per_value=2, diversity=30, chunk_length=3, alphabet=12, seed=3)
+    population = BioDPopulation(n_people=200, n_attributes=4, chunks_per_value=2, diversity=30, chunk_length=3,
+                                alphabet=12, seed=3)
     return KnowledgeData.create(population, vocab_size=512)

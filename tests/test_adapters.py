@@ -71,7 +71,8 @@ def test_lora_run_trains_only_the_adapter_and_counts_exactly_it(base_run, tmp_pa
     assert report.num_params.paper_params == expected == results["num_params"]
     # the base's P: one figure, by the same rule on its own population's tokens (what its own results.json says)
     own = count_parameters(load_causal_lm(base_run), KnowledgeData.load(base_run).used_token_ids()).paper_params
-    assert report.num_params.base_paper_params == results["num_params_base"] == results["base_population"]["num_params"]
+    assert (report.num_params.base_paper_params == results["num_params_base"]
+            == results["base_population"]["num_params"])
     assert results["num_params_base"] == own == json.loads((base_run / "results.json").read_text())["num_params"]
     # the base's weights are untouched, the adapter's moved
     base_weights = load_file(str(base_run / "model.safetensors"))
@@ -91,7 +92,8 @@ def test_lora_run_trains_only_the_adapter_and_counts_exactly_it(base_run, tmp_pa
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["library_name"] == "peft" and meta["base_model"] == str(base_run)
     assert "trainable adapter parameters P" in card and "PeftModel.from_pretrained" in card
-    assert f"| {own:,} |" in card and "non-embedding parameters" not in card  # an adapter has no embedding to leave out
+    # an adapter has no embedding to leave out
+    assert f"| {own:,} |" in card and "non-embedding parameters" not in card
     # the adapter loads back with peft and measures the same
     reloaded = load_adapter_run(out)  # PeftModel.from_pretrained on the base the adapter names
     assert isinstance(reloaded, PeftModel)
@@ -296,7 +298,8 @@ def test_any_causal_lm_folder_is_a_base_with_its_own_tokenizer(tmp_path):
     report, trainer, results = adapter_run(base, tmp_path / "lora", lora_r=2, n_people=8)
     data = KnowledgeData.load(tmp_path / "lora")
     assert isinstance(data.renderer, OffsetRenderer) and data.population.name_offset == 0
-    linear = [m for m in load_causal_lm(base).modules() if isinstance(m, torch.nn.Linear) and m.out_features != len(tokenizer)]
+    linear = [m for m in load_causal_lm(base).modules()
+              if isinstance(m, torch.nn.Linear) and m.out_features != len(tokenizer)]
     assert len(linear) == 7  # q k v o gate up down
     assert report.num_params.paper_params == sum(2 * (m.in_features + m.out_features) for m in linear)
     assert "base_population" not in results and results["adapter"]["method"] == "lora"

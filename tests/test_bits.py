@@ -91,7 +91,8 @@ def test_biod_handles_astronomical_chunk_spaces():
     [
         (dict(n_people=10, n_attributes=0, chunks_per_value=1, diversity=10, chunk_length=1, alphabet=20), "K"),
         (dict(n_people=10, n_attributes=1, chunks_per_value=1, diversity=401, chunk_length=2, alphabet=20), "D <= T"),
-        (dict(n_people=200_000_000, n_attributes=1, chunks_per_value=1, diversity=2, chunk_length=1, alphabet=2), "N0"),
+        (dict(n_people=200_000_000, n_attributes=1, chunks_per_value=1, diversity=2, chunk_length=1, alphabet=2),
+         "N0"),
     ],
 )
 def test_biod_shape_errors(kwargs, message):

@@ -22,7 +22,8 @@ def test_budget_json_for_bios(capsys):
 
 
 def test_budget_table_for_biod(capsys):
-    assert main(["budget", "--dataset", "bioD", "--N", "1000", "--K", "4", "--C", "2", "--D", "100", "--L", "3", "--T", "20"]) == 0
+    assert main(["budget", "--dataset", "bioD", "--N", "1000", "--K", "4", "--C", "2", "--D", "100", "--L", "3",
+                 "--T", "20"]) == 0
     out = capsys.readouterr().out
     assert "diversity bits" in out and "2,529" in out and "72,967" in out
 
@@ -34,7 +35,8 @@ def test_budget_rejects_impossible_data(capsys):
 
 def test_data_generate_writes_a_loadable_folder(tmp_path, capsys):
     out = tmp_path / "bios"
-    assert main(["data", "generate", "--N", "50", "--exposures", "2", "--context-length", "128", "--vocab-size", "512", "-o", str(out), "--quiet"]) == 0
+    assert main(["data", "generate", "--N", "50", "--exposures", "2", "--context-length", "128",
+                 "--vocab-size", "512", "-o", str(out), "--quiet"]) == 0
     assert "bits_max" in capsys.readouterr().out.replace("total (bits_max)", "bits_max")
     train = datasets.load_from_disk(str(out / "train"))
     assert len(train[0]["input_ids"]) == 128

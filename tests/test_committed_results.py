@@ -37,7 +37,8 @@ def test_the_memorization_study_plateaus_are_the_fits_of_the_committed_table():
     study = (STUDIES / "memorization_cpu.md").read_text()
     assert (table["heldout_memorized_bits"] == 0).all() and len(table) == 32
     for (model, head_dim, precision), runs in table.groupby(["model", "head_dim", "precision"]):
-        fit = fit_memorization_plateau(runs["data_bits"], runs["memorized_bits"], num_params=int(runs["num_params"].iloc[0]))
+        fit = fit_memorization_plateau(runs["data_bits"], runs["memorized_bits"],
+                                       num_params=int(runs["num_params"].iloc[0]))
         low, high = (c / fit.num_params for c in fit.ci)
         row = next(line for line in study.splitlines() if line.startswith(f"| {model}, head dim {head_dim} |"))
         cells = [c.strip() for c in row.split("|")]
@@ -55,7 +56,8 @@ def test_the_adapter_study_table_is_the_committed_csv():
     assert len(rows) == len(table) == 12
     cells = {(c := [x.strip() for x in line.split("|")])[1]: c for line in rows}
     for run in table.itertuples():
-        label = "full fine-tuning" if run.method == "full" else f"{'QLoRA' if run.method == 'qlora' else 'LoRA'} r={run.lora_r}"
+        label = ("full fine-tuning" if run.method == "full"
+                 else f"{'QLoRA' if run.method == 'qlora' else 'LoRA'} r={run.lora_r}")
         if run.learning_rate != 0.01:
             label += f", lr {run.learning_rate:.0e}".replace("e-0", "e-")
         c = cells[label]
@@ -84,7 +86,8 @@ def test_the_quantization_study_table_is_the_committed_csv():
     assert len(rows) == 8
     for label, bits, group, per_param, ratio in rows:
         label = label.replace("**", "")
-        method = {"round to nearest, int4": "round to nearest", "GPTQ int4": "GPTQ", "GPTQ int8": "GPTQ"}.get(label, label)
+        methods = {"round to nearest, int4": "round to nearest", "GPTQ int4": "GPTQ", "GPTQ int8": "GPTQ"}
+        method = methods.get(label, label)
         found = table[(table["method"] == method) & (table["bits"] == int(bits)) & (table["group_size"] == int(group))]
         assert len(found) == 1, label
         run = found.iloc[0]
@@ -107,7 +110,8 @@ def test_the_capacity_law_study_rows_are_the_committed_table():
     shown = [line for line in section.splitlines() if line.startswith("| bio")]
     assert shown == script.markdown_rows(table) and len(shown) >= 1
     points = script.ladder_points(table)
-    assert (points["R_max"] > 1.25 * points["bits_per_param"]).all()  # the law's points: capacity-limited, < 80% learned
+    # the law's points: capacity-limited, < 80% learned
+    assert (points["R_max"] > 1.25 * points["bits_per_param"]).all()
     assert (ROOT / "docs" / "figures" / "capacity_law.png").is_file()
     front = README.read_text().split("## The capacity law across model sizes\n", 1)[1].split("\n## ", 1)[0]
     assert "(docs/figures/capacity_law.png)" in front and "(docs/studies/capacity_law.md)" in front

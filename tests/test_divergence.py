@@ -65,7 +65,7 @@ def test_checking_every_few_steps_still_reports_the_first_bad_step(tmp_path, bio
     trainer = Trainer(model=model, args=args, train_dataset=bios_data.stream(2, 64).to_dataset(progress=False))
     trainer.add_callback(PoisonWeightsAt(step=3))
     trainer.add_callback(DivergenceCallback(check_every=5))
-    with pytest.raises(TrainingDivergedError, match="at step 4 ") as caught:
+    with pytest.raises(TrainingDivergedError, match="at step 4 "):
         trainer.train()
     assert trainer.state.global_step == 4  # found at the check of step 5, before its optimizer step
 

@@ -61,7 +61,10 @@ def test_span_losses_match_a_hand_computation(bios_data):
     ids = torch.tensor(batch.biography(0))[None]
     with torch.no_grad():
         logp = torch.log_softmax(model(ids).logits[0].double(), dim=-1)
-    by_hand = lambda start, length: -sum(logp[t - 1, ids[0, t]].item() for t in range(start, start + length))
+
+    def by_hand(start, length):
+        return -sum(logp[t - 1, ids[0, t]].item() for t in range(start, start + length))
+
     losses = span_losses(model, bios_data, np.array([4]), progress=False)
     assert losses.name_loss[0] == pytest.approx(by_hand(*batch.name[0]), rel=1e-5)
     assert losses.pronoun_loss[0] == pytest.approx(by_hand(*batch.pronoun[0]), rel=1e-5)
@@ -122,7 +125,8 @@ def test_a_report_net_of_prior_knowledge_counts_only_what_was_added(biod_data):
     report = prior.apply(measured)
     assert report.bits.name_bits == pytest.approx(measured.bits.name_bits - 10.0)
     assert report.bits.value_bits == pytest.approx(whole.value_bits - 20.0, rel=1e-6)
-    assert report.bits.diversity_bits == 0 and report.bits_max.total == pytest.approx(whole.total - whole.diversity_bits)
+    assert report.bits.diversity_bits == 0
+    assert report.bits_max.total == pytest.approx(whole.total - whole.diversity_bits)
     d = report.to_dict()
     assert d["bits_at_start"] == 35.0 and d["bits_measured"] == pytest.approx(measured.bits.total)
     assert d["bits_max_shared_with_base"] == pytest.approx(whole.diversity_bits)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-TINY = ["--model", "gpt2-1-1", "--head-dim", "16", "--vocab-size", "300", "--context-length", "64", "--batch-size", "2"]
+TINY = ["--model", "gpt2-1-1", "--head-dim", "16", "--vocab-size", "300", "--context-length", "64",
+        "--batch-size", "2"]
 
 
 def run_script(command: list[str], tmp_path: Path, timeout: int, **env) -> subprocess.CompletedProcess:

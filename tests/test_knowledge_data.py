@@ -43,7 +43,8 @@ def test_a_fitted_vocabulary_keeps_every_token_and_p_while_the_head_shrinks(fami
     from hf_capacity.training import CapacityTrainingConfig, build_model
 
     if family == "bioD":
-        population = BioDPopulation(300, n_attributes=2, chunks_per_value=4, diversity=50, chunk_length=1, alphabet=200)
+        population = BioDPopulation(300, n_attributes=2, chunks_per_value=4, diversity=50, chunk_length=1,
+                                    alphabet=200)
     else:
         population = BioSPopulation(400, seed=1)
     full = KnowledgeData.create(population, vocab_size=2048)
@@ -52,7 +53,8 @@ def test_a_fitted_vocabulary_keeps_every_token_and_p_while_the_head_shrinks(fami
 
     people = np.arange(population.n_people)
     a, b = full.renderer.render(people, 5), fitted.renderer.render(people, 5)
-    assert full.tokenizer.convert_ids_to_tokens(a.tokens.tolist()) == fitted.tokenizer.convert_ids_to_tokens(b.tokens.tolist())
+    assert (full.tokenizer.convert_ids_to_tokens(a.tokens.tolist())
+            == fitted.tokenizer.convert_ids_to_tokens(b.tokens.tolist()))
     np.testing.assert_array_equal(a.name, b.name)
     np.testing.assert_array_equal(a.values, b.values)
     # the fitted tokenizer still encodes the joined text exactly as the renderer composes it

@@ -105,7 +105,8 @@ def test_the_study_figure_draws_runs_plateaus_and_the_reference(tmp_path):
     fits = {(m, h, p): fit_memorization_plateau(g.data_bits, g.memorized_bits, num_params=int(g.num_params.iloc[0]),
                                                 n_bootstrap=20)
             for (m, h, p), g in df.groupby(["model", "head_dim", "precision"])}
-    assert str(fits[("gpt2-1-2", 32, "fp32")]).startswith("plateau 1") and "3.00 bits/param" in str(fits[("gpt2-1-2", 32, "fp32")])
+    shown = str(fits[("gpt2-1-2", 32, "fp32")])
+    assert shown.startswith("plateau 1") and "3.00 bits/param" in shown
     path = plot_memorization(df, tmp_path / "memorization.png", fits=fits)
     assert imread(path).shape[0] > 300
     with pytest.raises(ValueError, match="needs a 'num_params' column"):

@@ -329,5 +329,6 @@ def test_the_config_gives_each_mlp_type_its_parameter_matched_width():
     multiple of 8 for the gated one (both ≈ 8d² weights); a width given, or saved in a config, is kept."""
     shape = dict(hidden_size=96, num_hidden_layers=1, num_attention_heads=2)
     assert MemoryLlamaConfig(**shape, mlp_type="standard").intermediate_size == 384
-    assert MemoryLlamaConfig(**shape).intermediate_size == 256 == MemoryLlamaConfig.default_intermediate_size("gated", 96)
+    assert (MemoryLlamaConfig(**shape).intermediate_size == 256
+            == MemoryLlamaConfig.default_intermediate_size("gated", 96))
     assert MemoryLlamaConfig(**shape, mlp_type="standard", intermediate_size=256).intermediate_size == 256

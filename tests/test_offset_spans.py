@@ -107,7 +107,8 @@ def test_used_tokens_of_a_foreign_tokenizer_cover_the_training_stream():
     data = KnowledgeData.create(BioSPopulation(n_people=30, seed=2), tokenizer=byte_level_bpe())
     used = set(data.used_token_ids())
     windows = data.stream(6, 128).to_dataset(progress=False)
-    stream_ids = {t for row, mask in zip(windows["input_ids"], windows["attention_mask"]) for t, m in zip(row, mask) if m}
+    stream_ids = {t for row, mask in zip(windows["input_ids"], windows["attention_mask"])
+                  for t, m in zip(row, mask) if m}
     assert stream_ids <= used and len(used) < len(data.tokenizer)
 
 

@@ -47,7 +47,10 @@ def test_permutation_is_a_bijection():
 def test_junk_population_never_shares_a_name_with_the_useful_one():
     useful = BioSPopulation(1000, seed=5)
     junk = BioSPopulation(100_000, seed=5, name_offset=1000)
-    key = lambda a: set((a["first"] * 400_000 + a["middle"] * 1000 + a["last"]).tolist())
+
+    def key(a):
+        return set((a["first"] * 400_000 + a["middle"] * 1000 + a["last"]).tolist())
+
     assert not key(useful.attributes()) & key(junk.attributes())
 
 

@@ -31,7 +31,10 @@ def test_composed_tokens_equal_tokenizing_the_text(bios_data):
 def test_every_piece_tokenizes_the_same_inside_a_text(bios_data):
     # the property behind exact spans, piece by piece: encode(a + b) == encode(a) + encode(b)
     tok, strings = bios_data.tokenizer, bios_data.renderer.book.strings[3:]
-    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]
+
+    def enc(s):
+        return tok(s, add_special_tokens=False)["input_ids"]
+
     for left, right in zip(strings, strings[1:] + strings[:1]):
         assert enc(left + right) == enc(left) + enc(right), (left, right)
 
@@ -105,7 +108,8 @@ def test_bad_tokenizer_is_rejected(bios_data):
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    plain = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")), unk_token="[UNK]")
+    word_level = Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
+    plain = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="[UNK]")
     with pytest.raises(ValueError, match="no eos_token"):  # a user's tokenizer: spans by offsets, which need EOS
         KnowledgeData(bios_data.population, plain).renderer
 
@@ -116,7 +120,8 @@ def ids_of_every_rendering(data: KnowledgeData, exposures: int) -> set[int]:
     return set(np.unique(batch.tokens).tolist())
 
 
-@pytest.mark.parametrize("n_people, simple, exposures", [(3, False, 1500), (40, False, 200), (5, True, 1), (100, True, 1)])
+@pytest.mark.parametrize("n_people, simple, exposures",
+                         [(3, False, 1500), (40, False, 200), (5, True, 1), (100, True, 1)])
 def test_used_tokens_equal_the_ids_of_every_bios_rendering(n_people, simple, exposures):
     # bioS draws its templates afresh per exposure (3000+ renderings reach every one of the ~50 templates of
     # each attribute); bioS-simple renders each person one way, so only those templates count

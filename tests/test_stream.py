@@ -44,7 +44,8 @@ def test_block_diagonal_positions_restart_at_every_biography(bios_data):
 
 
 def test_junk_mixing_keeps_windows_pure_and_hits_the_fraction(bios_data):
-    data = KnowledgeData(bios_data.population, bios_data.tokenizer, domain_token=True, junk=JunkConfig(0.75, 1_000_000))
+    data = KnowledgeData(bios_data.population, bios_data.tokenizer, domain_token=True,
+                         junk=JunkConfig(0.75, 1_000_000))
     items = list(data.stream(exposures=10, context_length=128, with_people=True))
     domain, eos = data.renderer.domain_token_id, data.tokenizer.eos_token_id
     kinds = []
@@ -84,7 +85,8 @@ def test_knowledge_data_round_trip(bios_data, tmp_path):
     bios_data.save(tmp_path)
     loaded = KnowledgeData.load(tmp_path)
     assert loaded.population == bios_data.population
-    assert loaded.renderer.render(np.arange(5), 1).tokens.tolist() == bios_data.renderer.render(np.arange(5), 1).tokens.tolist()
+    assert (loaded.renderer.render(np.arange(5), 1).tokens.tolist()
+            == bios_data.renderer.render(np.arange(5), 1).tokens.tolist())
     with pytest.raises(FileNotFoundError, match="knowledge_data.json"):
         KnowledgeData.load(tmp_path / "nothing")
 

@@ -170,7 +170,8 @@ def test_grid_blocks_rules_and_nested_fields():
     sweep = load_sweep({
         "output_dir": "unused",
         "base": {"dataset": "bioD", "biod": {"diversity": 50}, "learning_rate": "1e-3"},  # YAML reads 1e-3 as text
-        "grid": [{"n_people": [10_000, 1_000_000], "model": ["gpt2-1-1"]}, {"n_people": [100], "biod.alphabet": [8, 16]}],
+        "grid": [{"n_people": [10_000, 1_000_000], "model": ["gpt2-1-1"]},
+                 {"n_people": [100], "biod.alphabet": [8, 16]}],
         "rules": [{"when": {"n_people": [1_000_000]}, "set": {"learning_rate": 5e-4, "weight_decay": 0.01}}],
     })
     runs = sweep.plan()
@@ -270,7 +271,8 @@ def synthetic_results(path, n_runs=12, ratio=2.0):
     loss = 1.8 + 400 / non_embedding**0.34 + 2000 / tokens**0.28
     table = pd.DataFrame({
         "run_id": [f"run{i}" for i in range(n_runs)], "status": "done", "model": "gpt2-4-4", "mlp_type": "",
-        "num_experts": 0, "exposures": 100, "n_people": n_people, "num_params": params, "bits": np.minimum(bits_max, ratio * params),
+        "num_experts": 0, "exposures": 100, "n_people": n_people, "num_params": params,
+        "bits": np.minimum(bits_max, ratio * params),
         "bits_max": bits_max, "bits_per_param_nf4": np.minimum(bits_max / params, 0.7),
         "num_params_non_embedding": non_embedding, "tokens": tokens, "train_loss_final": loss,
     })
@@ -318,7 +320,8 @@ def test_plot_writes_pngs(tmp_path, capsys):
     synthetic_results(tmp_path / "results.csv")
     cli(["plot", str(tmp_path / "results.csv"), "--out", str(tmp_path / "figs")])
     paths = capsys.readouterr().out.split()
-    assert {p.rsplit("/", 1)[-1] for p in paths} == {"capacity.png", "capacity_ratio.png", "capacity_ratio_precision.png"}
+    names = {p.rsplit("/", 1)[-1] for p in paths}
+    assert names == {"capacity.png", "capacity_ratio.png", "capacity_ratio_precision.png"}
     for p in paths:
         with open(p, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -428,7 +431,8 @@ def test_the_capacity_law_is_fitted_on_capacity_limited_whole_vocabulary_rows_on
     spec.loader.exec_module(script)
     row = {"dataset": "bioD", "exposures": 1000, "context_length": 256, "precision": "fp32", "P": 43_152,
            "run_id": "gpt2-1-1_same", "fraction_learned": 0.33}
-    table = pd.DataFrame([{**row, "vocabulary": "fitted", "bits": 81_578.0}, {**row, "vocabulary": "whole", "bits": 90_000.0},
+    table = pd.DataFrame([{**row, "vocabulary": "fitted", "bits": 81_578.0},
+                          {**row, "vocabulary": "whole", "bits": 90_000.0},
                           # a run that learned 88% of its data is a lower bound on its capacity, not a point of the law
                           {**row, "vocabulary": "whole", "bits": 462_304.0, "P": 184_608, "fraction_learned": 0.88}])
     assert script.ladder_points(table)["bits"].tolist() == [90_000.0]

@@ -95,10 +95,11 @@ def test_metrics_reach_report_to_backends_and_evaluate(tmp_path):
     data = build_data(config)
     model = build_model(config, data.tokenizer)
     train = data.stream(2, 128).to_dataset(progress=False)
-    args = TrainingArguments(output_dir=str(tmp_path / "t"), per_device_train_batch_size=4, max_steps=6, logging_steps=3,
-                             report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), per_device_train_batch_size=4, max_steps=6,
+                             logging_steps=3, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
     backend = RecordingBackend()
-    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=train.select(range(4)), callbacks=[backend])
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=train.select(range(4)),
+                      callbacks=[backend])
     callbacks = add_capacity_callbacks(trainer, data, eval_steps=3, save_report=False)
     trainer.train()
     logged_keys = set().union(*backend.logged)
@@ -132,8 +133,9 @@ def test_every_capacity_metric_reaches_tensorboard_and_evaluate_needs_no_eval_se
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(log_dir))  # transformers 5 reads it; no logging_dir arg
     config = tiny_config(tmp_path)
     data = build_data(config)
-    args = TrainingArguments(output_dir=str(tmp_path / "t"), per_device_train_batch_size=4, max_steps=6, logging_steps=3,
-                             report_to=["tensorboard"], use_cpu=True, save_strategy="no", disable_tqdm=True)
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), per_device_train_batch_size=4, max_steps=6,
+                             logging_steps=3, report_to=["tensorboard"], use_cpu=True, save_strategy="no",
+                             disable_tqdm=True)
     trainer = Trainer(model=build_model(config, data.tokenizer), args=args,
                       train_dataset=data.stream(2, 128).to_dataset(progress=False))
     add_capacity_callbacks(trainer, data, eval_steps=3, quantized=("int8",), save_report=False)
@@ -167,7 +169,8 @@ def test_knowledge_only_periodic_evaluation_drives_metric_for_best_model(tmp_pat
                              report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
     backend = RecordingBackend()
     trainer = Trainer(model=build_model(config, data.tokenizer), args=args, callbacks=[backend],
-                      train_dataset=data.stream(2, 128).to_dataset(progress=False), eval_dataset=KnowledgeOnlyEvalSet())
+                      train_dataset=data.stream(2, 128).to_dataset(progress=False),
+                      eval_dataset=KnowledgeOnlyEvalSet())
     knowledge = add_capacity_callbacks(trainer, data, eval_steps=3, save_report=False)["knowledge"]
     trainer.train()
     evaluated = [logs["eval_p2_value_loss"] for logs in backend.logged if "eval_p2_value_loss" in logs]
@@ -228,8 +231,8 @@ def test_push_uploads_the_capacity_files(tmp_path, monkeypatch):
 
     def fake_upload_folder(self, *, repo_id, folder_path, allow_patterns, commit_message, **kwargs):
         uploaded.update(repo_id=repo_id, patterns=allow_patterns, message=commit_message)
-        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/" + "1" * 40, commit_message=commit_message,
-                          commit_description="", oid="1" * 40)
+        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/" + "1" * 40,
+                          commit_message=commit_message, commit_description="", oid="1" * 40)
 
     monkeypatch.setattr(HfApi, "upload_folder", fake_upload_folder)
     push_capacity_files(tmp_path, "someone/model")
@@ -361,7 +364,8 @@ def test_two_gpus_in_one_process_train_the_stream_once_and_report_the_exposures_
     assert results["exposures"] == 3 and results["exposures_exact"] is True
     counted = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ExposureCallback))
     assert counted.exposures == pytest.approx(3, rel=0.1)  # the token count (last batch partial) agrees
-    assert counted.steps_for(trainer.args, 3) == pytest.approx(trainer.state.global_step, abs=1)  # from the mean length
+    # from the mean length
+    assert counted.steps_for(trainer.args, 3) == pytest.approx(trainer.state.global_step, abs=1)
 
 
 def test_a_run_without_eval_steps_measures_its_curve_about_ten_times(tmp_path):

@@ -95,8 +95,8 @@ def add_population_args(p: argparse.ArgumentParser, with_seed: bool = True) -> N
     """--dataset, --N and the bioD shape --K --C --D --L --T (and --seed).
 
     --dataset and the shape flags are parsed as None when not given, so that ``resolve_population_args`` (which the
-    `hf-capacity` parser calls once it has parsed) can tell a flag given from its default: it fills them in, from an adapter run's base run where
-    there is one, and refuses shape flags given for bioS data."""
+    `hf-capacity` parser calls once it has parsed) can tell a flag given from its default: it fills them in, from an
+    adapter run's base run where there is one, and refuses shape flags given for bioS data."""
     p.add_argument("--dataset", choices=["bioS", "bioS-simple", "bioD"], default=None,
                    help=f"data family (default: {DEFAULT_DATASET}; with --init-from, the base run's)")
     add_count(p, "--N", default=1000, help="number of people")

@@ -30,7 +30,8 @@ def cmd_data_generate(args) -> None:
     stream.to_dataset(progress=not args.quiet).save_to_disk(str(out / "train"))
     if data.population.n_people <= 2_000_000 and data.family != "bioD":
         data.population.to_dataset().save_to_disk(str(out / "people"))
-    print(f"wrote {out}: knowledge_data.json, tokenizer, train/ ({args.exposures} exposures, context {args.context_length})")
+    print(f"wrote {out}: knowledge_data.json, tokenizer, train/ "
+          f"({args.exposures} exposures, context {args.context_length})")
     report = budget_report(args)
     print_budget(report)
     print(f"  {'tokens used / vocabulary':<28}{len(data.used_token_ids()):>18,} / {len(data.tokenizer)}")
@@ -90,8 +91,8 @@ def add_commands(subparsers) -> None:
     add_count(g, "--context-length", default=512, help="tokens per training window")
     add_count(g, "--vocab-size", default=4096, help="BPE vocabulary trained on the population")
     g.add_argument("--fit-vocabulary", action="store_true",
-                   help="keep only the tokens the renderings use plus the 256 bytes (same tokens and P, a smaller head, "
-                   "faster steps; opt-in: it learned less in a 2026-12-02 check, see the README)")
+                   help="keep only the tokens the renderings use plus the 256 bytes (same tokens and P, a smaller "
+                   "head, faster steps; opt-in: it learned less in a 2026-12-02 check, see the README)")
     g.add_argument("--block-diagonal", action="store_true", help="add position_ids: no attention across biographies")
     g.add_argument("--junk-fraction", type=float, default=0.0, help="fraction of windows from junk bioS(N')")
     add_count(g, "--junk-N", default=100_000_000, help="junk population size N'")

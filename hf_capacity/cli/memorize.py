@@ -59,7 +59,8 @@ def cmd_memorize(args) -> None:
 def add_commands(subparsers) -> None:
     """Add `memorize` to `hf-capacity`'s subparsers."""
     m = add_command(subparsers, "memorize",
-                    help="memorization capacity: train on uniform random sequences, report memorized bits (Morris 2025)")
+                    help="memorization capacity: train on uniform random sequences, "
+                    "report memorized bits (Morris 2025)")
     add_count(m, "--N", default=1024, help="random sequences")
     add_count(m, "--length", default=64, help="tokens per sequence (after one BOS token)")
     add_count(m, "--vocab", minimum=2, default=2048, help="symbols each token is drawn from")
@@ -80,7 +81,8 @@ def add_commands(subparsers) -> None:
     m.add_argument("--report-to", nargs="*", default=[], help="Trainer report_to backends")
     m.add_argument("--output", "-o", default="runs/memorize", help="output folder")
     m.add_argument("--eval", default=None, metavar="RUN",
-                   help="re-measure a saved run folder (its sequences regenerated from its config) instead of training")
+                   help="re-measure a saved run folder (its sequences regenerated from its config) "
+                   "instead of training")
     m.add_argument("--json", action="store_true", help="print the result as one JSON object")
     m.add_argument("--quiet", action="store_true", help="no progress bars")
     m.set_defaults(func=cmd_memorize)

@@ -194,7 +194,8 @@ def cmd_predict(args) -> None:
 # ------------------------------------------------------------------------------------------------ parsers
 def add_commands(subparsers) -> None:
     """Add `budget` and `predict` to `hf-capacity`'s subparsers."""
-    b = add_command(subparsers, "budget", help="bits of knowledge in a data set and the parameters needed to store them")
+    b = add_command(subparsers, "budget",
+                    help="bits of knowledge in a data set and the parameters needed to store them")
     add_population_args(b, with_seed=False)
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=cmd_budget)
@@ -202,8 +203,9 @@ def add_commands(subparsers) -> None:
     q = add_command(
         subparsers, "predict",
         help="predicted bits for model sizes (capacity law) and loss for sizes × tokens (loss law)",
-        description="Predict with a capacity ratio (--ratio, or R* fitted to a sweep with --fit, default 2 bits/param) "
-                    "and a Chinchilla-form loss law (fitted with --fit, default Hoffmann et al. 2022). With --N "
+        description="Predict with a capacity ratio (--ratio, or R* fitted to a sweep with --fit, "
+                    "default 2 bits/param) and a Chinchilla-form loss law (fitted with --fit, "
+                    "default Hoffmann et al. 2022). With --N "
                     "(and the data flags) predictions are capped at the data set's bits_max.",
     )
     add_count(q, "--params", nargs="+", help="model sizes P (paper's count; non-embedding for --tokens), e.g. 1e6")

@@ -29,7 +29,8 @@ learned (at 150 exposures the same model has learned under half: knowledge needs
 # --------------------------------------------------------------------------------------- arguments
 def _add_training_args(p: argparse.ArgumentParser, defaults) -> None:
     """The CapacityTrainingConfig flags, with ``defaults`` (a CapacityTrainingConfig) as their defaults."""
-    p.add_argument("--model", default=defaults.model, help="gpt2-<layers>-<heads>, llama-<l>-<h> or memory-llama-<l>-<h>")
+    p.add_argument("--model", default=defaults.model,
+                   help="gpt2-<layers>-<heads>, llama-<l>-<h> or memory-llama-<l>-<h>")
     add_count(p, "--head-dim", default=defaults.head_dim, help="width of each attention head")
     p.add_argument("--mlp-type", default=None, help="gpt2: standard|gated|quarter|none; llama: gated|standard")
     add_count(p, "--num-experts", minimum=0, default=0, help="gpt2: MoE experts per layer (0 = dense)")
@@ -43,8 +44,8 @@ def _add_training_args(p: argparse.ArgumentParser, defaults) -> None:
     add_count(p, "--max-steps", default=None, help="override the steps computed from --exposures")
     add_count(p, "--vocab-size", default=defaults.vocab_size, help="BPE vocabulary trained on the population")
     p.add_argument("--fit-vocabulary", action="store_true",
-                   help="keep only the tokens the renderings use plus the 256 bytes (same tokens and P, a smaller head, "
-                   "faster steps; opt-in: it learned less in a 2026-12-02 check, see the README)")
+                   help="keep only the tokens the renderings use plus the 256 bytes (same tokens and P, a smaller "
+                   "head, faster steps; opt-in: it learned less in a 2026-12-02 check, see the README)")
     p.add_argument("--junk-fraction", type=float, default=0.0, help="fraction of windows from junk bioS(N')")
     add_count(p, "--junk-N", default=100_000_000, help="junk population size N'")
     p.add_argument("--domain-token", action="store_true", help="start useful biographies with a domain token")
@@ -52,7 +53,8 @@ def _add_training_args(p: argparse.ArgumentParser, defaults) -> None:
               help="measure knowledge every this many steps (unset: every tenth of the steps, ~10 points)")
     add_count(p, "--eval-max-people", default=None, help="evaluate a subsample (default: everybody)")
     p.add_argument("--quantized", nargs="*", default=[], choices=QUANTIZED_CHOICES,
-                   help="schemes measured at the end: bitsandbytes int8/nf4/fp4, GPTQ gptq-int4/gptq-int8 (the paper's)")
+                   help="schemes measured at the end: bitsandbytes int8/nf4/fp4, "
+                   "GPTQ gptq-int4/gptq-int8 (the paper's)")
     p.add_argument("--bf16", action="store_true", help="train in bfloat16 mixed precision")
     p.add_argument("--torch-compile", action="store_true", help="compile the model with torch.compile")
     p.add_argument("--fused-loss", action="store_true",
@@ -78,9 +80,11 @@ def _add_training_args(p: argparse.ArgumentParser, defaults) -> None:
         "people (bits_max without the base's bioD diversity sets), and the base population's bits are measured "
         "before and after")
     a.add_argument("--init-from", default=None, metavar="MODEL_DIR",
-                   help="start from this model folder (a `hf-capacity train` run, or any causal LM with its tokenizer)")
+                   help="start from this model folder "
+                   "(a `hf-capacity train` run, or any causal LM with its tokenizer)")
     add_count(a, "--lora-r", minimum=0, default=0, help="LoRA rank (0 with --init-from: full fine-tuning)")
-    a.add_argument("--lora-alpha", type=float, default=None, help="LoRA alpha (default: equal to --lora-r, a scale of 1)")
+    a.add_argument("--lora-alpha", type=float, default=None,
+                   help="LoRA alpha (default: equal to --lora-r, a scale of 1)")
     a.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout")
     a.add_argument("--lora-target-modules", "--lora-targets", nargs="+", default=["all-linear"], metavar="MODULE",
                    help="peft target_modules: all-linear, or module names (gpt2: c_attn c_proj c_fc)")
@@ -97,7 +101,8 @@ def _training_config(args):
         output_dir=args.output,
         dataset=args.dataset,
         n_people=args.N,
-        biod={"n_attributes": args.K, "chunks_per_value": args.C, "diversity": args.D, "chunk_length": args.L, "alphabet": args.T},
+        biod={"n_attributes": args.K, "chunks_per_value": args.C, "diversity": args.D, "chunk_length": args.L,
+              "alphabet": args.T},
         junk_fraction=args.junk_fraction,
         junk_n_people=args.junk_N,
         domain_token=args.domain_token,
@@ -153,7 +158,8 @@ def cmd_train(args) -> None:
     if base:
         _print_base_population(base)
     saved = "peft adapter" if results.get("adapter", {}).get("library") == "peft" else "model"
-    print(f"\nwrote {config.output_dir}: {saved}, tokenizer, knowledge_data.json, results.json, knowledge_curve.png, README.md")
+    print(f"\nwrote {config.output_dir}: {saved}, tokenizer, knowledge_data.json, results.json, knowledge_curve.png, "
+          "README.md")
 
 
 def _print_base_population(base: dict) -> None:
@@ -172,8 +178,8 @@ def _check_same_tokenizer(model_dir: Path, data, data_dir: str) -> None:
     own = AutoTokenizer.from_pretrained(model_dir)
     if own.get_vocab() != data.tokenizer.get_vocab():
         raise CLIError(f"{data_dir} is rendered with another tokenizer than the one saved in {model_dir} "
-                       f"({len(data.tokenizer):,} tokens against {len(own):,}, or other token ids), so the model would "
-                       "read other text than its people's: pass data made with the model's tokenizer")
+                       f"({len(data.tokenizer):,} tokens against {len(own):,}, or other token ids), so the model "
+                       "would read other text than its people's: pass data made with the model's tokenizer")
 
 
 def cmd_demo(args) -> None:
@@ -208,13 +214,15 @@ def cmd_eval(args) -> None:
     path = Path(args.model_dir)
     is_adapter = (path / "adapter_config.json").is_file()
     if not (path / "config.json").is_file() and not is_adapter:
-        raise CLIError(f"{path} is not a saved model folder (no config.json): pass the output dir of `hf-capacity train`")
+        raise CLIError(f"{path} is not a saved model folder (no config.json): "
+                       "pass the output dir of `hf-capacity train`")
     if is_adapter and args.quantized:
         raise CLIError(f"{path} holds a peft adapter: --quantized measures full models only")
     results = path / "results.json"
     from_base = is_adapter or (results.is_file() and bool(json.loads(results.read_text()).get("adapter")))
     if args.base and not from_base:
-        raise CLIError(f"{path} was not trained from a base model (no adapter_config.json, no adapter in results.json): "
+        raise CLIError(f"{path} was not trained from a base model "
+                       "(no adapter_config.json, no adapter in results.json): "
                        "--base is for adapter and fine-tuning runs")
     data = KnowledgeData.load(args.data or path)
     if args.data:
@@ -279,7 +287,8 @@ def add_commands(subparsers) -> None:
     d.set_defaults(func=cmd_demo)
 
     e = add_command(subparsers, "eval", help="measure the knowledge a trained model stores (bits, bits/param)")
-    e.add_argument("model_dir", help="a folder written by `hf-capacity train` (model or peft adapter + knowledge_data.json)")
+    e.add_argument("model_dir",
+                   help="a folder written by `hf-capacity train` (model or peft adapter + knowledge_data.json)")
     e.add_argument("--data", default=None,
                    help="the data folder, if not the model folder (its tokenizer must be the model's)")
     e.add_argument("--base", default=None, metavar="MODEL_DIR",

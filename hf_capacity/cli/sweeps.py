@@ -71,8 +71,8 @@ def cmd_fit(args) -> None:
           f"(P: the paper's count; 95% CI: run-clustered bootstrap)")
     for warning in result.warnings:
         print(f"warning: {warning}")
-    header = ("".join(f"{b:<16}" for b in by) + f"{'R* (bits/param)':>16}  {'95% CI':<18}{'runs':>6}{'cap.-limited':>14}"
-              f"{'undertrained':>14}")
+    header = ("".join(f"{b:<16}" for b in by)
+              + f"{'R* (bits/param)':>16}  {'95% CI':<18}{'runs':>6}{'cap.-limited':>14}{'undertrained':>14}")
     print(header)
     for row in result.capacity.to_dict("records"):
         cells = "".join(f"{str(row[b]):<16}" for b in by)

@@ -39,7 +39,9 @@ class OffsetRenderer(Renderer):
                 "(load it with use_fast=True, or convert it with tokenizers)"
             )
         if tokenizer.eos_token_id is None:
-            raise ValueError("the tokenizer has no eos_token: biographies are separated by EOS (set tokenizer.eos_token)")
+            raise ValueError(
+                "the tokenizer has no eos_token: biographies are separated by EOS (set tokenizer.eos_token)"
+            )
         self.population = population
         self.simple = simple
         self.domain_token = False

@@ -239,8 +239,8 @@ class BioSPopulation:
         a = self._all
         p = load_pools()
         names = [
-            f"{p.first_names[f]} {p.middle_names[m]} {p.last_names[l]}"
-            for f, m, l in zip(a["first"], a["middle"], a["last"])
+            f"{p.first_names[first]} {p.middle_names[middle]} {p.last_names[last]}"
+            for first, middle, last in zip(a["first"], a["middle"], a["last"])
         ]
         return datasets.Dataset.from_dict(
             {

@@ -60,7 +60,8 @@ class RandomSequences:
     def held_out(self, n_sequences: int | None = None) -> RandomSequences:
         """Sequences drawn the same way from another seed (none of them in this set, with overwhelming
         probability): what a model cannot have memorized."""
-        return RandomSequences(n_sequences or self.n_sequences, self.length, self.vocab_size, seed=self.seed + 1_000_003)
+        return RandomSequences(n_sequences or self.n_sequences, self.length, self.vocab_size,
+                               seed=self.seed + 1_000_003)
 
     def to_dataset(self):
         """A ``datasets.Dataset`` with ``input_ids`` and ``labels`` (equal; the model shifts them)."""

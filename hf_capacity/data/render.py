@@ -336,7 +336,15 @@ class Renderer:
         # values in canonical attribute order: (n, 6, 4)
         values = np.stack(
             [
-                np.stack([book["month"][a["month"]], book["day"][a["day"] - 1], np.full(n, book["comma"][0]), book["year"][a["year"] - FIRST_BIRTH_YEAR]], axis=1),
+                np.stack(
+                    [
+                        book["month"][a["month"]],
+                        book["day"][a["day"] - 1],
+                        np.full(n, book["comma"][0]),
+                        book["year"][a["year"] - FIRST_BIRTH_YEAR],
+                    ],
+                    axis=1,
+                ),
                 np.stack([book["birth_city"][a["birth_city"]], empty, empty, empty], axis=1),
                 np.stack([book["university"][a["university"]], empty, empty, empty], axis=1),
                 np.stack([book["major"][a["major"]], empty, empty, empty], axis=1),
@@ -400,7 +408,14 @@ class Renderer:
         rows = np.arange(n)[:, None]
         sentences = np.concatenate(
             [
-                np.stack([book["first_spaced"][names["first"]], book["middle"][names["middle"]], book["last"][names["last"]]], axis=1)[:, None, :].repeat(K, 1),
+                np.stack(
+                    [
+                        book["first_spaced"][names["first"]],
+                        book["middle"][names["middle"]],
+                        book["last"][names["last"]],
+                    ],
+                    axis=1,
+                )[:, None, :].repeat(K, 1),
                 np.broadcast_to(book["prefix"][None, :, None], (n, K, 1)),
                 value_pieces,
                 np.full((n, K, 1), book["period"][0]),

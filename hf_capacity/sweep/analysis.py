@@ -244,7 +244,8 @@ def plot_sweep(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
     """Paper-style PNGs of a sweep table into ``out_dir``, per exposures value when there are several:
     ``capacity*.png`` (bits vs P with the 2 and 1 bit/param lines and, when it can be fitted, the R* law),
     ``capacity_ratio*.png`` (R vs P per architecture), ``knowledge_curves*.png`` (R vs exposures during training,
-    ~10 points a run unless its ``eval_steps`` says otherwise) and ``capacity_ratio_precision*.png`` with quantized runs."""
+    ~10 points a run unless its ``eval_steps`` says otherwise) and ``capacity_ratio_precision*.png`` with quantized
+    runs."""
     from ..plots import plot_capacity, plot_capacity_ratio, plot_knowledge_curves
     from ..scaling import NoCapacityLimitedRunError, fit_capacity_law
 
@@ -287,8 +288,8 @@ def plot_sweep(df: pd.DataFrame, out_dir: str | os.PathLike) -> list[Path]:
     return written
 
 
-PRECISION_COLUMNS = ["model", "head_dim", "mlp_type", "seed", "exposures", "precision", "N", "P", "P_non_embedding", "R_max",
-                     "bits", "bits_per_param", "run_id"]
+PRECISION_COLUMNS = ["model", "head_dim", "mlp_type", "seed", "exposures", "precision", "N", "P", "P_non_embedding",
+                     "R_max", "bits", "bits_per_param", "run_id"]
 
 
 def precision_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -348,7 +349,8 @@ def capacity_law_table(df: pd.DataFrame) -> pd.DataFrame:
             "width": heads * int(run["head_dim"]) if heads else None, "exposures": int(run["exposures"]),
             "precision": "bf16" if bool(run.get("bf16")) else "fp32", "P": int(p),
             "non_embedding_share": float(run["num_params_non_embedding"]) / p, "N": int(run["n_people"]),
-            "R_max": float(run["bits_max"]) / p, "bits": float(run["bits"]), "bits_per_param": float(run["bits_per_param"]),
+            "R_max": float(run["bits_max"]) / p, "bits": float(run["bits"]),
+            "bits_per_param": float(run["bits_per_param"]),
             "fraction_learned": float(run["fraction_learned"]), "learning_rate": float(run["learning_rate"]),
             "context_length": int(run["context_length"]),
             "vocabulary": "fitted" if _true(run.get("fit_vocabulary")) else "whole", "seed": int(run["seed"]),
@@ -358,9 +360,9 @@ def capacity_law_table(df: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values(["dataset", "P", "context_length"]).reset_index(drop=True)
 
 
-ADAPTER_COLUMNS = ["method", "lora_r", "learning_rate", "N", "exposures", "P", "P_base", "R_max", "bits", "bits_max", "bits_per_param",
-                   "fraction_learned", "base_bits_before", "base_bits_after", "base_bits_forgotten", "wall_time_s",
-                   "run_id"]
+ADAPTER_COLUMNS = ["method", "lora_r", "learning_rate", "N", "exposures", "P", "P_base", "R_max", "bits", "bits_max",
+                   "bits_per_param", "fraction_learned", "base_bits_before", "base_bits_after", "base_bits_forgotten",
+                   "wall_time_s", "run_id"]
 
 
 def adapter_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -202,10 +202,12 @@ def run_slug(config: Mapping[str, Any]) -> str:
         model += f"-moe{config['num_experts']}"
     data = ""
     if config["dataset"] == "bioD":
-        data = "bioD-" + "".join(f"{BIOD_LETTERS[k]}{config['biod'][k]}" for k in BIOD_KEYS if k in config["biod"]) + "_"
+        letters = "".join(f"{BIOD_LETTERS[k]}{config['biod'][k]}" for k in BIOD_KEYS if k in config["biod"])
+        data = "bioD-" + letters + "_"
     elif config["dataset"] != "bioS":
         data = config["dataset"] + "_"
-    parts = [model, f"{data}N{short_number(int(config['n_people']))}", f"E{config['exposures']}", f"seed{config['seed']}"]
+    parts = [model, f"{data}N{short_number(int(config['n_people']))}", f"E{config['exposures']}",
+             f"seed{config['seed']}"]
     if config.get("head_dim", 64) != 64:
         parts.append(f"hd{config['head_dim']}")
     if config.get("junk_fraction"):
@@ -321,13 +323,17 @@ def load_sweep(source: str | os.PathLike | Mapping[str, Any]) -> Sweep:
             raise SweepConfigError(f"{path} is not valid YAML: {err}") from None
         name = path.stem
         if not isinstance(raw, Mapping):
-            raise SweepConfigError(f"{path}: expected a mapping with base:, grid: and/or runs:, got {type(raw).__name__}")
+            raise SweepConfigError(
+                f"{path}: expected a mapping with base:, grid: and/or runs:, got {type(raw).__name__}"
+            )
     unknown = set(map(str, raw)) - set(TOP_LEVEL_KEYS)
     if unknown:
         fields_here = unknown & set(_field_types())
-        hint = f" (training fields go under base:, e.g. base: {{{sorted(fields_here)[0]}: ...}})" if fields_here else ""
+        hint = (f" (training fields go under base:, e.g. base: {{{sorted(fields_here)[0]}: ...}})"
+                if fields_here else "")
         raise SweepConfigError(
-            f"unknown top-level key(s) {', '.join(map(repr, sorted(unknown)))}{hint}; valid: {', '.join(TOP_LEVEL_KEYS)}"
+            f"unknown top-level key(s) {', '.join(map(repr, sorted(unknown)))}{hint}; "
+            f"valid: {', '.join(TOP_LEVEL_KEYS)}"
         )
     name = str(raw.get("name") or name)
     output_dir = Path(str(raw.get("output_dir") or Path("sweeps") / name))

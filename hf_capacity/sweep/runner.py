@@ -130,7 +130,8 @@ def _estimate_steps(config, data) -> int:
 
 def _bits_max(config, data) -> float:
     """bits_max of the run's whole population (``data`` is its sample: the same format, at most 1000 people); for an
-    adapter run from an hf-capacity bioD run, without the diversity sets it shares with its base (as the run reports)."""
+    adapter run from an hf-capacity bioD run, without the diversity sets it shares with its base (as the run
+    reports)."""
     from ..adapters import is_capacity_run
 
     population = data.population
@@ -187,7 +188,8 @@ def _dry_run(sweep: Sweep, selected: list[SweepRun], log: Callable[[str], None])
             row.update(status="invalid", error=error)
         elif run.output_dir.exists():
             checkpoint = last_checkpoint(run.output_dir)
-            row["status"] = f"incomplete (resume from {os.path.basename(checkpoint)})" if checkpoint else "incomplete (restart)"
+            row["status"] = (f"incomplete (resume from {os.path.basename(checkpoint)})" if checkpoint
+                             else "incomplete (restart)")
         row.update(checked)
         size = ""
         if checked:

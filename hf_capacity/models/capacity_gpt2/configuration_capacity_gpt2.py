@@ -113,7 +113,9 @@ class CapacityGPT2Config(PreTrainedConfig):
 
     def _validate(self) -> None:
         """Raise a `ValueError` naming the offending field and the accepted values."""
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings"):
+        for name in (
+            "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings"
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
@@ -124,7 +126,8 @@ class CapacityGPT2Config(PreTrainedConfig):
         if self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be divisible by `num_attention_heads` "
-                f"({self.num_attention_heads}); the paper's GPT2-ℓ-h uses heads of {HEAD_SIZE}: hidden = {HEAD_SIZE}·h."
+                f"({self.num_attention_heads}); the paper's GPT2-ℓ-h uses heads of {HEAD_SIZE}: "
+                f"hidden = {HEAD_SIZE}·h."
             )
         if self.mlp_type not in MLP_TYPES:
             raise ValueError(f"Unknown `mlp_type` {self.mlp_type!r}; choose one of {MLP_TYPES}.")

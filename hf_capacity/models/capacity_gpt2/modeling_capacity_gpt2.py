@@ -506,7 +506,12 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_output.to(grad_hidden.dtype), grad_weight * grad_output.to(grad_weight.dtype), None, None
+        return (
+            grad_hidden * grad_output.to(grad_hidden.dtype),
+            grad_weight * grad_output.to(grad_weight.dtype),
+            None,
+            None,
+        )
 
 
 def fused_chunk_size(vocab_size: int) -> int:
@@ -564,7 +569,9 @@ class CapacityGPT2ForCausalLM(CapacityGPT2PreTrainedModel, GenerationMixin):
         output_router_logits: bool | None = None,
         **kwargs,
     ) -> MoeCausalLMOutputWithPast:
-        r"""`labels` are the input ids (shifted inside; -100 is ignored). `logits_to_keep=n` keeps the last n logits."""
+        r"""`labels` are the input ids (shifted inside; -100 is ignored).
+
+        `logits_to_keep=n` keeps the last n logits."""
         outputs: CapacityGPT2ModelOutput = self.transformer(
             input_ids=input_ids,
             attention_mask=attention_mask,

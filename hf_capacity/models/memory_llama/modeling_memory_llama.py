@@ -21,13 +21,14 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_memory_llama import MemoryLlamaConfig
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # LLaMA building blocks. Each is marked "Mirrors transformers.models.llama.modeling_llama.<name>": written for this
 # project, it computes what transformers' LLaMA block of that name computes, and lives here because a Hub
 # remote-code folder should not depend on transformers' internal module layout. What keeps them in step:
 # tests/test_memory_llama.py::test_from_llama_without_memory_layers_matches_llama_logits (a MemoryLlama without
-# memory layers and LlamaForCausalLM on the same weights: same logits, loss and cached generation, eager and SDPA). Only the MLP differs on purpose (the standard, ungated ablation besides LLaMA's gated one).
-# ----------------------------------------------------------------------------------------------------------------------
+# memory layers and LlamaForCausalLM on the same weights: same logits, loss and cached generation, eager and SDPA).
+# Only the MLP differs on purpose (the standard, ungated ablation besides LLaMA's gated one).
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 # Mirrors transformers.models.llama.modeling_llama.LlamaRMSNorm
@@ -72,7 +73,9 @@ class MemoryLlamaRotaryEmbedding(nn.Module):
         return ROPE_INIT_FUNCTIONS[self.rope_type]
 
     @staticmethod
-    def compute_default_rope_parameters(config: MemoryLlamaConfig, device=None, **kwargs) -> tuple[torch.Tensor, float]:
+    def compute_default_rope_parameters(
+        config: MemoryLlamaConfig, device=None, **kwargs
+    ) -> tuple[torch.Tensor, float]:
         base = config.rope_parameters["rope_theta"]
         dim = config.head_dim
         inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float, device=device) / dim))
@@ -196,9 +199,9 @@ class MemoryLlamaMLP(nn.Module):
         return self.down_proj(self.act_fn(self.up_proj(x)))
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Memory+ product-key memory (spec §6)
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def candidate_pairs(topk: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -306,9 +309,9 @@ class MemoryPlusLayer(nn.Module):
         return out.view_as(hidden_states)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # Decoder and models
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 class MemoryLlamaDecoderLayer(GradientCheckpointingLayer):
