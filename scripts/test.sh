@@ -20,4 +20,5 @@ from importlib.metadata import version
 names = "torch transformers datasets tokenizers accelerate peft bitsandbytes evaluate huggingface_hub".split()
 print("testing on " + ", ".join(f"{n} {version(n)}" for n in names))
 PY
+python -m ruff check .  # lint (pyproject.toml [tool.ruff]): fails the script before the tests on any error
 python -m pytest -q "$@"
