@@ -33,6 +33,7 @@ from .adapters import adapter_summary, base_population_summary
 from .checkpoints import last_checkpoint
 from .data.knowledge_data import KnowledgeData
 from .evaluation import KnowledgeReport, PriorKnowledge, evaluate_knowledge
+from .report import push_capacity_files, write_run_files
 from .steps import tokens_per_step
 
 logger = logging.getLogger(__name__)
@@ -516,84 +517,27 @@ class CapacityReportCallback(_TrainerBoundCallback):
         return self.written
 
     def write(self, output_dir, model, *, args=None, state=None) -> list[Path]:
-        from .report import model_card, plot_training_curve, write_results
-
+        """Gather what the other callbacks measured and write the run's files (``report.write_run_files``)."""
         report = self.knowledge_callback.last_report
         if report is None:
             raise RuntimeError("no knowledge report was measured: is KnowledgeCapacityCallback on the trainer?")
-        out = Path(output_dir)
         exposures = self.exposure_callback.exposures if self.exposure_callback else None
         exact = self.exposure_callback.exact_exposures if self.exposure_callback else None
-        quantized = self.quantized_callback.summary() if self.quantized_callback else None
         per_step = self.exposure_callback.exposures_at(args, 1) if self.exposure_callback and args else None
         if exact is not None and state is not None and state.global_step:  # whole passes: the curve ends at the count
             per_step = exact / state.global_step
-        history = [dict(h) for h in self.knowledge_callback.history]
-        if per_step is not None:
-            for h in history:
-                h.setdefault("exposures", round(h["step"] * per_step, 4))
-        extra = {"history": history, "exposures": exact if exact is not None else exposures,
-                 "exposures_exact": exact is not None, "quantized": quantized}
-        if model is not None and hasattr(model, "config"):
-            extra["model_type"] = getattr(model.config, "model_type", None)
         adapter = adapter_summary(model) if model is not None else None
         if adapter is None and self.base_model is not None:
             adapter = {"method": "full", "base_model": self.base_model}
-        base_population = self.forgetting_callback.summary() if self.forgetting_callback else None
-        if adapter is not None:
-            extra["adapter"] = adapter
-        if base_population is not None:
-            extra["base_population"] = base_population
-        results = write_results(out, report, **extra)
-        name = self.model_name or Path(output_dir).name
-        plot = plot_training_curve(
-            history, report.bits_max.total, out / "knowledge_curve.png", num_params=report.num_params.paper_params,
-            exposures_per_step=per_step, data=f"{report.family}(N={report.n_people:,})",
-            model=f"{name} ({extra.get('model_type') or 'causal LM'}, P = {report.num_params.paper_params:,})",
+        return write_run_files(
+            output_dir, report, history=self.knowledge_callback.history, exposures=exposures, exact_exposures=exact,
+            exposures_per_step=per_step,
+            exposures_described=self.exposure_callback.describe() if self.exposure_callback else None,
+            quantized=self.quantized_callback.summary() if self.quantized_callback else None,
+            model_type=getattr(getattr(model, "config", None), "model_type", None), adapter=adapter,
+            base_population=self.forgetting_callback.summary() if self.forgetting_callback else None,
+            model_name=self.model_name, args=args, state=state,
         )
-        summary = ""
-        if args is not None and state is not None:
-            summary = (
-                f"{state.global_step} steps, per-device batch {args.per_device_train_batch_size}, learning rate "
-                f"{args.learning_rate}, weight decay {args.weight_decay}, schedule "
-                f"{getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)}"
-                + (f", {self.exposure_callback.describe()} exposures" if self.exposure_callback else "")
-                + "."
-            )
-        card = model_card(
-            report,
-            model_name=name,
-            model_type=extra.get("model_type") or "causal",
-            exposures=self.exposure_callback.describe() if self.exposure_callback else "n/a",
-            training_summary=summary,
-            quantized=quantized,
-            repo_hint=getattr(args, "hub_model_id", None) or str(output_dir),
-            curve_png=plot.name,
-            adapter=adapter,
-            base_population=base_population,
-        )
-        card_path = out / "README.md"
-        card.save(card_path)
-        return [results, plot, card_path]
-
-
-def push_capacity_files(output_dir, repo_id: str, token: str | None = None):
-    """Upload ``README.md`` (the capacity card), ``results.json`` and the plot of ``output_dir`` to ``repo_id``."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import OfflineModeIsEnabled
-
-    try:
-        return HfApi(token=token).upload_folder(
-            repo_id=repo_id,
-            folder_path=str(output_dir),
-            allow_patterns=["README.md", "results.json", "knowledge_curve.png"],
-            commit_message="hf-capacity: knowledge capacity results",
-        )
-    except OfflineModeIsEnabled as err:
-        raise RuntimeError(
-            f"cannot push to the Hub: offline mode is enabled (HF_HUB_OFFLINE=1). The files are in {output_dir}; "
-            "push them later with `hf upload`."
-        ) from err
 
 
 SAMPLED_WINDOWS = 64

@@ -218,3 +218,80 @@ def _adapter_section(adapter: dict, base_population: dict | None, base_params: i
             rows.append(("bits forgotten", f"{bp['bits_forgotten']:,.0f}{share}"))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return f"### Trained from a base model\n\n| quantity | value |\n|---|---|\n{table}\n\n"
+
+
+def write_run_files(output_dir: str | os.PathLike, report: KnowledgeReport, *, history: list[dict],
+                    exposures: float | None = None, exact_exposures: int | None = None,
+                    exposures_per_step: float | None = None, exposures_described: str | None = None,
+                    quantized: dict | None = None, model_type: str | None = None, adapter: dict | None = None,
+                    base_population: dict | None = None, model_name: str | None = None, args=None,
+                    state=None) -> list[Path]:
+    """Write a finished run's ``results.json``, ``knowledge_curve.png`` and Hub model card (``README.md`` with
+    ``model-index`` results) into ``output_dir``; returns the three paths.
+
+    ``report``: the final knowledge measurement; ``history``: the measurements during training (dicts with
+    ``step``), each given its exposures from ``exposures_per_step``; ``exposures``: the token-based average count,
+    ``exact_exposures`` the exact one when the run made whole passes (it wins); ``exposures_described``: the
+    card's wording of them; ``quantized``, ``adapter`` and ``base_population``: the summaries of the quantized,
+    adapter and forgetting measurements; ``args``/``state``: the Trainer's, for the card's training summary."""
+    out = Path(output_dir)
+    history = [dict(h) for h in history]
+    if exposures_per_step is not None:
+        for h in history:
+            h.setdefault("exposures", round(h["step"] * exposures_per_step, 4))
+    extra = {"history": history, "exposures": exact_exposures if exact_exposures is not None else exposures,
+             "exposures_exact": exact_exposures is not None, "quantized": quantized, "model_type": model_type}
+    if adapter is not None:
+        extra["adapter"] = adapter
+    if base_population is not None:
+        extra["base_population"] = base_population
+    results = write_results(out, report, **extra)
+    name = model_name or out.name
+    plot = plot_training_curve(
+        history, report.bits_max.total, out / "knowledge_curve.png", num_params=report.num_params.paper_params,
+        exposures_per_step=exposures_per_step, data=f"{report.family}(N={report.n_people:,})",
+        model=f"{name} ({model_type or 'causal LM'}, P = {report.num_params.paper_params:,})",
+    )
+    summary = ""
+    if args is not None and state is not None:
+        summary = (
+            f"{state.global_step} steps, per-device batch {args.per_device_train_batch_size}, learning rate "
+            f"{args.learning_rate}, weight decay {args.weight_decay}, schedule "
+            f"{getattr(args.lr_scheduler_type, 'value', args.lr_scheduler_type)}"
+            + (f", {exposures_described} exposures" if exposures_described else "")
+            + "."
+        )
+    card = model_card(
+        report,
+        model_name=name,
+        model_type=model_type or "causal",
+        exposures=exposures_described or "n/a",
+        training_summary=summary,
+        quantized=quantized,
+        repo_hint=getattr(args, "hub_model_id", None) or str(output_dir),
+        curve_png=plot.name,
+        adapter=adapter,
+        base_population=base_population,
+    )
+    card_path = out / "README.md"
+    card.save(card_path)
+    return [results, plot, card_path]
+
+
+def push_capacity_files(output_dir, repo_id: str, token: str | None = None):
+    """Upload ``README.md`` (the capacity card), ``results.json`` and the plot of ``output_dir`` to ``repo_id``."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    try:
+        return HfApi(token=token).upload_folder(
+            repo_id=repo_id,
+            folder_path=str(output_dir),
+            allow_patterns=["README.md", "results.json", "knowledge_curve.png"],
+            commit_message="hf-capacity: knowledge capacity results",
+        )
+    except OfflineModeIsEnabled as err:
+        raise RuntimeError(
+            f"cannot push to the Hub: offline mode is enabled (HF_HUB_OFFLINE=1). The files are in {output_dir}; "
+            "push them later with `hf upload`."
+        ) from err

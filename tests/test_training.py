@@ -13,8 +13,8 @@ from hf_capacity.callbacks import (
     KnowledgeCapacityCallback,
     KnowledgeOnlyEvalSet,
     add_capacity_callbacks,
-    push_capacity_files,
 )
+from hf_capacity.report import push_capacity_files
 from hf_capacity.training import CapacityTrainingConfig, build_model, train_capacity
 
 
