@@ -210,11 +210,12 @@ def train_memorization(config: MemorizationRunConfig) -> dict:
     import json
     from pathlib import Path
 
-    from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+    from transformers import Trainer, TrainerCallback, set_seed
 
     from .callbacks import MemorizationCallback
     from .logging_filters import transformers_progress_bars
     from .models.capacity_gpt2 import CapacityGPT2Config, CapacityGPT2ForCausalLM
+    from .trainer_args import capacity_training_arguments
 
     _, layers, heads = parse_model_name(config.model)
     data = config.sequences()
@@ -227,13 +228,11 @@ def train_memorization(config: MemorizationRunConfig) -> dict:
     steps = config.steps
     eval_steps = config.eval_steps or max(steps // 20, 1)
     out = Path(config.output_dir)
-    args = TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay, adam_beta2=config.adam_beta2, warmup_steps=config.warmup,
-        max_steps=steps, lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio}, logging_steps=eval_steps, save_strategy="no",
-        report_to=config.report_to, bf16=config.precision == "bf16-mixed", use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=not config.progress, seed=config.seed,
+    args = capacity_training_arguments(
+        output_dir=str(out), batch_size=config.batch_size, learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay, adam_beta2=config.adam_beta2, min_lr_ratio=config.min_lr_ratio,
+        warmup_steps=config.warmup, max_steps=steps, logging_steps=eval_steps, report_to=config.report_to,
+        bf16=config.precision == "bf16-mixed", seed=config.seed, progress=config.progress,
     )
     callback = MemorizationCallback(data, eval_steps=eval_steps, held_out=data.held_out(config.held_out))
 

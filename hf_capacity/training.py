@@ -310,33 +310,29 @@ def steps_for_exposures(config: CapacityTrainingConfig, data: KnowledgeData, arg
 def training_arguments(config: CapacityTrainingConfig):
     """The run's ``TrainingArguments``; without ``config.max_steps`` its ``max_steps`` is -1 until
     ``train_capacity`` sets it (and the warm-up, at most a tenth of it) from the stream's length."""
-    import torch
-    from transformers import TrainingArguments
+    from .trainer_args import capacity_training_arguments
 
     max_steps = config.max_steps or -1
-    return TrainingArguments(
+    return capacity_training_arguments(
         output_dir=config.output_dir,
-        per_device_train_batch_size=config.batch_size,
+        batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.learning_rate,
         weight_decay=config.weight_decay,
         adam_beta2=config.adam_beta2,
         adam_epsilon=config.adam_epsilon,
-        lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio},
+        min_lr_ratio=config.min_lr_ratio,
         warmup_steps=min(config.warmup_steps, max(max_steps // 10, 1)),
         max_steps=max_steps,
         logging_steps=config.logging_steps,
-        save_strategy="steps" if config.save_steps else "no",
-        save_steps=config.save_steps or 500,
+        save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
         report_to=config.report_to,
         bf16=config.bf16,
+        seed=config.seed,
+        progress=config.progress,
         torch_compile=config.torch_compile,
         dataloader_num_workers=config.dataloader_num_workers,
-        use_cpu=not torch.cuda.is_available(),
-        seed=config.seed,
-        disable_tqdm=not config.progress,
         dataloader_drop_last=False,
         push_to_hub=config.push_to_hub,
         hub_model_id=config.hub_model_id,

@@ -379,3 +379,19 @@ def test_a_run_without_eval_steps_measures_its_curve_about_ten_times(tmp_path):
     train_capacity(tiny_config(tmp_path, output_dir=str(tmp_path / "given"), max_steps=20, eval_steps=15))
     results = json.loads((tmp_path / "given" / "results.json").read_text())
     assert [h["step"] for h in results["history"]] == [0, 15, 20]  # an explicit eval_steps stays as given
+
+
+def test_one_function_builds_the_trainer_arguments_of_every_run():
+    """Knowledge and memorization runs get their TrainingArguments from trainer_args.capacity_training_arguments."""
+    from pathlib import Path
+
+    import hf_capacity
+    from hf_capacity.memorization import MemorizationRunConfig  # noqa: F401 - the module imports cleanly
+    from hf_capacity.training import training_arguments
+
+    package = Path(hf_capacity.__file__).parent
+    builders = sorted(p.name for p in package.rglob("*.py") if "TrainingArguments(" in p.read_text())
+    assert builders == ["trainer_args.py"]
+    args = training_arguments(CapacityTrainingConfig(output_dir="unused", n_people=8, min_lr_ratio=0.2, max_steps=50))
+    assert args.lr_scheduler_type == "cosine_with_min_lr" and args.lr_scheduler_kwargs == {"min_lr_rate": 0.2}
+    assert args.warmup_steps == 5  # the warm-up is at most a tenth of the steps
