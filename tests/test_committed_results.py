@@ -118,3 +118,23 @@ def test_the_capacity_law_study_rows_are_the_committed_table():
     # the headline (its bold figures) quotes the law's points, smallest P first
     headline = " ".join(re.findall(r"\*\*(.*?)\*\*", front, flags=re.S))
     assert re.findall(r"\b\d\.\d{3}\b", headline) == [f"{r:.3f}" for r in points.sort_values("P")["bits_per_param"]]
+
+
+def test_the_findings_study_rows_are_the_committed_table():
+    """docs/studies/findings_at_capacity.md shows docs/results/findings_at_capacity.csv row for row, one table per
+    finding; the MoE and dense arms ran on the same data for the same exposures."""
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("findings_table", ROOT / "scripts" / "findings_table.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    table = pd.read_csv(RESULTS / "findings_at_capacity.csv")
+    page = (STUDIES / "findings_at_capacity.md").read_text()
+    for finding, heading in (("moe", "## Mixture of experts"), ("mlp", "## Gated against standard MLP")):
+        section = page.split(heading, 1)[1].split("\n## ", 1)[0]
+        shown = [line for line in section.splitlines() if line.startswith("| ") and "**" in line]
+        assert shown == script.markdown_rows(table, finding) and shown
+    moe = table[table["finding"] == "moe"]
+    assert moe["N"].nunique() == 1 and set(moe["arm"]) >= {"dense", "32 experts, top-1"}

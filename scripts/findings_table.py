@@ -1,0 +1,93 @@
+"""Write the table of the paper's other findings measured at capacity (issue 19): mixture of experts against the
+dense model, gated against standard MLP, from their sweeps.
+
+    python scripts/findings_table.py --moe sweeps/cpu_moe --mlp sweeps/cpu_gated_vs_standard \\
+        --with-table docs/results/findings_at_capacity.csv -o docs/results/findings_at_capacity.csv
+
+One row per finished run: the finding it belongs to ("moe" or "mlp"), the arm (dense / 32 experts top-1; GPT-2 or
+LLaMA with a standard or gated MLP), the run's settings, P (the paper's count), the parameters a token uses, bits,
+bits per parameter and per active parameter, the fraction of its data it learned. Prints the rows of the study
+page (docs/studies/findings_at_capacity.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import pandas as pd
+
+from hf_capacity.sweep import load_results
+
+COLUMNS = ["finding", "arm", "model", "mlp_type", "num_experts", "exposures", "learning_rate", "N", "P", "P_active",
+           "bits", "bits_max", "bits_per_param", "bits_per_active_param", "fraction_learned", "seed", "wall_time_s",
+           "run_id"]
+
+
+def arm(run, finding: str) -> str:
+    """The arm of a results row: "dense" or "<E> experts, top-1" for the MoE finding, "<family>, <type> MLP" for
+    the MLP one (LLaMA's default MLP is gated, GPT-2's standard)."""
+    experts = int(run.get("num_experts") or 0)
+    if finding == "moe":
+        return f"{experts} experts, top-1" if experts else "dense"
+    family = "LLaMA" if str(run["model"]).startswith("llama") else "GPT-2"
+    mlp = run.get("mlp_type")
+    if not isinstance(mlp, str) or not mlp:
+        mlp = "gated" if family == "LLaMA" else "standard"
+    return f"{family}, {mlp} MLP"
+
+
+def findings_table(results: pd.DataFrame, finding: str) -> pd.DataFrame:
+    """The finished runs of one sweep's results table (``finding``: "moe" or "mlp") as rows of ``COLUMNS``."""
+    rows = []
+    for _, run in results[results["status"] == "done"].iterrows():
+        active = run.get("num_params_active_per_token")
+        active = float(active) if pd.notna(active) else float(run["num_params"])
+        rows.append({
+            "finding": finding, "arm": arm(run, finding), "model": run["model"],
+            "mlp_type": run.get("mlp_type") if isinstance(run.get("mlp_type"), str) else "",
+            "num_experts": int(run.get("num_experts") or 0), "exposures": int(run["exposures"]),
+            "learning_rate": float(run["learning_rate"]), "N": int(run["n_people"]), "P": int(run["num_params"]),
+            "P_active": int(active), "bits": float(run["bits"]), "bits_max": float(run["bits_max"]),
+            "bits_per_param": float(run["bits_per_param"]), "bits_per_active_param": float(run["bits"]) / active,
+            "fraction_learned": float(run["fraction_learned"]), "seed": int(run["seed"]),
+            "wall_time_s": run.get("wall_time_s"), "run_id": run["run_id"],
+        })
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def markdown_rows(table: pd.DataFrame, finding: str) -> list[str]:
+    """The study page's rows of one finding (arm, exposures, lr, N, P, active P, bits/param, bits per active
+    parameter, learned, seed)."""
+    part = table[table["finding"] == finding].sort_values(["arm", "exposures", "learning_rate", "seed"])
+    return [f"| {r.arm} | {r.exposures} | {r.learning_rate:g} | {r.N:,} | {r.P:,} | {r.P_active:,} | "
+            f"**{r.bits_per_param:.3f}** | {r.bits_per_active_param:.3f} | {r.fraction_learned:.0%} | {r.seed} |"
+            for r in part.itertuples()]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--moe", nargs="*", default=[], help="sweep folders (or results.csv) of the MoE finding")
+    parser.add_argument("--mlp", nargs="*", default=[], help="sweep folders (or results.csv) of gated vs standard")
+    parser.add_argument("--with-table", default=None, metavar="CSV",
+                        help="rows written before (same run_id: the sweep's)")
+    parser.add_argument("-o", "--output", default=None, help="CSV to write (default: print only)")
+    args = parser.parse_args()
+    try:
+        parts = [findings_table(load_results(s), "moe") for s in args.moe]
+        parts += [findings_table(load_results(s), "mlp") for s in args.mlp]
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.with_table:
+        parts.insert(0, pd.read_csv(args.with_table))
+    table = pd.concat(parts, ignore_index=True).drop_duplicates("run_id", keep="last")
+    if args.output:
+        table.to_csv(args.output, index=False, float_format="%.6g")
+    for finding in ("moe", "mlp"):
+        print("\n".join(markdown_rows(table, finding)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
