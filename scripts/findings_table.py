@@ -17,7 +17,11 @@ import sys
 
 import pandas as pd
 
+from hf_capacity.model_names import match_model_name
 from hf_capacity.sweep import load_results
+from hf_capacity.sweep.config import DEFAULT_MLP
+
+FAMILY_NAMES = {"gpt2": "GPT-2", "llama": "LLaMA", "memory-llama": "MemoryLlama"}
 
 COLUMNS = ["finding", "arm", "model", "mlp_type", "num_experts", "exposures", "learning_rate", "N", "P", "P_active",
            "bits", "bits_max", "bits_per_param", "bits_per_active_param", "fraction_learned", "seed", "wall_time_s",
@@ -30,11 +34,12 @@ def arm(run, finding: str) -> str:
     experts = int(run.get("num_experts") or 0)
     if finding == "moe":
         return f"{experts} experts, top-1" if experts else "dense"
-    family = "LLaMA" if str(run["model"]).startswith("llama") else "GPT-2"
+    parsed = match_model_name(str(run["model"]))
+    family = parsed.family if parsed else str(run["model"])
     mlp = run.get("mlp_type")
     if not isinstance(mlp, str) or not mlp:
-        mlp = "gated" if family == "LLaMA" else "standard"
-    return f"{family}, {mlp} MLP"
+        mlp = DEFAULT_MLP.get(family, "standard")
+    return f"{FAMILY_NAMES.get(family, family)}, {mlp} MLP"
 
 
 def findings_table(results: pd.DataFrame, finding: str) -> pd.DataFrame:

@@ -95,16 +95,22 @@ def test_the_quantization_study_table_is_the_committed_csv():
         assert ratio == (f"{run.ratio_to_unquantized:.3f}" if run.ratio_to_unquantized else "0"), label
 
 
+def load_script(name: str):
+    """scripts/<name>.py as a module (the scripts folder is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 def test_the_capacity_law_study_rows_are_the_committed_table():
     """The capacity-law study's table is docs/results/capacity_law.csv, row for row (and the figure exists); the
     front page keeps the section, with the figure and a link to the study."""
-    import importlib.util
-
     import pandas as pd
 
-    spec = importlib.util.spec_from_file_location("capacity_law_table", ROOT / "scripts" / "capacity_law_table.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("capacity_law_table")
     table = pd.read_csv(RESULTS / "capacity_law.csv")
     section = (STUDIES / "capacity_law.md").read_text()
     shown = [line for line in section.splitlines() if line.startswith("| bio")]
@@ -123,13 +129,9 @@ def test_the_capacity_law_study_rows_are_the_committed_table():
 def test_the_findings_study_rows_are_the_committed_table():
     """docs/studies/findings_at_capacity.md shows docs/results/findings_at_capacity.csv row for row, one table per
     finding; the MoE and dense arms ran on the same data for the same exposures."""
-    import importlib.util
-
     import pandas as pd
 
-    spec = importlib.util.spec_from_file_location("findings_table", ROOT / "scripts" / "findings_table.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("findings_table")
     table = pd.read_csv(RESULTS / "findings_at_capacity.csv")
     page = (STUDIES / "findings_at_capacity.md").read_text()
     for finding, heading in (("moe", "## Mixture of experts"), ("mlp", "## Gated against standard MLP")):
