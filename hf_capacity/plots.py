@@ -318,7 +318,7 @@ def plot_memorization(data: Any, out_png: str | os.PathLike, *, fits: Mapping[tu
     params = _column(data, "num_params")
     keys = list(dict.fromkeys(zip(models.tolist(), head_dims.tolist())))
     colours = {k: f"C{i % 10}" for i, k in enumerate(keys)}
-    markers = {"fp32": "o", "bf16": "s"}
+    markers = {"fp32": "o", "bf16-mixed": "s", "bf16": "D"}
 
     fig = Figure(figsize=(7, 5))
     ax = fig.add_subplot()
@@ -333,12 +333,12 @@ def plot_memorization(data: Any, out_png: str | os.PathLike, *, fits: Mapping[tu
             order = np.argsort(data_bits[m])
             shown = memorized[m][order] > 0
             ax.plot(data_bits[m][order][shown], memorized[m][order][shown], ls="none",
-                    marker=markers.get(precision, "^"), mfc="none" if precision == "bf16" else colours[key],
+                    marker=markers.get(precision, "^"), mfc=colours[key] if precision == "fp32" else "none",
                     color=colours[key], ms=5, label=f"{model} hd{head_dim} (P={p:,}) {precision}", zorder=3)
             fit = (fits or {}).get((model, head_dim, precision))
             if fit is not None:
                 ax.plot(d_line, fit.predict(d_line), color=colours[key], lw=1, alpha=0.7,
-                        ls="-" if precision != "bf16" else "--",
+                        ls="-" if precision == "fp32" else "--",
                         label=f"  plateau {fit.capacity_bits:,.0f} bits = {fit.bits_per_param:.2f} bits/param")
         if reference_bits_per_param:
             ax.axhline(reference_bits_per_param * p, color=colours[key], ls=":", lw=1)

@@ -1,14 +1,19 @@
-"""The CPU memorization study (docs/studies/memorization_cpu.md): a ladder of data sizes per model and precision.
+"""Memorization studies: a ladder of data sizes per model and precision, each run an ``hf-capacity memorize``.
 
-    python scripts/memorization_study.py -o studies/memorization            # run what is missing, then tabulate
+    # the first CPU study (V = 512, 300 epochs; docs/studies/memorization_cpu.md)
     python scripts/memorization_study.py -o studies/memorization --table-only \\
         --csv docs/results/memorization_cpu.csv --plot docs/figures/memorization_cpu.png
+    # Morris et al.'s data shape (V = 2048, S = 64), trained until the stop rule holds, fp32 and true bf16
+    # (docs/studies/memorization_morris.md)
+    python scripts/memorization_study.py --preset morris -o studies/memorization_morris --workers 2 \\
+        --csv docs/results/memorization_morris.csv --plot docs/figures/memorization_morris.png
 
-Each run is one ``hf-capacity memorize`` process (``OMP_NUM_THREADS=1``, ``--workers`` at a time) writing
-``<out>/<model>_hd<d>_<precision>_N<N>/memorization.json``; a run whose file exists is skipped, so the same
-command started again after a kill goes on where it stopped. The table has one row per run; the plateau of
-each (model, precision) is fitted with ``hf_capacity.scaling.fit_memorization_plateau`` and drawn with
-``hf_capacity.plots.plot_memorization``.
+``--preset`` picks the study's defaults (``PRESETS``); any flag overrides them. Each run is one
+``hf-capacity memorize`` process (``OMP_NUM_THREADS=1``, ``--workers`` at a time) writing
+``<out>/<model>_hd<d>_<precision>_N<N>/`` (the model, its config and ``memorization.json`` with the curve and the
+stop rule's verdict); a run whose ``memorization.json`` exists is skipped, so the same command started again after a
+kill goes on where it stopped. The table has one row per run; the plateau of each (model, precision) is fitted with
+``hf_capacity.memorization_fit.fit_memorization_plateau`` and drawn with ``hf_capacity.plots.plot_memorization``.
 """
 
 from __future__ import annotations
@@ -23,12 +28,28 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 MODELS = {  # name: (model, head dim, ladder of N)
+    # the 2026-12-01 CPU study (V = 512): docs/studies/memorization_cpu.md
     "S": ("gpt2-1-1", 16, (32, 64, 128, 256, 512)),
     "M": ("gpt2-1-1", 32, (64, 128, 256, 512, 1024, 2048)),
     "L": ("gpt2-1-2", 32, (128, 256, 512, 1024, 2048)),
+    # Morris et al.'s smallest shapes at their data shape (V = 2048, S = 64; 704 bits a sequence): width 32 and 64,
+    # one layer; the ladders run from ~0.6x to ~3x the data bits of 3.6 bits/param (P ≈ 78K and 178K)
+    "W32": ("gpt2-1-1", 32, (256, 512, 768, 1280)),
+    "W64": ("gpt2-1-2", 32, (512, 1024, 1536, 2560)),
 }
-COLUMNS = ["model", "head_dim", "precision", "num_params", "N", "length", "vocab", "epochs", "lr", "data_bits",
-           "memorized_bits", "bits_per_param", "heldout_memorized_bits"]
+PRESETS = {
+    # the first CPU study: 300 epochs, batch 64, lr 1e-2, fp32 and bf16 autocast
+    "cpu": dict(models=["S", "M", "L"], vocab=512, epochs=300, batch_size=64, lr=1e-2, warmup_steps=50,
+                precisions=["fp32", "bf16-mixed"], until_saturated=False),
+    # Morris et al.'s data shape, trained until the stop rule holds (at most --epochs), fp32 and true bf16
+    "morris": dict(models=["W32", "W64"], vocab=2048, epochs=1000, batch_size=64, lr=1e-2, warmup_steps=50,
+                   precisions=["fp32", "bf16"], until_saturated=True),
+}
+PRECISIONS = ("fp32", "bf16-mixed", "bf16")
+"""``hf-capacity memorize --precision``: fp32; bf16 autocast over fp32 weights; true bf16 (weights and AdamW state)."""
+COLUMNS = ["model", "head_dim", "precision", "num_params", "N", "length", "vocab", "epochs", "steps_trained",
+           "batch_size", "lr", "data_bits", "memorized_bits", "bits_per_param", "heldout_memorized_bits",
+           "saturated", "relative_rise", "wall_time_s"]
 
 
 def run_folder(out: Path, model: str, head_dim: int, precision: str, n: int) -> Path:
@@ -36,7 +57,7 @@ def run_folder(out: Path, model: str, head_dim: int, precision: str, n: int) -> 
 
 
 def plan(args) -> list[tuple[str, int, str, int]]:
-    """Runs in the order they are started: per model, both precisions over the ladder (small models first)."""
+    """Runs in the order they are started: per model, each precision over the ladder (small models first)."""
     runs = []
     for key in args.models:
         model, head_dim, ladder = MODELS[key]
@@ -50,15 +71,17 @@ def run_one(args, out: Path, model: str, head_dim: int, precision: str, n: int) 
     if (folder / "memorization.json").is_file():
         return f"skip {folder.name} (done)"
     cmd = ["hf-capacity", "memorize", "--N", str(n), "--length", str(args.length), "--vocab", str(args.vocab),
-           "--model", model, "--head-dim", str(head_dim), "--epochs", str(args.epochs), "--batch-size", "64",
-           "--lr", str(args.lr), "--warmup-steps", "50", "--quiet", "--json", "-o", str(folder)]
-    if precision == "bf16":
-        cmd.append("--bf16")
+           "--model", model, "--head-dim", str(head_dim), "--epochs", str(args.epochs),
+           "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup-steps", str(args.warmup_steps),
+           "--precision", precision, "--quiet", "--json", "-o", str(folder)]
+    if args.until_saturated:
+        cmd.append("--until-saturated")
     start = time.time()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "log.txt", "w") as log:
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    (folder / "wall_time_s.txt").write_text(f"{time.time() - start:.0f}\n")
     return f"{'done' if rc == 0 else f'FAILED (rc {rc})'} {folder.name} in {time.time() - start:.0f} s"
 
 
@@ -67,15 +90,21 @@ def table(args, out: Path):
 
     rows = []
     for model, head_dim, precision, n in plan(args):
-        path = run_folder(out, model, head_dim, precision, n) / "memorization.json"
-        if not path.is_file():
+        folder = run_folder(out, model, head_dim, precision, n)
+        if not (folder / "memorization.json").is_file():
             continue
-        r = json.loads(path.read_text())
+        r = json.loads((folder / "memorization.json").read_text())
+        rule = r.get("saturation") or {}
+        wall = folder / "wall_time_s.txt"
         rows.append({"model": model, "head_dim": head_dim, "precision": precision, "num_params": r["num_params"],
-                     "N": n, "length": r["length"], "vocab": r["vocab"], "epochs": r["epochs"], "lr": args.lr,
-                     "data_bits": r["data_bits"], "memorized_bits": round(r["memorized_bits"], 1),
-                     "bits_per_param": round(r["bits_per_param"], 4),
-                     "heldout_memorized_bits": round(r["heldout_memorized_bits"], 1)})
+                     "N": n, "length": r["length"], "vocab": r["vocab"], "epochs": r["epochs"],
+                     "steps_trained": r.get("steps_trained"), "batch_size": r.get("batch_size", args.batch_size),
+                     "lr": r.get("lr", args.lr), "data_bits": r["data_bits"],
+                     "memorized_bits": round(r["memorized_bits"], 1), "bits_per_param": round(r["bits_per_param"], 4),
+                     "heldout_memorized_bits": round(r["heldout_memorized_bits"], 1),
+                     "saturated": rule.get("saturated"),
+                     "relative_rise": None if rule.get("relative_rise") is None else round(rule["relative_rise"], 5),
+                     "wall_time_s": int(wall.read_text()) if wall.is_file() else None})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -94,18 +123,27 @@ def summarize(df) -> list[dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", default="studies/memorization", help="folder of the runs")
-    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--precisions", nargs="*", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--preset", choices=list(PRESETS), default="cpu",
+                        help="the study's defaults (models, V, epochs, batch, lr, precisions); flags override them")
+    parser.add_argument("--models", nargs="*", default=None, choices=list(MODELS))
+    parser.add_argument("--precisions", nargs="*", default=None, choices=PRECISIONS)
     parser.add_argument("--N", type=int, nargs="*", default=None, help="only these ladder points")
-    parser.add_argument("--epochs", type=int, default=300)
-    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--epochs", type=int, default=None, help="passes over the data (the most, if saturating)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--warmup-steps", type=int, default=None)
+    parser.add_argument("--until-saturated", action=argparse.BooleanOptionalAction, default=None,
+                        help="stop each run once the stop rule holds (memorized bits rose < 0.5%% over the last 20%%)")
     parser.add_argument("--length", type=int, default=64)
-    parser.add_argument("--vocab", type=int, default=512)
+    parser.add_argument("--vocab", type=int, default=None)
     parser.add_argument("--workers", type=int, default=1, help="runs at a time (one core each)")
     parser.add_argument("--table-only", action="store_true", help="tabulate the finished runs, start nothing")
     parser.add_argument("--csv", default=None, help="write the table here")
     parser.add_argument("--plot", default=None, help="write the memorized-vs-data-bits figure here")
     args = parser.parse_args()
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     out = Path(args.output)
     if not args.table_only:
         with ThreadPoolExecutor(args.workers) as pool:
