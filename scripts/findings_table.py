@@ -70,6 +70,51 @@ def markdown_rows(table: pd.DataFrame, finding: str) -> list[str]:
             for r in part.itertuples()]
 
 
+def best_rate_seeds(table: pd.DataFrame, finding: str = "mlp") -> pd.DataFrame:
+    """Each arm at its best learning rate: the rate with the most bits/param on seed 0, then every seed run at that
+    rate. Columns: arm, learning_rate, seeds, mean and sd (sample, n − 1) of bits/param, the per-seed values."""
+    part = table[table["finding"] == finding]
+    rows = []
+    for name, runs in part.groupby("arm", sort=True):
+        first = runs[runs["seed"] == 0]
+        if first.empty:
+            continue
+        lr = float(first.loc[first["bits_per_param"].idxmax(), "learning_rate"])
+        at = runs[runs["learning_rate"] == lr].sort_values("seed")
+        values = at["bits_per_param"].astype(float)
+        rows.append({"arm": name, "learning_rate": lr, "seeds": len(at), "mean": values.mean(),
+                     "sd": values.std(ddof=1) if len(at) > 1 else float("nan"),
+                     "per_seed": dict(zip(at["seed"].astype(int), values))})
+    return pd.DataFrame(rows, columns=["arm", "learning_rate", "seeds", "mean", "sd", "per_seed"])
+
+
+def gated_over_standard(best: pd.DataFrame) -> dict[str, dict]:
+    """Per family, gated bits/param over standard at each arm's best rate, seed by seed (a seed draws the same
+    people for every arm, so the seeds pair): ``{family: {"ratios": {seed: r}, "mean": …, "of_means": …}}``."""
+    out = {}
+    by_arm = best.set_index("arm")
+    for family in FAMILY_NAMES.values():
+        gated, standard = f"{family}, gated MLP", f"{family}, standard MLP"
+        if gated not in by_arm.index or standard not in by_arm.index:
+            continue
+        g, s = by_arm.loc[gated, "per_seed"], by_arm.loc[standard, "per_seed"]
+        ratios = {seed: g[seed] / s[seed] for seed in sorted(set(g) & set(s))}
+        out[family] = {"ratios": ratios, "mean": sum(ratios.values()) / len(ratios),
+                       "of_means": by_arm.loc[gated, "mean"] / by_arm.loc[standard, "mean"]}
+    return out
+
+
+def summary_rows(table: pd.DataFrame) -> list[str]:
+    """The study page's summary of gated vs standard: each arm at its best rate, mean ± sd over its seeds."""
+    best = best_rate_seeds(table)
+    lines = [f"| {r.arm} | {r.learning_rate:g} | {r.seeds} | **{r.mean:.3f}** ± {r.sd:.3f} | "
+             + ", ".join(f"{v:.3f}" for v in r.per_seed.values()) + " |" for r in best.itertuples()]
+    for family, ratio in gated_over_standard(best).items():
+        lines.append(f"| {family}: gated / standard | | {len(ratio['ratios'])} | **{ratio['of_means']:.2f}×** | "
+                     + ", ".join(f"{v:.2f}" for v in ratio["ratios"].values()) + " |")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--moe", nargs="*", default=[], help="sweep folders (or results.csv) of the MoE finding")
@@ -91,6 +136,7 @@ def main() -> int:
         table.to_csv(args.output, index=False, float_format="%.6g")
     for finding in ("moe", "mlp"):
         print("\n".join(markdown_rows(table, finding)))
+    print("\n".join(summary_rows(table)))
     return 0
 
 

@@ -61,15 +61,53 @@ def study(run: str) -> list[dict]:
     return out
 
 
+WIDE = [  # (column title, method, bits, group size) of the one-row-per-model summary
+    ("int8 (bnb)", "bitsandbytes int8", 8, 64),
+    ("GPTQ int8", "GPTQ", 8, 128),
+    ("nf4 (bnb)", "bitsandbytes nf4", 4, 64),
+    ("RTN int4", "round to nearest", 4, 128),
+    ("GPTQ int4", "GPTQ", 4, 128),
+    ("GPTQ int4 g32", "GPTQ", 4, 32),
+    ("GPTQ int4 g16", "GPTQ", 4, 16),
+]
+
+
+def describe(run: str) -> str:
+    """A run's shape for the summary: "GPT2-<layers>-<heads> width <d>" from its saved config."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(run, trust_remote_code=True)
+    return f"{config.model_type.replace('capacity_', '').upper()}-{config.num_hidden_layers}-" \
+           f"{config.num_attention_heads} width {config.hidden_size}"
+
+
+def wide_rows(table: pd.DataFrame, names: dict[str, str] | None = None) -> list[str]:
+    """One markdown row per run: its name, P, unquantized bits/param, then bits/param after each ``WIDE`` method."""
+    lines = []
+    for run, rows in table.groupby("run", sort=False):
+        full = rows[rows["method"] == "none"].iloc[0]
+        cells = [(names or {}).get(run, run), f"{int(full.P):,}", f"**{full.bits_per_param:.3f}**"]
+        for _, method, bits, group in WIDE:
+            hit = rows[(rows["method"] == method) & (rows["bits"] == bits) & (rows["group_size"] == group)]
+            cells.append(f"{hit.iloc[0].bits_per_param:.3f}" if len(hit) else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run folders written by `hf-capacity train`")
     parser.add_argument("-o", "--output", default=None, help="CSV to write (default: print only)")
+    parser.add_argument("--summary", action="store_true",
+                        help="also print one markdown row per run (P, bits/param unquantized and per method)")
     args = parser.parse_args()
     table = pd.DataFrame([row for run in args.runs for row in study(run)])
     if args.output:
         table.to_csv(args.output, index=False, float_format="%.6g")
     print(table.drop(columns="run").to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    if args.summary:
+        print("| model | P | unquantized | " + " | ".join(title for title, *_ in WIDE) + " |")
+        print("\n".join(wide_rows(table, {run: describe(run) for run in args.runs})))
     return 0
 
 
