@@ -105,8 +105,6 @@ class CapacityTrainingConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         self._check_optimiser()
-        if self.junk_fraction and self.dataset == "bioD":
-            raise ValueError("junk mixing is defined for bioS data")
         if not 0 <= self.junk_fraction < 1:
             raise ValueError(f"junk_fraction must lie in [0, 1), got {self.junk_fraction}")
         if self.dataset != "bioD" and self.biod != _default("biod"):
