@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 
 from .data import JunkConfig, KnowledgeData
-from .data.stream import junk_population
 from .training import CapacityTrainingConfig, build_data, build_model
 
 SAMPLE_PEOPLE = 1000
@@ -38,10 +37,9 @@ def check_run(config: CapacityTrainingConfig, data: KnowledgeData | None = None)
     from .params import count_parameters
     from .quantization import quantization_config
 
+    if config.junk_fraction > 0:  # the model name was checked when the config was built
+        JunkConfig(config.junk_fraction, config.junk_n_people)
     data = data if data is not None else sample_data(config)
-    if config.junk_fraction > 0:  # the junk people (of the run's N people) fit in the name space
-        junk = JunkConfig(config.junk_fraction, config.junk_n_people)
-        junk_population(dataclasses.replace(data.population, n_people=config.n_people), junk)
     data.stream(config.exposures, config.context_length, block_diagonal=config.block_diagonal)
     num_params = None
     if config.init_from is not None:  # the base folder was checked by build_data; the adapter by the config

@@ -112,5 +112,5 @@ def test_biod_junk_leaves_bits_max_and_p_unchanged_and_saves_and_loads_back(tmp_
                                  vocab_size=512, biod={"n_attributes": 2, "chunks_per_value": 4, "diversity": 50,
                                                        "chunk_length": 1, "alphabet": 200})
     assert check_run(run) == p(without[False])  # the sweep's dry run accepts bioD junk
-    with pytest.raises(ValueError, match="junk people do not fit"):
-        check_run(dataclasses.replace(run, junk_n_people=159_999_950))
+    with pytest.raises(ValueError, match="n_people \\+ junk_n_people must be at most N0 = 160,000,000"):
+        dataclasses.replace(run, junk_n_people=159_999_950)
