@@ -573,7 +573,7 @@ def _other_text_windows(windows: list, data: KnowledgeData) -> int:
     read off sampled renderings and may miss a rare merge, so a window needs more than 1% of them (at least 2)."""
     from .data.knowledge_data import is_project_tokenizer
 
-    known = np.asarray([*data.used_token_ids(), data.pad_token_id])
+    known = np.asarray([*data.training_token_ids(), data.pad_token_id])
     exact = is_project_tokenizer(data.tokenizer)
     other = 0
     for window in windows:

@@ -3,7 +3,9 @@
 The capacity ratio R(F) = bits / P of Allen-Zhu & Li counts P as every parameter of the model, including the
 embedding, but only the embedding rows (input and, when untied, output) of tokens that actually occur in the
 training data; a tensor shared by several modules (tied embeddings, a shared memory table) counts once; MoE
-counts all experts; memory layers count all keys and values. This module is the one place that rule lives.
+counts all experts; memory layers count all keys and values. This module is the one place that rule lives. With junk
+data mixed in, the rows are those of the useful data (``KnowledgeData.used_token_ids``), so a run with junk has the P
+of the same run without, as in the paper, whose useful data holds every token its junk does.
 
 Models may add a hook ``capacity_parameter_breakdown() -> {"inactive_per_token": int, "memory_values": int}``
 (the project's model classes do): parameters a single token does not touch (unselected experts, unread memory

@@ -16,6 +16,7 @@ import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .bits import BIOS_NAME_SPACE
 from .checkpoints import last_checkpoint
 from .data import BioDPopulation, BioSPopulation, JunkConfig, KnowledgeData
 from .model_names import parse_model_name
@@ -105,10 +106,11 @@ class CapacityTrainingConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         self._check_optimiser()
-        if self.junk_fraction and self.dataset == "bioD":
-            raise ValueError("junk mixing is defined for bioS data")
         if not 0 <= self.junk_fraction < 1:
             raise ValueError(f"junk_fraction must lie in [0, 1), got {self.junk_fraction}")
+        if self.junk_fraction and self.n_people + self.junk_n_people > BIOS_NAME_SPACE:
+            raise ValueError(f"n_people + junk_n_people must be at most N0 = {BIOS_NAME_SPACE:,} (one distinct name "
+                             f"each), got {self.n_people:,} + {self.junk_n_people:,}")
         if self.dataset != "bioD" and self.biod != _default("biod"):
             raise ValueError(f"biod (the bioD shape --K --C --D --L --T) describes bioD data, but dataset is "
                              f"{self.dataset!r}: set dataset bioD, or leave the shape unset")

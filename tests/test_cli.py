@@ -297,3 +297,14 @@ def test_eval_refuses_data_rendered_with_another_tokenizer(tmp_path, capsys, bio
     other.save(tmp_path / "other")  # other people, and a tokenizer trained on them
     assert main(["eval", str(model), "--data", str(tmp_path / "other"), "--json"]) == 2
     assert "another tokenizer" in capsys.readouterr().err
+
+
+def test_biod_data_and_runs_take_junk_and_the_domain_token(tmp_path, capsys):
+    biod = ["--dataset", "bioD", "--N", "20", "--K", "1", "--C", "4", "--D", "8", "--L", "1", "--T", "16",
+            "--junk-fraction", "0.5", "--junk-N", "1000", "--domain-token", "--vocab-size", "300"]
+    assert main(["data", "generate", *biod, "--exposures", "2", "--context-length", "64", "-o",
+                 str(tmp_path / "data"), "--quiet"]) == 0
+    assert KnowledgeData.load(tmp_path / "data").junk.n_people == 1000
+    assert main(["train", *biod, "--model", "gpt2-1-1", "--head-dim", "16", "--exposures", "1", "--context-length",
+                 "64", "--batch-size", "4", "--max-steps", "2", "-o", str(tmp_path / "run"), "--quiet"]) == 0
+    assert KnowledgeData.load(tmp_path / "run").junk.fraction == 0.5

@@ -90,6 +90,17 @@ def test_the_data_guide_snippet_runs_at_a_tiny_size():
     assert namespace["train"].num_rows > 0 and namespace["data"].bits_max().total > 0
 
 
+def test_the_data_guide_junk_snippet_runs_at_a_tiny_size(capsys):
+    """The data guide's bioD junk example, with 30 useful people instead of 1500."""
+    code = re.findall(r"```python\n(.*?)```", (GUIDES / "data.md").read_text(), re.S)[1]
+    assert "n_people=1500" in code
+    namespace = {}
+    exec(code.replace("n_people=1500", "n_people=30"), namespace)
+    data, item = namespace["data"], next(iter(namespace["train"]))
+    assert data.junk_renderer.population.name_offset == 30 and len(item["input_ids"]) == 256
+    assert namespace["KnowledgeData"](data.population, data.tokenizer, domain_token=True).bits_max() == data.bits_max()
+
+
 def _commands(markdown: str) -> list[str]:
     """The `hf-capacity` command lines in the bash blocks of a markdown text: continuations joined, comments and
     leading environment settings dropped, `a && b` and `a &` split."""

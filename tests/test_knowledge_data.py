@@ -1,5 +1,6 @@
 """KnowledgeData saved and loaded as a folder: a data folder or a model folder with remote code."""
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -77,3 +78,39 @@ def test_a_fitted_vocabulary_saves_and_loads_back(tmp_path):
     assert loaded.tokenizer.get_vocab() == data.tokenizer.get_vocab()
     people = np.arange(50)
     np.testing.assert_array_equal(loaded.renderer.render(people, 1).tokens, data.renderer.render(people, 1).tokens)
+
+
+def test_biod_junk_leaves_bits_max_and_p_unchanged_and_saves_and_loads_back(tmp_path):
+    from hf_capacity.data import JunkConfig
+    from hf_capacity.params import count_parameters
+    from hf_capacity.preflight import check_run
+
+    population = BioDPopulation(100, n_attributes=2, chunks_per_value=4, diversity=50, chunk_length=1, alphabet=200)
+    config = CapacityTrainingConfig(model="gpt2-1-1", head_dim=16, dataset="bioD", progress=False)
+
+    def p(data):
+        return count_parameters(build_model(config, data.tokenizer), data.used_token_ids()).paper_params
+
+    tokenizer = KnowledgeData.create(population, vocab_size=512).tokenizer  # the same with or without junk
+    without = {}
+    for domain_token in (False, True):
+        plain = without[domain_token] = KnowledgeData(population, tokenizer, domain_token=domain_token)
+        junk = KnowledgeData(population, tokenizer, domain_token=domain_token, junk=JunkConfig(7 / 8, 100_000_000))
+        # the junk people use names the 100 useful people do not: the training stream holds more tokens...
+        assert set(junk.training_token_ids()) > set(junk.used_token_ids())
+        # ...but bits_max and P are the useful population's
+        assert junk.bits_max() == plain.bits_max()
+        assert junk.used_token_ids() == plain.used_token_ids() and p(junk) == p(plain)
+    assert p(junk) == p(without[False]) + 16  # the domain token's row
+
+    loaded = KnowledgeData.load(junk.save(tmp_path / "d"))
+    assert loaded.to_config() == junk.to_config() and loaded.junk == JunkConfig(7 / 8, 100_000_000)
+    assert loaded.junk_renderer.population == junk.junk_renderer.population
+    assert loaded.used_token_ids() == junk.used_token_ids()
+
+    run = CapacityTrainingConfig(model="gpt2-1-1", head_dim=16, dataset="bioD", n_people=100, junk_fraction=0.875,
+                                 vocab_size=512, biod={"n_attributes": 2, "chunks_per_value": 4, "diversity": 50,
+                                                       "chunk_length": 1, "alphabet": 200})
+    assert check_run(run) == p(without[False])  # the sweep's dry run accepts bioD junk
+    with pytest.raises(ValueError, match="n_people \\+ junk_n_people must be at most N0 = 160,000,000"):
+        dataclasses.replace(run, junk_n_people=159_999_950)

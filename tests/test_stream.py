@@ -1,5 +1,7 @@
 """Training streams: exact exposure counts, packing, block-diagonal positions, junk mixing, `datasets` views."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -123,3 +125,58 @@ def test_mixing_knowledge_into_a_users_corpus_keeps_every_window_once(bios_data)
     assert all(r["labels"] == r["input_ids"] and r["attention_mask"] == [1] * 64 for r in theirs)
     with pytest.raises(ValueError, match="same context length"):
         mix_knowledge(datasets.Dataset.from_dict({"input_ids": [[7] * 32]}), knowledge)
+
+
+def test_biod_junk_windows_hold_biod_biographies_of_people_outside_the_useful_population(biod_data):
+    import re
+
+    from hf_capacity.data import load_pools
+    from hf_capacity.data.stream import junk_population
+
+    pop, junk = biod_data.population, JunkConfig(0.75, 100_000)
+    data = KnowledgeData(pop, biod_data.tokenizer, domain_token=True, junk=junk)
+    junk_pop = junk_population(pop, junk)  # the same shape and diversity sets, the people after the useful ones
+    assert junk_pop == dataclasses.replace(pop, n_people=100_000, name_offset=pop.n_people)
+    np.testing.assert_array_equal(junk_pop.chunks, pop.chunks)
+
+    def name_keys(population):
+        n = population.names()
+        return (n["first"] * 1_000_000 + n["middle"] * 1000 + n["last"]).tolist()
+
+    useful_names, junk_people = set(name_keys(pop)), {key: j for j, key in enumerate(name_keys(junk_pop))}
+    pools = load_pools()
+    index = [{name: i for i, name in enumerate(pool)} for pool in (pools.first_names, pools.middle_names,
+                                                                    pools.last_names)]
+    sentence = re.compile(r" ?([A-Za-z]+) ([A-Za-z]+) ([A-Za-z]+)'s ID (\d+) is((?:<t\d+>)+)\.")
+    eos, domain = data.tokenizer.eos_token_id, data.renderer.domain_token_id
+    items = list(data.stream(exposures=3, context_length=128, with_people=True))
+    junk_biographies = 0
+    for item in items:
+        ids = item["input_ids"][item["attention_mask"] == 1]
+        eos_at = np.flatnonzero(ids == eos)
+        is_junk = len(item["people"]) == 0
+        for start, end in zip(eos_at[:-1], eos_at[1:]):  # the biographies wholly inside the window
+            biography = ids[start + 1 : end]
+            assert (biography[0] == domain) != is_junk  # useful ones carry the domain token, junk ones never
+            if not is_junk:
+                continue
+            text = data.tokenizer.decode(biography)
+            found = list(sentence.finditer(text))
+            assert "".join(m.group(0) for m in found) == text, text  # nothing but bioD sentences
+            assert sorted(int(m.group(4)) for m in found) == list(range(1, pop.n_attributes + 1))
+            (name,) = {m.groups()[:3] for m in found}  # one person
+            key = index[0][name[0]] * 1_000_000 + index[1][name[1]] * 1000 + index[2][name[2]]
+            assert key not in useful_names
+            j = junk_people[key]  # a junk person: their own values, from the shared diversity sets
+            for m in found:
+                k = int(m.group(4)) - 1
+                symbols = [int(t) for t in re.findall(r"<t(\d+)>", m.group(5))]
+                assert symbols == junk_pop.chunks[k][junk_pop.values([j])[0, k]].ravel().tolist()
+            junk_biographies += 1
+    assert junk_biographies > 100
+    kinds = [len(item["people"]) == 0 for item in items]
+    assert abs(np.mean(kinds) - 0.75) < 0.05
+    counts = np.zeros(pop.n_people, dtype=int)
+    for item in items:
+        np.add.at(counts, item["people"], 1)
+    assert (counts == 3).all()

@@ -206,6 +206,25 @@ def test_a_tiny_model_learns_real_knowledge(tmp_path):
     assert report.p2 < 0.95 * 47.59 * 0.6931  # value loss well under the cost of guessing (log S0 nats)
 
 
+def test_a_tiny_model_learns_from_biod_data_with_junk_and_the_domain_token(tmp_path):
+    from hf_capacity.data import JunkConfig, KnowledgeData
+    from hf_capacity.params import count_parameters
+
+    # half the windows junk (never-repeated bioD people of the same shape), ~40 steps
+    biod = {"n_attributes": 1, "chunks_per_value": 4, "diversity": 8, "chunk_length": 1, "alphabet": 16}
+    config = tiny_config(tmp_path, dataset="bioD", biod=biod, n_people=10, exposures=100, junk_fraction=0.5,
+                         junk_n_people=100_000, domain_token=True, learning_rate=1e-2, batch_size=8)
+    report, trainer = train_capacity(config)
+    data = KnowledgeData.load(tmp_path / "run")
+    assert data.junk == JunkConfig(0.5, 100_000) and data.domain_token and data.family == "bioD"
+    useful_only = KnowledgeData(data.population, data.tokenizer, domain_token=True)
+    assert len(trainer.train_dataset) > 1.6 * useful_only.stream(100, 128).estimated_windows()  # junk trained on
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["exposures"] == 100 and results["bits_max"] == pytest.approx(useful_only.bits_max().total)
+    assert report.bits.total > 0 and results["bits_per_param"] > 0
+    assert results["num_params"] == count_parameters(trainer.model, useful_only.used_token_ids()).paper_params
+
+
 def test_bad_run_configurations():
     with pytest.raises(ValueError, match="gpt2-<layers>-<heads>"):
         CapacityTrainingConfig(model="gpt3-1-1")

@@ -94,8 +94,8 @@ def add_commands(subparsers) -> None:
                    help="keep only the tokens the renderings use plus the 256 bytes (same tokens and P, a smaller "
                    "head, faster steps; opt-in: it learned less in a 2026-12-02 check, see the README)")
     g.add_argument("--block-diagonal", action="store_true", help="add position_ids: no attention across biographies")
-    g.add_argument("--junk-fraction", type=float, default=0.0, help="fraction of windows from junk bioS(N')")
-    add_count(g, "--junk-N", default=100_000_000, help="junk population size N'")
+    g.add_argument("--junk-fraction", type=float, default=0.0, help="fraction of windows from junk people")
+    add_count(g, "--junk-N", default=100_000_000, help="junk people N' (of the data's format)")
     g.add_argument("--domain-token", action="store_true", help="start useful biographies with a domain token")
     g.add_argument("--output", "-o", required=True, help="output folder")
     g.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -46,8 +46,8 @@ def _add_training_args(p: argparse.ArgumentParser, defaults) -> None:
     p.add_argument("--fit-vocabulary", action="store_true",
                    help="keep only the tokens the renderings use plus the 256 bytes (same tokens and P, a smaller "
                    "head, faster steps; opt-in: it learned less in a 2026-12-02 check, see the README)")
-    p.add_argument("--junk-fraction", type=float, default=0.0, help="fraction of windows from junk bioS(N')")
-    add_count(p, "--junk-N", default=100_000_000, help="junk population size N'")
+    p.add_argument("--junk-fraction", type=float, default=0.0, help="fraction of windows from junk people")
+    add_count(p, "--junk-N", default=100_000_000, help="junk people N' (of the data's format)")
     p.add_argument("--domain-token", action="store_true", help="start useful biographies with a domain token")
     add_count(p, "--eval-steps", default=defaults.eval_steps,
               help="measure knowledge every this many steps (unset: every tenth of the steps, ~10 points)")

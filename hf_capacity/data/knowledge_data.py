@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..bits import KnowledgeBits, biod_bits_max, bios_bits_max
 from .offset_spans import OffsetRenderer
-from .population import BioDPopulation, BioSPopulation, Population, population_from_config
+from .population import BioDPopulation, Population, population_from_config
 from .render import EOS_TOKEN, Renderer
 from .stream import JunkConfig, PackedStream, junk_renderer_for
 from .tokenizer import DEFAULT_VOCAB_SIZE, fit_tokenizer, train_tokenizer
@@ -36,6 +36,7 @@ class KnowledgeData:
 
     ``simple``: bioS-simple (one rendering per person; every exposure is a pass over the same texts).
     ``domain_token``: start every useful biography with the domain token (junk-data mitigation).
+    ``junk``: a share of the training windows from junk people (``JunkConfig``), bioS or bioD.
     """
 
     population: Population
@@ -66,9 +67,10 @@ class KnowledgeData:
         only): then keep only the tokens the renderings can produce, plus the special tokens and the 256 byte
         symbols (``fit_tokenizer``): the same tokens in every biography and the same P, with a smaller embedding
         and head, so training is faster. New people rendered later with a fitted tokenizer (adapter runs) are
-        split into byte tokens where their words were not in the data it was fitted to."""
-        if junk is not None and not isinstance(population, BioSPopulation):
-            raise ValueError("junk mixing is defined for bioS populations only")
+        split into byte tokens where their words were not in the data it was fitted to.
+
+        ``junk``: mix in never-repeated people of the population's own format (bioS or bioD; see
+        ``hf_capacity.data.stream.junk_population``); they count in neither ``bits_max`` nor P."""
         if tokenizer is None:
             tokenizer = train_tokenizer(population, vocab_size)
             if fit_vocabulary:
@@ -114,15 +116,26 @@ class KnowledgeData:
 
     @cached_property
     def _used_token_ids(self) -> tuple[int, ...]:
-        used = set(self.renderer.used_token_ids().tolist())
-        if self.junk_renderer is not None:
-            used |= set(self.junk_renderer.used_token_ids().tolist())
-        return tuple(sorted(used))
+        return tuple(sorted(set(self.renderer.used_token_ids().tolist())))
 
     def used_token_ids(self) -> list[int]:
-        """Token ids occurring in the training data (useful and junk) for the paper's parameter count
-        (computed once: it scans the whole population)."""
+        """Token ids of the useful people's biographies: the embedding rows the paper's P counts (computed once:
+        it scans the whole population).
+
+        Junk people are left out, as they are of ``bits_max``: a run with junk has the same P as the run without
+        (in the paper every junk token also occurs in the useful data, so its P does not depend on the junk; here a
+        small useful population may leave some pool names to the junk alone). ``training_token_ids`` adds them."""
         return list(self._used_token_ids)
+
+    @cached_property
+    def _training_token_ids(self) -> tuple[int, ...]:
+        if self.junk_renderer is None:
+            return self._used_token_ids
+        return tuple(sorted(set(self._used_token_ids) | set(self.junk_renderer.used_token_ids().tolist())))
+
+    def training_token_ids(self) -> list[int]:
+        """Token ids the training stream can hold: ``used_token_ids`` and the junk people's tokens."""
+        return list(self._training_token_ids)
 
     def stream(self, exposures: int, context_length: int = 512, **kwargs) -> PackedStream:
         """The training stream: ``exposures`` exposures of every person, packed (see ``PackedStream``)."""

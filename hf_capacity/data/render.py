@@ -14,6 +14,7 @@ use negative exposure indices, which training never uses.
 from __future__ import annotations
 
 import itertools
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -249,25 +250,47 @@ class Renderer:
         if pop.n_people > _EXACT_USED_LIMIT and isinstance(pop, BioSPopulation):
             return used + list(range(3, len(book.strings)))
         if isinstance(pop, BioDPopulation):
-            names = pop.names()
-            used += list(book["prefix"]) + list(book["period"])
-            used += list(book["first"][np.unique(names["first"])])
-            if pop.n_attributes >= 2:  # later sentences open with the spaced first name
-                used += list(book["first_spaced"][np.unique(names["first"])])
-            chunk_ids = np.unique(pop.chunks[np.arange(pop.n_attributes)[None, :, None], pop.values()])
-            used += list(book["alphabet"][chunk_ids])
+            return used + self._used_biod_pieces()
+        a = pop.attributes()
+        chosen = self._selectable_templates()
+        for i, attribute in enumerate(BIOS_ATTRIBUTES):
+            used += list(book[f"prefix:{attribute}"][chosen[i]]) + list(book[f"suffix:{attribute}"][chosen[i]])
+        used += list(book["first"][np.unique(a["first"])]) + list(book["pronoun"][np.unique(a["gender"])])
+        used += list(book["month"][np.unique(a["month"])]) + list(book["day"][np.unique(a["day"]) - 1])
+        used += list(book["comma"]) + list(book["year"][np.unique(a["year"]) - FIRST_BIRTH_YEAR])
+        for attribute in ("birth_city", "university", "major", "employer"):
+            used += list(book[attribute][np.unique(a[attribute])])
+        used += list(book["working_city"][np.unique(a["employer"])])
+        used += list(book["middle"][np.unique(a["middle"])]) + list(book["last"][np.unique(a["last"])])
+        return [int(p) for p in used]
+
+    def _used_biod_pieces(self, chunk: int = 1 << 18) -> list[int]:
+        """bioD's name, prefix, period and alphabet pieces that occur (people scanned ``chunk`` at a time). Above
+        ``_EXACT_USED_LIMIT`` people every name piece counts, and every alphabet token of the diversity sets once
+        each chunk is drawn ~40 times on average (a chunk is then missed with probability e^-40)."""
+        book, pop = self.book, self.population
+        K = pop.n_attributes
+        used = list(book["prefix"]) + list(book["period"])
+        big = pop.n_people > _EXACT_USED_LIMIT
+        if big and pop.n_people * pop.chunks_per_value >= 40 * pop.diversity:
+            first, middle, last = (np.arange(len(book[part])) for part in ("first", "middle", "last"))
+            symbols = np.unique(pop.chunks)
         else:
-            names = a = pop.attributes()
-            chosen = self._selectable_templates()
-            for i, attribute in enumerate(BIOS_ATTRIBUTES):
-                used += list(book[f"prefix:{attribute}"][chosen[i]]) + list(book[f"suffix:{attribute}"][chosen[i]])
-            used += list(book["first"][np.unique(a["first"])]) + list(book["pronoun"][np.unique(a["gender"])])
-            used += list(book["month"][np.unique(a["month"])]) + list(book["day"][np.unique(a["day"]) - 1])
-            used += list(book["comma"]) + list(book["year"][np.unique(a["year"]) - FIRST_BIRTH_YEAR])
-            for attribute in ("birth_city", "university", "major", "employer"):
-                used += list(book[attribute][np.unique(a[attribute])])
-            used += list(book["working_city"][np.unique(a["employer"])])
-        used += list(book["middle"][np.unique(names["middle"])]) + list(book["last"][np.unique(names["last"])])
+            if big:
+                warnings.warn(f"scanning all {pop.n_people:,} bioD people for their tokens (slow)", stacklevel=3)
+            seen = {part: np.zeros(len(book[part]), dtype=bool) for part in ("first", "middle", "last")}
+            seen_symbols = np.zeros(pop.alphabet, dtype=bool)
+            for start in range(0, pop.n_people, chunk):
+                people = np.arange(start, min(start + chunk, pop.n_people), dtype=np.int64)
+                for part, index in pop.names(people).items():
+                    seen[part][index] = True
+                seen_symbols[pop.chunks[np.arange(K)[None, :, None], pop.values(people)]] = True
+            first, middle, last = (np.flatnonzero(seen[part]) for part in ("first", "middle", "last"))
+            symbols = np.flatnonzero(seen_symbols)
+        used += list(book["first"][first])
+        if K >= 2:  # later sentences open with the spaced first name
+            used += list(book["first_spaced"][first])
+        used += list(book["alphabet"][symbols]) + list(book["middle"][middle]) + list(book["last"][last])
         return [int(p) for p in used]
 
     def _selectable_templates(self, chunk: int = 1 << 20) -> list[np.ndarray]:

@@ -7,20 +7,23 @@ as in the paper); ``block_diagonal=True`` adds ``position_ids`` that restart at 
 Hugging Face models build a mask with no attention across biographies. The final partial window is padded
 (labels -100) so no exposure is lost.
 
-Junk mixing: a fraction of windows (so, of tokens) comes from a second, huge bioS(N') population drawn with
-replacement (each junk person is seen ~0.2 times for N' = 100M); each window is purely useful or purely junk.
-With ``domain_token=True`` every useful biography starts with EOS + the domain token (like a site name).
+Junk mixing: a fraction of windows (so, of tokens) comes from a second, huge population of the same format (bioS(N')
+for bioS data, bioD(N') of the same shape for bioD data; ``junk_population``) drawn with replacement (each junk
+person is seen ~0.2 times for N' = 100M); each window is purely useful or purely junk. With ``domain_token=True``
+every useful biography starts with EOS + the domain token (like a site name).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from .population import BioSPopulation, hash64, uniform_int
+from ..bits import BIOS_NAME_SPACE
+from .population import BioDPopulation, BioSPopulation, Population, hash64, uniform_int
 from .render import Renderer
 
 _ROUND_KEY = 0x0DD
@@ -30,8 +33,9 @@ _WINDOW_KEY = 0x3D0
 
 @dataclass(frozen=True)
 class JunkConfig:
-    """Junk-data mixing: ``fraction`` of training windows from bioS(``n_people``) (7/8 and 100M in the paper;
-    ``n_people=1000`` gives the repetitive filler of the paper's control)."""
+    """Junk-data mixing: ``fraction`` of training windows (so, of tokens) from ``n_people`` never-repeated people of
+    the useful population's format (``junk_population``; 7/8 and 100M in the paper; ``n_people=1000`` gives the
+    repetitive filler of the paper's control)."""
 
     fraction: float = 7 / 8
     n_people: int = 100_000_000
@@ -235,13 +239,36 @@ class PackedStream:
         return datasets.IterableDataset.from_generator(generate, features=self.features())
 
 
+def junk_population(population: Population, junk: JunkConfig) -> Population:
+    """The junk people of ``population``: ``junk.n_people`` people of the same format, indexed after it.
+
+    bioS: bioS(N') over the same name and attribute pools. bioD: bioD(N') of the same shape (K, C, D, L, T) and seed,
+    so over the *same* diversity sets: they are the bioD counterpart of bioS's attribute pools (the values a person
+    can have: format). So junk teaches nothing but the format: each junk person's name and values are fresh draws,
+    seen (junk biographies drawn) / N' times (~0.2 in the paper), and what junk people share with anyone is the
+    diversity sets, which the useful data shows too and whose bits (the diversity term) count once, in the useful
+    population's bits_max. Fresh diversity sets would instead add K·D chunks that recur across junk people:
+    learnable knowledge of the junk's own, in no bits_max.
+
+    Names come from the same name permutation at the indices after the useful people, so no junk person shares a
+    full name with a useful one. Raises ValueError if the N + N' people do not fit in the N0 distinct names."""
+    offset = population.name_offset + population.n_people
+    if offset + junk.n_people > BIOS_NAME_SPACE:
+        raise ValueError(
+            f"{junk.n_people:,} junk people do not fit after the useful people (name indices up to {offset:,}): "
+            f"useful and junk people together may be at most N0 = {BIOS_NAME_SPACE:,} (one distinct name each); "
+            "lower the junk N'"
+        )
+    if isinstance(population, BioDPopulation):
+        return dataclasses.replace(population, n_people=junk.n_people, name_offset=offset)
+    if isinstance(population, BioSPopulation):
+        return BioSPopulation(n_people=junk.n_people, seed=population.seed, name_offset=offset)
+    raise ValueError(f"junk mixing is defined for bioS and bioD populations, not {type(population).__name__}")
+
+
 def junk_renderer_for(renderer: Renderer, tokenizer, junk: JunkConfig) -> Renderer:
-    """The renderer of the junk population: bioS(N') with names disjoint from the useful population's."""
-    pop = renderer.population
-    if not isinstance(pop, BioSPopulation):
-        raise ValueError("junk mixing is defined for bioS populations")
-    junk_pop = BioSPopulation(n_people=junk.n_people, seed=pop.seed, name_offset=pop.name_offset + pop.n_people)
-    return Renderer(junk_pop, tokenizer, simple=False, domain_token=False)
+    """The renderer of the junk population (``junk_population``): full renderings, no domain token."""
+    return Renderer(junk_population(renderer.population, junk), tokenizer, simple=False, domain_token=False)
 
 
 KNOWLEDGE_COLUMN = "knowledge"
