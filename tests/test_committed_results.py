@@ -137,6 +137,9 @@ def test_the_findings_study_rows_are_the_committed_table():
     for finding, heading in (("moe", "## Mixture of experts"), ("mlp", "## Gated against standard MLP")):
         section = page.split(heading, 1)[1].split("\n## ", 1)[0]
         shown = [line for line in section.splitlines() if line.startswith("| ") and "**" in line]
-        assert shown == script.markdown_rows(table, finding) and shown
+        expected = script.markdown_rows(table, finding) + (script.summary_rows(table) if finding == "mlp" else [])
+        assert shown == expected and shown
+    best = script.best_rate_seeds(table)
+    assert (best["seeds"] == 3).all() and len(best) == 4  # each MLP arm: three seeds at its best seed-0 rate
     moe = table[table["finding"] == "moe"]
     assert moe["N"].nunique() == 1 and set(moe["arm"]) >= {"dense", "32 experts, top-1"}
