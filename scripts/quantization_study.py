@@ -101,7 +101,10 @@ def main() -> int:
     parser.add_argument("--summary", action="store_true",
                         help="also print one markdown row per run (P, bits/param unquantized and per method)")
     args = parser.parse_args()
-    table = pd.DataFrame([row for run in args.runs for row in study(run)])
+    from hf_capacity.logging_filters import transformers_progress_bars
+
+    with transformers_progress_bars(False):  # no "Loading weights" bar for each of the ~16 loads a run
+        table = pd.DataFrame([row for run in args.runs for row in study(run)])
     if args.output:
         table.to_csv(args.output, index=False, float_format="%.6g")
     print(table.drop(columns="run").to_string(index=False, float_format=lambda x: f"{x:.4g}"))
