@@ -86,6 +86,17 @@ class _PeriodicMeasurementCallback(_TrainerBoundCallback):
     def _metrics(self, model, step: int) -> dict[str, float]:
         raise NotImplementedError
 
+    def _restore_history(self, state, key: str) -> bool:
+        """Resumed from a checkpoint (``state.global_step`` > 0, nothing measured yet): refill ``history`` with the
+        measurements logged up to its step, read from the restored ``state.log_history`` (entries holding ``key``).
+        Returns whether the run resumed."""
+        if state.global_step == 0 or self.history:
+            return False
+        self.history = [{"step": entry["step"], **{k: v for k, v in entry.items() if k not in ("epoch", "step")}}
+                        for entry in state.log_history if key in entry and entry.get("step", 0) <= state.global_step]
+        self._measured_step = self.history[-1]["step"] if self.history else -1
+        return True
+
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step = state.global_step
         due = self.eval_steps is not None and step % self.eval_steps == 0
@@ -179,12 +190,9 @@ class KnowledgeCapacityCallback(_PeriodicMeasurementCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         # resumed from a checkpoint: the measurements made before it are in the restored log history
-        if state.global_step > 0 and not self.history:
-            for entry in state.log_history:
-                if "knowledge_bits" in entry and entry.get("step", 0) <= state.global_step:
-                    self.history.append({k: v for k, v in entry.items() if k != "epoch"})
-            self._measured_step = self.history[-1]["step"] if self.history else -1
-        elif state.global_step == 0 and self.measure_at_start and self._measured_step != 0:
+        if self._restore_history(state, "knowledge_bits"):
+            return
+        if state.global_step == 0 and self.measure_at_start and self._measured_step != 0:
             self._log(state, control, self.measure(model, 0).log_metrics())  # the curve's first point
 
     def measure(self, model, step: int) -> KnowledgeReport:
@@ -332,7 +340,8 @@ class MemorizationCallback(_PeriodicMeasurementCallback):
     """Measures memorized bits of random sequences (``hf_capacity.memorization``) every ``eval_steps`` steps and
     at the end, and with the ``eval_`` prefix on every evaluate(): ``memorized_bits``, ``memorized_bits_per_param``,
     ``memorized_fraction`` (and ``heldout_memorized_bits`` when ``held_out`` is given: ≈ 0 for a model that
-    memorized rather than learned a rule). ``history`` keeps every measurement."""
+    memorized rather than learned a rule). ``history`` keeps every measurement (a run resumed from a checkpoint
+    starts with those logged up to it)."""
 
     def __init__(self, sequences, eval_steps: int | None = None, *, held_out=None, num_params: int | None = None):
         super().__init__(eval_steps)
@@ -352,6 +361,9 @@ class MemorizationCallback(_PeriodicMeasurementCallback):
         return metrics
 
     _metrics = measure
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._restore_history(state, "memorized_bits")  # resumed: the curve so far is in the restored log history
 
     def on_evaluate(self, args, state, control, model=None, metrics=None, **kwargs):
         if metrics is not None:

@@ -14,8 +14,13 @@ import logging
 # tests/test_capacity_gpt2.py::test_quantized_loading_runs_a_forward_pass and
 # tests/test_adapters.py::test_qlora_learns_on_a_4bit_base_after_an_evaluation; this filter:
 # tests/test_quiet_terminal.py).
+# Trainer resuming a model whose lm_head is tied to its input embedding (saved once, as the embedding) reports the
+# head as missing: its check looks at `_keys_to_ignore_on_save`, not at the tied keys; the head still shares the
+# embedding's tensor, which the checkpoint restores (tests/test_resume.py: resumed runs end bitwise or within float
+# noise where unbroken ones do).
 _KNOWN_HARMLESS = {
     "bitsandbytes.backends.cpu.ops": ("Failed to load CPU gemm_4bit_forward from kernels-community",),
+    "transformers.trainer": ("There were missing keys in the checkpoint model loaded: ['lm_head.weight'].",),
 }
 
 

@@ -7,17 +7,21 @@ Code lengths are in bits; a sample's code length is its summed next-token loss (
 
 The memorization run itself (``MemorizationRunConfig``, ``train_memorization``, ``remeasure_memorization``) lives
 here too: `hf-capacity memorize` is a thin wrapper around it. A run folder holds the model, the config that
-regenerates its sequences, and the curve with the stop rule's verdict (``saturation``).
+regenerates its sequences, and the curve with the stop rule's verdict (``saturation``); while the run lasts, its
+``checkpoint-<step>`` folders, from which the same run started again resumes (``check_run_dir``).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
 
+from .checkpoints import last_checkpoint
 from .data.random_sequences import RandomSequences
 from .model_names import parse_model_name
 
@@ -131,7 +135,9 @@ class MemorizationRunConfig:
     Everything needed to redo or re-measure it is here (``to_dict`` is what the run folder records): the
     sequences are ``RandomSequences(n_sequences, length, vocab_size, seed)`` and the held-out set its
     ``held_out(held_out)``. ``batch_size`` ≥ ``n_sequences`` trains full-batch. ``until_saturated``: stop at the
-    first measurement where the stop rule (``saturation``) holds, else at ``epochs``.
+    first measurement where the stop rule (``saturation``) holds, else at ``epochs``. ``save_steps``: checkpoint
+    every this many steps (the newest ``save_total_limit`` kept, all removed once the run finished), so the same
+    run started again on ``output_dir`` resumes from the newest (``check_run_dir``).
     """
 
     output_dir: str = "runs/memorize"
@@ -155,6 +161,8 @@ class MemorizationRunConfig:
     held_out: int = 256  # sequences of the held-out set (≈ 0 bits memorized for a model that memorized)
     report_to: list[str] = field(default_factory=list)
     progress: bool = True
+    save_steps: int | None = 1000  # checkpoint every this many steps (0 or None: no checkpoints)
+    save_total_limit: int = 2  # checkpoints kept while the run lasts (the newest)
 
     def __post_init__(self) -> None:
         family, _, _ = parse_model_name(self.model)
@@ -167,6 +175,10 @@ class MemorizationRunConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.save_steps is not None and self.save_steps < 0:
+            raise ValueError(f"save_steps must be >= 0 (0 or None: no checkpoints), got {self.save_steps}")
+        if self.save_total_limit < 1:
+            raise ValueError(f"save_total_limit must be >= 1, got {self.save_total_limit}")
 
     @property
     def steps(self) -> int:
@@ -189,6 +201,48 @@ class MemorizationRunConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
+RESUME_FREE_FIELDS = frozenset({"output_dir", "report_to", "progress", "save_steps", "save_total_limit"})
+"""Settings that may change when a run resumes: where and how it is watched and saved, not what it learns."""
+
+
+def run_differences(recorded: dict, config: MemorizationRunConfig) -> list[str]:
+    """The settings (outside ``RESUME_FREE_FIELDS``) in which ``config`` differs from a recorded
+    ``memorization_run.json``, as "name old → new"; a field the record lacks counts as its default."""
+    current = json.loads(json.dumps(config.to_dict()))
+    defaults = json.loads(json.dumps(MemorizationRunConfig().to_dict()))
+    before = {f.name: recorded.get(f.name, defaults[f.name]) for f in fields(config)}
+    return [f"{name} {old} → {current[name]}" for name, old in before.items()
+            if name not in RESUME_FREE_FIELDS and old != current[name]]
+
+
+def check_run_dir(config: MemorizationRunConfig) -> str | None:
+    """The checkpoint this run resumes from (None: it starts at step 0), once ``output_dir`` is known to hold this
+    same run or none; raises ValueError (one line) for a folder holding another run or a finished one.
+
+    A folder holds a run when it has ``memorization_run.json`` (written before the first step), ``memorization.json``
+    (written last) or checkpoints; the same run is one whose recorded settings equal ``config``'s outside
+    ``RESUME_FREE_FIELDS``."""
+    from pathlib import Path
+
+    out = Path(config.output_dir)
+    recorded_file, checkpoint = out / RUN_CONFIG_NAME, last_checkpoint(out)
+    finished = (out / RESULT_NAME).is_file()
+    if not (recorded_file.is_file() or finished or checkpoint or any(out.glob("checkpoint-*"))):
+        return None
+    elsewhere = "choose another output folder (-o), or delete this one to start again"
+    differences = run_differences(json.loads(recorded_file.read_text()), config) if recorded_file.is_file() else []
+    if differences:
+        raise ValueError(f"{out} holds another run ({', '.join(differences)}; see its {RUN_CONFIG_NAME}): "
+                         f"{elsewhere}")
+    if finished:
+        raise ValueError(f"{out} holds a finished run ({RESULT_NAME}): re-measure it with `hf-capacity memorize "
+                         f"--eval {out}`, or {elsewhere}")
+    if not recorded_file.is_file():
+        raise ValueError(f"{out} holds checkpoints but no {RUN_CONFIG_NAME}, so they may belong to another run: "
+                         f"{elsewhere}")
+    return checkpoint
+
+
 def _result(config: MemorizationRunConfig, report: MemorizationReport, heldout_bits: float,
             history: list[dict], steps_trained: int) -> dict:
     data = config.sequences()
@@ -205,9 +259,14 @@ def _result(config: MemorizationRunConfig, report: MemorizationReport, heldout_b
 def train_memorization(config: MemorizationRunConfig) -> dict:
     """Train ``config``'s model on its sequences with the stock ``Trainer``, measuring memorized bits (train and
     held-out) ``eval_steps`` apart; save the model (loadable with plain ``transformers`` and
-    ``trust_remote_code``), ``memorization_run.json`` (the config) and ``memorization.json`` (the result, with the
-    curve and the stop rule's verdict) into ``output_dir``; return the result."""
-    import json
+    ``trust_remote_code``), ``memorization_run.json`` (the config, written before the first step) and
+    ``memorization.json`` (the result, with the curve and the stop rule's verdict) into ``output_dir``; return the
+    result.
+
+    With ``config.save_steps`` the run checkpoints as it goes; started again on the same ``output_dir`` (after a
+    kill) it resumes from the newest checkpoint: weights, optimizer, schedule, RNG, step and the curve measured so
+    far (from the checkpoint's log history), so the result and the stop rule see the whole curve. A folder holding
+    another run or a finished one is refused (``check_run_dir``, ValueError)."""
     from pathlib import Path
 
     from transformers import Trainer, TrainerCallback, set_seed
@@ -217,6 +276,7 @@ def train_memorization(config: MemorizationRunConfig) -> dict:
     from .models.capacity_gpt2 import CapacityGPT2Config, CapacityGPT2ForCausalLM
     from .trainer_args import capacity_training_arguments
 
+    checkpoint = check_run_dir(config)
     _, layers, heads = parse_model_name(config.model)
     data = config.sequences()
     set_seed(config.seed)
@@ -233,25 +293,34 @@ def train_memorization(config: MemorizationRunConfig) -> dict:
         weight_decay=config.weight_decay, adam_beta2=config.adam_beta2, min_lr_ratio=config.min_lr_ratio,
         warmup_steps=config.warmup, max_steps=steps, logging_steps=eval_steps, report_to=config.report_to,
         bf16=config.precision == "bf16-mixed", seed=config.seed, progress=config.progress,
+        save_steps=config.save_steps or 0, save_total_limit=config.save_total_limit,
     )
     callback = MemorizationCallback(data, eval_steps=eval_steps, held_out=data.held_out(config.held_out))
 
-    class StopWhenSaturated(TrainerCallback):
+    class StopWhenSaturated(TrainerCallback):  # added after ``callback``: it reads this step's measurement
         def on_step_end(self, args, state, control, **kwargs):
             if (config.until_saturated and callback._measured_step == state.global_step
                     and saturation(callback.history)["saturated"]):
                 control.should_training_stop = True
 
-    trainer = Trainer(model=model, args=args, train_dataset=data.to_dataset(), callbacks=[StopWhenSaturated()])
+    trainer = Trainer(model=model, args=args, train_dataset=data.to_dataset())
     callback.attach(trainer)
-    with transformers_progress_bars(config.progress):  # transformers' own bars (saving weights) too
-        trainer.train()
-        out.mkdir(parents=True, exist_ok=True)
-        trainer.model.save_pretrained(str(out))
+    trainer.add_callback(StopWhenSaturated())
+    out.mkdir(parents=True, exist_ok=True)  # recorded first, so that a run killed part-way is recognised
     (out / RUN_CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    result = _result(config, callback.last_report, callback.history[-1]["heldout_memorized_bits"], callback.history,
-                     trainer.state.global_step)
+    with transformers_progress_bars(config.progress):  # transformers' own bars (saving weights) too
+        trainer.train(resume_from_checkpoint=checkpoint)
+        step = trainer.state.global_step
+        if not callback.history or callback.history[-1]["step"] != step:
+            callback.measure(trainer.model, step)
+        # resumed from the final checkpoint, nothing was left to train: its measurement is restored, not its report
+        report = callback.last_report if callback._measured_step == step and callback.last_report is not None else (
+            memorized_bits(trainer.model, data))
+        trainer.model.save_pretrained(str(out))
+    result = _result(config, report, callback.history[-1]["heldout_memorized_bits"], callback.history, step)
     (out / RESULT_NAME).write_text(json.dumps(result, indent=2) + "\n")
+    for folder in out.glob("checkpoint-*"):  # the run is finished: nothing will resume from them
+        shutil.rmtree(folder)
     return result
 
 
@@ -259,7 +328,6 @@ def remeasure_memorization(run_dir) -> dict:
     """Re-measure a saved memorization run: regenerate its sequences (and held-out set) from its recorded config,
     load its model and measure the bits again. Returns ``memorized_bits``, ``heldout_memorized_bits``,
     ``bits_per_param``, ``num_params``, and ``recorded`` (what the run wrote when it finished)."""
-    import json
     from pathlib import Path
 
     from .models.registration import load_causal_lm

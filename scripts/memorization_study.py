@@ -11,9 +11,12 @@
 ``--preset`` picks the study's defaults (``PRESETS``); any flag overrides them. Each run is one
 ``hf-capacity memorize`` process (``OMP_NUM_THREADS=1``, ``--workers`` at a time) writing
 ``<out>/<model>_hd<d>_<precision>_N<N>/`` (the model, its config and ``memorization.json`` with the curve and the
-stop rule's verdict); a run whose ``memorization.json`` exists is skipped, so the same command started again after a
-kill goes on where it stopped. The table has one row per run; the plateau of each (model, precision) is fitted with
-``hf_capacity.memorization_fit.fit_memorization_plateau`` and drawn with ``hf_capacity.plots.plot_memorization``.
+stop rule's verdict); a run whose ``memorization.json`` exists is skipped and one killed part-way resumes from its
+newest checkpoint (``hf-capacity memorize --save-steps``), so the same command started again after a kill goes on
+where it stopped. ``log.txt`` keeps every attempt's output; ``wall_time_s.txt`` sums their wall time (updated every
+10 s, so a killed attempt counts too). The table has one row per run; the plateau of each (model, precision) is
+fitted with ``hf_capacity.memorization_fit.fit_memorization_plateau`` and drawn with
+``hf_capacity.plots.plot_memorization``.
 """
 
 from __future__ import annotations
@@ -70,18 +73,27 @@ def run_one(args, out: Path, model: str, head_dim: int, precision: str, n: int) 
     folder = run_folder(out, model, head_dim, precision, n)
     if (folder / "memorization.json").is_file():
         return f"skip {folder.name} (done)"
+    # a folder left by a killed attempt is kept: `hf-capacity memorize` resumes it from its newest checkpoint
     cmd = ["hf-capacity", "memorize", "--N", str(n), "--length", str(args.length), "--vocab", str(args.vocab),
            "--model", model, "--head-dim", str(head_dim), "--epochs", str(args.epochs),
            "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup-steps", str(args.warmup_steps),
-           "--precision", precision, "--quiet", "--json", "-o", str(folder)]
+           "--precision", precision, "--save-steps", str(args.save_steps), "--quiet", "--json", "-o", str(folder)]
     if args.until_saturated:
         cmd.append("--until-saturated")
     start = time.time()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "log.txt", "w") as log:
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    (folder / "wall_time_s.txt").write_text(f"{time.time() - start:.0f}\n")
+    wall = folder / "wall_time_s.txt"
+    before = int(wall.read_text()) if wall.is_file() else 0  # the earlier attempts' wall time
+    with open(folder / "log.txt", "a") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        while True:
+            try:
+                rc = process.wait(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                wall.write_text(f"{before + time.time() - start:.0f}\n")
+    wall.write_text(f"{before + time.time() - start:.0f}\n")
     return f"{'done' if rc == 0 else f'FAILED (rc {rc})'} {folder.name} in {time.time() - start:.0f} s"
 
 
@@ -134,6 +146,8 @@ def main() -> int:
     parser.add_argument("--warmup-steps", type=int, default=None)
     parser.add_argument("--until-saturated", action=argparse.BooleanOptionalAction, default=None,
                         help="stop each run once the stop rule holds (memorized bits rose < 0.5%% over the last 20%%)")
+    parser.add_argument("--save-steps", type=int, default=1000,
+                        help="checkpoint each run every this many steps (0: none), so a killed study resumes its runs")
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--vocab", type=int, default=None)
     parser.add_argument("--workers", type=int, default=1, help="runs at a time (one core each)")

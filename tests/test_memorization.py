@@ -164,3 +164,56 @@ def test_bf16_runs_keep_their_weights_and_optimizer_state_as_they_say(tmp_path, 
     assert saved["dtype"] == ("bfloat16" if precision == "bf16" else "float32")
     assert result["precision"] == precision and result["steps_trained"] <= 40
     assert result["saturation"]["saturated"] or result["steps_trained"] == 40
+
+
+def test_until_saturated_stops_at_the_first_measurement_where_the_stop_rule_holds(tmp_path):
+    from hf_capacity.memorization import MemorizationRunConfig, saturation, train_memorization
+
+    config = MemorizationRunConfig(output_dir=str(tmp_path / "sat"), n_sequences=4, length=8, vocab_size=4,
+                                   model="gpt2-1-1", head_dim=16, epochs=150, batch_size=4, learning_rate=3e-2,
+                                   warmup_steps=2, eval_steps=5, until_saturated=True, progress=False)
+    result = train_memorization(config)
+    history = result["history"]
+    first = next(h["step"] for i, h in enumerate(history) if saturation(history[: i + 1])["saturated"])
+    assert result["steps_trained"] == first == history[-1]["step"] < config.steps
+    assert result["saturation"]["saturated"]
+
+
+def test_memorize_again_on_its_folder_resumes_a_killed_run_and_refuses_a_finished_or_different_one(
+        tmp_path, capsys, monkeypatch):
+    import json
+
+    import hf_capacity.memorization as memorization
+    from hf_capacity.cli import main
+
+    out = tmp_path / "mem"
+    argv = ["memorize", "--N", "8", "--length", "8", "--vocab", "16", "--model", "gpt2-1-1", "--head-dim", "16",
+            "--epochs", "10", "--batch-size", "4", "--lr", "1e-2", "--warmup-steps", "2", "--eval-steps", "5",
+            "--save-steps", "5", "--quiet", "--json", "-o", str(out)]
+
+    def killed(*args, **kwargs):  # the process dies after training, before writing its result
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(memorization, "_result", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main(argv)
+    monkeypatch.undo()
+    assert (out / "checkpoint-20").is_dir() and not (out / "memorization.json").exists()
+    recorded = json.loads((out / "memorization_run.json").read_text())  # written before the first step
+    assert recorded["save_steps"] == 5 and recorded["steps"] == 20
+    capsys.readouterr()
+
+    assert main([*argv[:-2], "--save-steps", "7", "-o", str(out)]) == 0  # how often it saves may change
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == f"resuming from {out / 'checkpoint-20'}"
+    result = json.loads(lines[-1])
+    assert result["steps_trained"] == 20 and result["memorized_bits"] > 0
+    saved = json.loads((out / "memorization.json").read_text())
+    assert [h["step"] for h in saved["history"]] == [5, 10, 15, 20] and not list(out.glob("checkpoint-*"))
+
+    assert main(argv) == 2  # finished: not trained again
+    assert f"error: {out} holds a finished run (memorization.json)" in capsys.readouterr().err
+    (out / "memorization.json").unlink()
+    assert main([*argv[:-2], "--lr", "2e-2", "--seed", "1", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {out} holds another run (seed 0 → 1, learning_rate 0.01 → 0.02;" in err

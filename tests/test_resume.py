@@ -44,3 +44,52 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_with_the_same_bits(tm
     # model computes bitwise the same losses as the unbroken one, so the tolerance is zero
     assert (b["p1"], b["p2"], b["bits"]) == (a["p1"], a["p2"], a["bits"])
     assert b["history"] == a["history"]
+
+
+def test_a_memorization_run_stopped_part_way_resumes_with_its_curve_and_ends_with_the_same_bits(tmp_path,
+                                                                                                 monkeypatch):
+    """A crash after checkpoint-20 (at step 27, a measurement at step 25 made and lost) and the same run started
+    again: it resumes from the checkpoint with the curve measured up to it, and ends where an unbroken run ends."""
+    import pytest
+
+    from hf_capacity.callbacks import MemorizationCallback
+    from hf_capacity.memorization import MemorizationRunConfig, train_memorization
+
+    def config(folder):
+        return MemorizationRunConfig(output_dir=str(tmp_path / folder), n_sequences=12, length=8, vocab_size=64,
+                                     model="gpt2-1-1", head_dim=16, epochs=20, batch_size=6, learning_rate=1e-2,
+                                     warmup_steps=4, eval_steps=5, save_steps=10, progress=False)
+
+    unbroken = train_memorization(config("unbroken"))  # 40 steps, 2 a pass
+    measure = MemorizationCallback.on_step_end
+
+    def crash_at_27(self, args, state, control, **kwargs):
+        measure(self, args, state, control, **kwargs)
+        if state.global_step == 27:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(MemorizationCallback, "on_step_end", crash_at_27)
+    with pytest.raises(KeyboardInterrupt):
+        train_memorization(config("killed"))
+    monkeypatch.undo()
+    killed = tmp_path / "killed"
+    assert sorted(p.name for p in killed.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-20"]
+    assert (killed / "memorization_run.json").is_file() and not (killed / "memorization.json").exists()
+
+    measured = []
+    original = MemorizationCallback._metrics
+
+    def counted(self, model, step):
+        measured.append(step)
+        return original(self, model, step)
+
+    monkeypatch.setattr(MemorizationCallback, "_metrics", counted)
+    resumed = train_memorization(config("killed"))
+    assert measured == [25, 30, 35, 40]  # it went on from checkpoint-20: the steps before were not trained again
+    steps = [h["step"] for h in resumed["history"]]
+    assert steps == [h["step"] for h in unbroken["history"]] == list(range(5, 41, 5))  # complete, each step once
+    for a, b in zip(resumed["history"], unbroken["history"]):
+        assert a == pytest.approx(b, rel=1e-6)
+    assert resumed["memorized_bits"] == pytest.approx(unbroken["memorized_bits"], rel=1e-6)
+    assert resumed["steps_trained"] == 40 and not list(killed.glob("checkpoint-*"))  # finished: checkpoints gone
+    assert json.loads((killed / "memorization.json").read_text())["history"] == resumed["history"]

@@ -1,5 +1,6 @@
 """`hf-capacity memorize`: train a model on uniform random sequences and report the bits it memorized, or re-measure
-a saved run (``--eval RUN``). The run itself is ``hf_capacity.memorization.train_memorization``."""
+a saved run (``--eval RUN``). The run itself is ``hf_capacity.memorization.train_memorization``; the same command
+started again on a folder whose run was killed resumes it from its newest checkpoint."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def _print_remeasured(run: str, result: dict, as_json: bool) -> None:
 
 
 def cmd_memorize(args) -> None:
-    from ..memorization import MemorizationRunConfig, remeasure_memorization, train_memorization
+    from ..memorization import MemorizationRunConfig, check_run_dir, remeasure_memorization, train_memorization
 
     if args.eval:
         try:
@@ -35,9 +36,12 @@ def cmd_memorize(args) -> None:
             model=args.model, head_dim=args.head_dim, fused_loss=args.fused_loss, epochs=args.epochs,
             batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=args.warmup_steps,
             precision=precision, eval_steps=args.eval_steps, until_saturated=args.until_saturated,
-            report_to=args.report_to, progress=not args.quiet)
+            report_to=args.report_to, progress=not args.quiet, save_steps=args.save_steps)
+        checkpoint = check_run_dir(config)  # refuses a folder holding another run or a finished one
     except ValueError as err:
         raise CLIError(str(err)) from None
+    if checkpoint:
+        print(f"resuming from {checkpoint}", flush=True)
     result = train_memorization(config)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k not in ("history", "config")}))
@@ -75,6 +79,8 @@ def add_commands(subparsers) -> None:
                    help="fp32; bf16 autocast over fp32 weights; or true bf16 (bf16 weights and optimizer state)")
     m.add_argument("--bf16", action="store_true", help="the same as --precision bf16-mixed")
     add_count(m, "--eval-steps", default=None, help="measure every this many steps (default: 20 measurements)")
+    add_count(m, "--save-steps", minimum=0, default=1000,
+              help="checkpoint every this many steps (0: none); the same command run again resumes from the newest")
     m.add_argument("--until-saturated", action="store_true",
                    help="stop once memorized bits rose < 0.5%% over the last 20%% of the steps (else at --epochs)")
     m.add_argument("--fused-loss", action="store_true", help="fused head + cross-entropy (see `train --help`)")
