@@ -56,7 +56,8 @@ def study(run: str) -> list[dict]:
     for row in rows:
         report = row.pop("report")
         bits = report.bits.total
-        out.append({"run": run, **row, "knowledge_bits": bits, "bits_per_param": bits / full.num_params.paper_params,
+        out.append({"run": run, "model": describe(run), **row, "knowledge_bits": bits,
+                    "bits_per_param": bits / full.num_params.paper_params,
                     "ratio_to_unquantized": bits / full.bits.total, "P": full.num_params.paper_params})
     return out
 
@@ -81,12 +82,14 @@ def describe(run: str) -> str:
            f"{config.num_attention_heads} width {config.hidden_size}"
 
 
-def wide_rows(table: pd.DataFrame, names: dict[str, str] | None = None) -> list[str]:
-    """One markdown row per run: its name, P, unquantized bits/param, then bits/param after each ``WIDE`` method."""
+def wide_rows(table: pd.DataFrame) -> list[str]:
+    """One markdown row per run: its model (``describe``), P, unquantized bits/param, then bits/param after each
+    ``WIDE`` method."""
     lines = []
     for run, rows in table.groupby("run", sort=False):
         full = rows[rows["method"] == "none"].iloc[0]
-        cells = [(names or {}).get(run, run), f"{int(full.P):,}", f"**{full.bits_per_param:.3f}**"]
+        name = full["model"] if "model" in rows else run
+        cells = [name, f"{int(full.P):,}", f"**{full.bits_per_param:.3f}**"]
         for _, method, bits, group in WIDE:
             hit = rows[(rows["method"] == method) & (rows["bits"] == bits) & (rows["group_size"] == group)]
             cells.append(f"{hit.iloc[0].bits_per_param:.3f}" if len(hit) else "")
@@ -110,7 +113,7 @@ def main() -> int:
     print(table.drop(columns="run").to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     if args.summary:
         print("| model | P | unquantized | " + " | ".join(title for title, *_ in WIDE) + " |")
-        print("\n".join(wide_rows(table, {run: describe(run) for run in args.runs})))
+        print("\n".join(wide_rows(table)))
     return 0
 
 

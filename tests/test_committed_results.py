@@ -95,6 +95,23 @@ def test_the_quantization_study_table_is_the_committed_csv():
         assert ratio == (f"{run.ratio_to_unquantized:.3f}" if run.ratio_to_unquantized else "0"), label
 
 
+def test_the_quantization_ladder_rows_are_the_committed_csv():
+    """The quantization study's ladder table is docs/results/quantization_ladder.csv, one row per model; int8 keeps
+    the knowledge of every model and GPTQ keeps more than round to nearest on the same 4-bit grid."""
+    import pandas as pd
+
+    script = load_script("quantization_study")
+    table = pd.read_csv(RESULTS / "quantization_ladder.csv")
+    section = (STUDIES / "quantization.md").read_text().split("## Across the capacity-law ladder", 1)[1]
+    shown = [line for line in section.splitlines() if line.startswith("| GPT2-")]
+    assert shown == script.wide_rows(table) and len(shown) == table["run"].nunique() == 5
+    int8 = table[table["bits"] == 8]
+    assert (int8["ratio_to_unquantized"] > 0.98).all()
+    four = table[(table["bits"] == 4) & (table["group_size"] == 128)].pivot(index="run", columns="method",
+                                                                            values="knowledge_bits")
+    assert (four["GPTQ"] >= four["round to nearest"]).all()
+
+
 def load_script(name: str):
     """scripts/<name>.py as a module (the scripts folder is not a package)."""
     import importlib.util
