@@ -1,19 +1,20 @@
 """Write the table of the paper's other findings measured at capacity (issue 19): mixture of experts against the
-dense model, gated against standard MLP, from their sweeps.
+dense model, gated against standard MLP, junk with and without the domain token, from their sweeps.
 
-    python scripts/findings_table.py --moe sweeps/cpu_moe --mlp sweeps/cpu_gated_vs_standard \\
+    python scripts/findings_table.py --moe sweeps/cpu_moe --mlp sweeps/cpu_gated_vs_standard --junk sweeps/cpu_junk \\
         --with-table docs/results/findings_at_capacity.csv -o docs/results/findings_at_capacity.csv
 
-One row per finished run: the finding it belongs to ("moe" or "mlp"), the arm (dense / 32 experts top-1; GPT-2 or
-LLaMA with a standard or gated MLP), the run's settings, P (the paper's count), the parameters a token uses, bits,
-bits per parameter and per active parameter, the fraction of its data it learned. Prints the rows of the study
-page (docs/studies/findings_at_capacity.md).
+One row per finished run: the finding it belongs to ("moe", "mlp" or "junk"), the arm (dense / 32 experts top-1;
+GPT-2 or LLaMA with a standard or gated MLP; no junk / 7/8 junk / 7/8 junk + domain token), the run's settings, P
+(the paper's count), the parameters a token uses, bits, bits per parameter and per active parameter, the fraction of
+its data it learned. Prints the rows of the study page (docs/studies/findings_at_capacity.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from fractions import Fraction
 
 import pandas as pd
 
@@ -34,12 +35,23 @@ def arm(run, finding: str) -> str:
     experts = int(run.get("num_experts") or 0)
     if finding == "moe":
         return f"{experts} experts, top-1" if experts else "dense"
+    if finding == "junk":
+        fraction = float(run.get("junk_fraction") or 0)
+        if not fraction:
+            return "no junk"
+        name = f"{Fraction(fraction).limit_denominator(64)} junk"
+        return name + (" + domain token" if _true(run.get("domain_token")) else "")
     parsed = match_model_name(str(run["model"]))
     family = parsed.family if parsed else str(run["model"])
     mlp = run.get("mlp_type")
     if not isinstance(mlp, str) or not mlp:
         mlp = DEFAULT_MLP.get(family, "standard")
     return f"{FAMILY_NAMES.get(family, family)}, {mlp} MLP"
+
+
+def _true(value) -> bool:
+    """A results-table flag (bool, "True"/"False" text, or NaN for a run without it) as a bool."""
+    return str(value).strip().lower() in ("true", "1", "yes")
 
 
 def findings_table(results: pd.DataFrame, finding: str) -> pd.DataFrame:
@@ -119,6 +131,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--moe", nargs="*", default=[], help="sweep folders (or results.csv) of the MoE finding")
     parser.add_argument("--mlp", nargs="*", default=[], help="sweep folders (or results.csv) of gated vs standard")
+    parser.add_argument("--junk", nargs="*", default=[],
+                        help="sweep folders (or results.csv) of junk with and without the domain token")
     parser.add_argument("--with-table", default=None, metavar="CSV",
                         help="rows written before (same run_id: the sweep's)")
     parser.add_argument("-o", "--output", default=None, help="CSV to write (default: print only)")
@@ -126,6 +140,7 @@ def main() -> int:
     try:
         parts = [findings_table(load_results(s), "moe") for s in args.moe]
         parts += [findings_table(load_results(s), "mlp") for s in args.mlp]
+        parts += [findings_table(load_results(s), "junk") for s in args.junk]
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -134,7 +149,7 @@ def main() -> int:
     table = pd.concat(parts, ignore_index=True).drop_duplicates("run_id", keep="last")
     if args.output:
         table.to_csv(args.output, index=False, float_format="%.6g")
-    for finding in ("moe", "mlp"):
+    for finding in ("moe", "mlp", "junk"):
         print("\n".join(markdown_rows(table, finding)))
     print("\n".join(summary_rows(table)))
     return 0

@@ -151,12 +151,15 @@ def test_the_findings_study_rows_are_the_committed_table():
     script = load_script("findings_table")
     table = pd.read_csv(RESULTS / "findings_at_capacity.csv")
     page = (STUDIES / "findings_at_capacity.md").read_text()
-    for finding, heading in (("moe", "## Mixture of experts"), ("mlp", "## Gated against standard MLP")):
+    for finding, heading in (("moe", "## Mixture of experts"), ("mlp", "## Gated against standard MLP"),
+                             ("junk", "## Junk data and the domain token")):
         section = page.split(heading, 1)[1].split("\n## ", 1)[0]
         shown = [line for line in section.splitlines() if line.startswith("| ") and "**" in line]
         expected = script.markdown_rows(table, finding) + (script.summary_rows(table) if finding == "mlp" else [])
         assert shown == expected and shown
     best = script.best_rate_seeds(table)
     assert (best["seeds"] == 3).all() and len(best) == 4  # each MLP arm: three seeds at its best seed-0 rate
+    junk = table[table["finding"] == "junk"]  # one useful population and exposure count in every junk arm
+    assert junk["N"].nunique() == junk["exposures"].nunique() == 1 and len(junk) == 3
     moe = table[table["finding"] == "moe"]
     assert moe["N"].nunique() == 1 and set(moe["arm"]) >= {"dense", "32 experts, top-1"}
