@@ -16,10 +16,12 @@ import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .adapters import ALL_LINEAR, AdapterSettings, check_settings, run_parts
 from .bits import BIOS_NAME_SPACE
 from .checkpoints import last_checkpoint
-from .data import BioDPopulation, BioSPopulation, JunkConfig, KnowledgeData
+from .data import KnowledgeData
 from .model_names import parse_model_name
+from .run_parts import CONFIG_FILE, field_default
 from .steps import tokens_per_step
 
 
@@ -111,22 +113,10 @@ class CapacityTrainingConfig:
         if self.junk_fraction and self.n_people + self.junk_n_people > BIOS_NAME_SPACE:
             raise ValueError(f"n_people + junk_n_people must be at most N0 = {BIOS_NAME_SPACE:,} (one distinct name "
                              f"each), got {self.n_people:,} + {self.junk_n_people:,}")
-        if self.dataset != "bioD" and self.biod != _default("biod"):
+        if self.dataset != "bioD" and self.biod != field_default(CapacityTrainingConfig, "biod"):
             raise ValueError(f"biod (the bioD shape --K --C --D --L --T) describes bioD data, but dataset is "
                              f"{self.dataset!r}: set dataset bioD, or leave the shape unset")
-        self.adapter_settings()  # validates the LoRA fields
-        if self.init_from is None:
-            if self.lora_r or self.load_in_4bit:
-                raise ValueError("LoRA adapters are trained on a base model: set init_from (--init-from RUN)")
-        else:
-            if self.fused_loss:
-                raise ValueError("with init_from the base model's config decides fused_loss; leave it unset")
-            if self.quantized and self.lora_r:
-                raise ValueError("quantized capacity is measured on full models; an adapter run cannot take quantized")
-            if self.junk_fraction:
-                raise ValueError(
-                    "an adapter run teaches a new population of the base's format; junk_fraction is not supported"
-                )
+        check_settings(self)  # the LoRA settings, and those an adapter run cannot take
         if self.name_offset is not None and self.name_offset < 0:
             raise ValueError(f"name_offset must be >= 0, got {self.name_offset}")
 
@@ -145,8 +135,6 @@ class CapacityTrainingConfig:
 
     def adapter_settings(self):
         """The run's ``AdapterSettings`` (LoRA rank, alpha, dropout, targets, 4-bit base)."""
-        from .adapters import ALL_LINEAR, AdapterSettings
-
         targets = list(self.lora_target_modules)
         return AdapterSettings(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
                                target_modules=ALL_LINEAR if targets == [ALL_LINEAR] else tuple(targets),
@@ -158,144 +146,17 @@ class CapacityTrainingConfig:
         return d
 
 
-def _default(name: str):
-    """A ``CapacityTrainingConfig`` field's default value."""
-    f = CapacityTrainingConfig.__dataclass_fields__[name]
-    return f.default_factory() if callable(f.default_factory) else f.default
-
-
-BASE_FIELDS = ("model", "head_dim", "mlp_type", "num_experts", "moe_capacity_factor_train", "moe_capacity_factor_eval",
-               "memory", "vocab_size", "fit_vocabulary", "domain_token")
-"""Settings an adapter run (``init_from``) takes from its base model, not from its own config: the architecture and
-the tokenizer. Left unset they are recorded as the base's; set to another value they are refused (no effect)."""
-
-
-def base_settings(init_from: str | os.PathLike) -> dict:
-    """The ``BASE_FIELDS`` the base model folder was built with, as its ``training_config.json`` records them (an
-    hf-capacity run); None for each one a folder does not record (any other causal LM: its own architecture and
-    tokenizer, which no name here describes)."""
-    recorded = Path(init_from) / CONFIG_FILE
-    settings = json.loads(recorded.read_text()) if recorded.is_file() else {}
-    return {name: settings.get(name) for name in BASE_FIELDS}
-
-
-def check_base_settings(config: CapacityTrainingConfig) -> None:
-    """Refuses (ValueError, one line) an adapter run's settings that its base decides (``BASE_FIELDS``), set to
-    another value than the base's: they would be ignored. No-op for a run without ``init_from``."""
-    if config.init_from is None:
-        return
-    base = base_settings(config.init_from)
-    ignored = [f"{name} {getattr(config, name)!r}" + ("" if base[name] is None else f" (the base's: {base[name]!r})")
-               for name in BASE_FIELDS
-               if getattr(config, name) != _default(name) and getattr(config, name) != base[name]]
-    if ignored:
-        raise ValueError(f"an adapter run uses its base model's architecture and tokenizer ({config.init_from}), so "
-                         f"{', '.join(ignored)} would have no effect: leave {'it' if len(ignored) == 1 else 'them'} "
-                         "unset")
-
-
-def recorded_settings(config: CapacityTrainingConfig) -> dict:
-    """What ``training_config.json`` records of ``config``: its fields, with an adapter run's ``BASE_FIELDS`` taken
-    from its base (what really ran; null where the base records none)."""
-    settings = config.to_dict()
-    if config.init_from is not None:
-        settings.update(base_settings(config.init_from))
-    return settings
-
-
 def build_data(config: CapacityTrainingConfig) -> KnowledgeData:
-    """The run's population, tokenizer and rendering options.
-
-    With ``init_from`` an hf-capacity run: a new population of the base's format (its seed, shape and
-    tokenizer; the people after the base's, see ``adapters.new_population_data``); the run's dataset settings
-    must be the base's. With ``init_from`` any other model folder: the configured population rendered with that
-    folder's tokenizer."""
-    from . import adapters
-
-    offset = config.name_offset or 0
-    if config.init_from is not None:
-        adapters.check_base_folder(config.init_from)
-        check_base_settings(config)
-        if adapters.is_capacity_run(config.init_from):
-            base = KnowledgeData.load(config.init_from)
-            _check_same_format(config, base)
-            return adapters.new_population_data(base, config.n_people, name_offset=config.name_offset)
-    if config.dataset == "bioD":
-        population = BioDPopulation(config.n_people, seed=config.seed, name_offset=offset, **config.biod)
-    else:
-        population = BioSPopulation(config.n_people, seed=config.seed, name_offset=offset)
-    if config.init_from is not None:  # any other model folder: its own tokenizer
-        tokenizer = adapters.load_base_tokenizer(config.init_from)
-        return KnowledgeData.create(population, simple=config.dataset == "bioS-simple", tokenizer=tokenizer)
-    junk = JunkConfig(config.junk_fraction, config.junk_n_people) if config.junk_fraction > 0 else None
-    return KnowledgeData.create(
-        population,
-        simple=config.dataset == "bioS-simple",
-        domain_token=config.domain_token,
-        junk=junk,
-        vocab_size=config.vocab_size,
-        fit_vocabulary=config.fit_vocabulary,
-    )
-
-
-def _check_same_format(config: CapacityTrainingConfig, base: KnowledgeData) -> None:
-    """An adapter run's data settings must be its base run's (new people, same format)."""
-    if config.dataset != base.family:
-        raise ValueError(f"the base run {config.init_from} was trained on {base.family}; an adapter run teaches new "
-                         f"people of the same data set (dataset {base.family!r}, got {config.dataset!r})")
-    if base.family == "bioD":
-        pop = base.population
-        theirs = {k: getattr(pop, k) for k in config.biod}
-        if theirs != dict(config.biod):
-            flags = " ".join(f"{k}={v}" for k, v in theirs.items())
-            raise ValueError(f"the base run {config.init_from} has bioD shape {flags}; the adapter run's biod "
-                             f"settings must match it (got {dict(config.biod)})")
+    """The run's population, tokenizer and rendering options (``adapters.run_parts(config).data()``): the configured
+    population with a tokenizer trained on it, or for an adapter run new people of its base's format."""
+    return run_parts(config).data()
 
 
 def build_model(config: CapacityTrainingConfig, tokenizer):
-    """A freshly initialised model named like the paper (gpt2-ℓ-h, llama-ℓ-h, memory-llama-ℓ-h); with
-    ``init_from``, the base model loaded from that folder, with LoRA adapters (``lora_r`` ≥ 1, a ``PeftModel``
-    whose adapters alone train) or all of it trainable (full fine-tuning)."""
-    if config.init_from is not None:
-        from .adapters import add_adapter, load_base_model
-
-        settings = config.adapter_settings()
-        base = load_base_model(config.init_from, load_in_4bit=settings.load_in_4bit)
-        if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
-            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the base model's embedding only "
-                             f"{base.get_input_embeddings().weight.shape[0]} rows")
-        return add_adapter(base, settings)
-    from . import models  # noqa: F401 - registers the model families with the Auto classes
-    from .models.capacity_gpt2 import CapacityGPT2Config, CapacityGPT2ForCausalLM
-    from .models.memory_llama import MemoryLlamaConfig, MemoryLlamaForCausalLM, default_memory_layers
-
-    family, layers, heads = parse_model_name(config.model)
-    hidden = heads * config.head_dim
-    common = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        max_position_embeddings=max(config.context_length, 1024),
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    if family == "gpt2":
-        extra = {"mlp_type": config.mlp_type} if config.mlp_type else {}
-        if config.fused_loss:
-            extra["fused_loss"] = True
-        if config.num_experts:
-            extra.update(num_experts=config.num_experts, moe_capacity_factor_train=config.moe_capacity_factor_train,
-                         moe_capacity_factor_eval=config.moe_capacity_factor_eval)
-        return CapacityGPT2ForCausalLM(CapacityGPT2Config(**common, **extra))
-    mlp_type = config.mlp_type or "gated"
-    llama = dict(common, mlp_type=mlp_type)  # MemoryLlamaConfig gives the type its parameter-matched width
-    if family == "memory-llama":
-        llama.update(config.memory, memory_layers=default_memory_layers(layers, count=min(3, layers)))
-        llama.setdefault("memory_value_dim", hidden)
-    return MemoryLlamaForCausalLM(MemoryLlamaConfig(**llama))
-
+    """The run's model (``adapters.run_parts(config).model(tokenizer)``): a freshly initialised model named like the
+    paper (gpt2-ℓ-h, llama-ℓ-h, memory-llama-ℓ-h), or for an adapter run its base model with LoRA adapters or all of
+    it trainable (full fine-tuning)."""
+    return run_parts(config).model(tokenizer)
 
 def steps_for_exposures(config: CapacityTrainingConfig, data: KnowledgeData, args=None,
                         windows: int | None = None) -> int:
@@ -342,8 +203,6 @@ def training_arguments(config: CapacityTrainingConfig):
     )
 
 
-CONFIG_FILE = "training_config.json"
-"""A run's settings, written into its folder before its first step (so a resumed run can be recognised)."""
 PROGRESS_FIELDS = frozenset({
     "output_dir", "resume", "overwrite_output_dir", "progress", "logging_steps", "eval_steps", "save_steps",
     "save_total_limit", "report_to", "push_to_hub", "hub_model_id", "dataloader_num_workers", "quantized",
@@ -404,9 +263,7 @@ def run_differences(recorded: dict, config: CapacityTrainingConfig) -> list[str]
     current = json.loads(json.dumps(config.to_dict()))
     defaults = {**json.loads(json.dumps(CapacityTrainingConfig().to_dict())), **LEGACY_DEFAULTS}
     before = {f.name: recorded.get(f.name, defaults[f.name]) for f in fields(config)}
-    ignored = set(PROGRESS_FIELDS)
-    if config.init_from is not None:  # the base decides these (records before they were the base's hold defaults)
-        ignored |= set(BASE_FIELDS)
+    ignored = set(PROGRESS_FIELDS) | set(run_parts(config).BASE_FIELDS)  # an adapter run's base decides these
     if not before["num_experts"] and not current["num_experts"]:
         ignored |= {"moe_capacity_factor_train", "moe_capacity_factor_eval"}
     return [f"{name} {old} → {current[name]}" for name, old in before.items()
@@ -466,15 +323,15 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
     import torch
     from transformers import Trainer, set_seed
 
-    from .adapters import is_capacity_run, prior_knowledge, record_base_path, recorded_base_path
     from .callbacks import CapacityReportCallback, ForgettingCallback, TrainingDivergedError, add_capacity_callbacks
     from .params import count_parameters
     from .report import json_safe
 
     checkpoint = check_output_dir(config)
     set_seed(config.seed)
-    data = data or build_data(config)
-    model = model or build_model(config, data.tokenizer)
+    parts = run_parts(config)  # a fresh run's, or an adapter run's (adapters.AdapterRunParts)
+    data = data or parts.data()
+    model = model or parts.model(data.tokenizer)
     stream = data.stream(config.exposures, config.context_length, block_diagonal=config.block_diagonal)
     train_dataset = stream.to_iterable_dataset() if config.streaming else stream.to_dataset(progress=config.progress)
     args = training_arguments(config)
@@ -489,9 +346,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         groups = model.optimizer_param_groups(config.learning_rate, config.weight_decay)
         optimizers = (torch.optim.AdamW(groups, betas=(0.9, config.adam_beta2), eps=config.adam_epsilon), None)
     trainer = Trainer(model=model, args=args, train_dataset=train_dataset, optimizers=optimizers)
-    prior = None
-    if config.init_from is not None:  # the base's step-0 figure on the new people (a resumed run's weights load later)
-        prior = prior_knowledge(model, data, config.init_from, max_people=config.eval_max_people, progress=False)
+    prior = parts.prior_knowledge(model, data)  # an adapter run's bits are net of what its base knew
     callbacks = add_capacity_callbacks(
         trainer,
         data,
@@ -504,24 +359,22 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         dataset_exposures=None if config.streaming or config.max_steps else config.exposures,
         prior=prior,
     )
-    forgetting = None
-    if config.init_from is not None and is_capacity_run(config.init_from):  # the base population's knowledge
-        forgetting = ForgettingCallback(KnowledgeData.load(config.init_from), max_people=config.eval_max_people)
+    forgetting, base_population = None, parts.base_population()
+    if base_population is not None:  # what the model knew before the run: measured at the start and the end
+        forgetting = ForgettingCallback(base_population, max_people=config.eval_max_people)
         forgetting.attach(trainer)
     out = Path(config.output_dir)
     if trainer.is_world_process_zero():  # recorded first, so that a run killed part-way is recognised on resuming
         out.mkdir(parents=True, exist_ok=True)
-        applied = {"max_steps": max_steps, "warmup_steps": warmup_steps, "eval_steps": eval_steps}  # what runs
-        if config.init_from is not None:  # the people are the base's seed's; --seed seeds the adapter and batch order
-            applied.update(population_seed=data.population.seed, name_offset=data.population.name_offset,
-                           base_model_type=getattr(getattr(model, "config", None), "model_type", None))
-        (out / CONFIG_FILE).write_text(json.dumps({**recorded_settings(config), "applied": applied}, indent=2) + "\n")
+        applied = {"max_steps": max_steps, "warmup_steps": warmup_steps, "eval_steps": eval_steps,  # what runs
+                   **parts.applied(data, model)}
+        (out / CONFIG_FILE).write_text(json.dumps({**parts.recorded_settings(), "applied": applied}, indent=2) + "\n")
         exact = not (config.streaming or config.max_steps)
         exposures = config.exposures if exact else callbacks["exposures"].exposures_at(args, max_steps)
         for line in plan_lines(config, steps=max_steps, warmup_steps=warmup_steps,
                                tokens_per_step=tokens_per_step(args, config.context_length), exposures=exposures,
                                exact=exact, num_params=count_parameters(model, data.used_token_ids()).paper_params,
-                               bits_max=(prior.new_bits_max(data.bits_max()) if prior else data.bits_max()).total):
+                               bits_max=parts.new_bits_max(data).total):
             print(line, flush=True)
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
@@ -534,9 +387,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         raise
     if trainer.is_world_process_zero():
         trainer.save_model(str(out))
-        base_model = None
-        if config.init_from is not None:  # recorded relative to the run when given relative: both folders can move
-            base_model = record_base_path(trainer.model, out, recorded_base_path(config.init_from, out))
+        base_model = parts.record_base(trainer.model, out)  # an adapter run's base folder, as its files record it
         data.save(out)
         # written after the model and data are saved, so a push to the Hub carries everything
         writer = CapacityReportCallback(

@@ -113,16 +113,9 @@ def resolve_population_args(args) -> None:
     """Fill in --dataset and the bioD shape flags left unset (None): from the base run of ``--init-from`` (an
     hf-capacity run) where there is one, else the defaults. Shape flags given for bioS data raise CLIError; a given
     value that differs from the base run's is left for the run config to refuse."""
-    import json
-    from pathlib import Path
+    from ..adapters import base_data_format
 
-    base = getattr(args, "init_from", None)
-    population, simple = {}, False
-    if base and (Path(base) / "knowledge_data.json").is_file():  # an hf-capacity run: its data's format
-        recorded = json.loads((Path(base) / "knowledge_data.json").read_text())
-        population, simple = recorded.get("population", {}), bool(recorded.get("simple"))
-    family = population.get("family")
-    family = "bioS-simple" if family == "bioS" and simple else family
+    family, population = base_data_format(getattr(args, "init_from", None))  # an hf-capacity base run's format
     given = [flag for flag, *_ in BIOD_FLAGS if getattr(args, flag.lstrip("-")) is not None]
     if args.dataset is None:
         args.dataset = family or DEFAULT_DATASET

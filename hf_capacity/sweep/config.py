@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..adapters import run_label
 from ..model_names import match_model_name
 from ..training import CapacityTrainingConfig
 from .folders import RUNS_DIR, is_done
@@ -214,10 +215,9 @@ def run_slug(config: Mapping[str, Any]) -> str:
         parts.append(f"junk{config['junk_fraction']:g}")
     if config.get("domain_token"):
         parts.append("dom")
-    if config.get("init_from"):  # an adapter run: from which base, and how
-        rank = int(config.get("lora_r") or 0)
-        method = f"qlora{rank}" if config.get("load_in_4bit") else f"lora{rank}" if rank else "ft"
-        parts[0] = f"{Path(str(config['init_from'])).name}+{method}"
+    adapter = run_label(config)  # an adapter run: from which base, and how
+    if adapter:
+        parts[0] = adapter
     return "".join(ch if ch.isalnum() or ch in "._+-" else "-" for ch in "_".join(parts))[:100]
 
 
