@@ -24,75 +24,129 @@ from .model_names import parse_model_name
 from .run_parts import CONFIG_FILE, field_default
 from .steps import tokens_per_step
 
+QUANTIZED_SCHEMES = ("int8", "nf4", "fp4", "gptq-int4", "gptq-int8")
+"""The quantization schemes a run can measure: ``quantization.ALL_SCHEMES`` (not imported here: a config, and the CLI
+that parses one, must not import torch)."""
+
+ADAPTERS = "adapters"
+"""The group of the settings of an adapter run (``hf_capacity.adapters``)."""
+
 
 @dataclass
 class CapacityTrainingConfig:
-    """A knowledge-capacity training run (data, model, optimisation, evaluation)."""
+    """A knowledge-capacity training run (data, model, optimisation, evaluation).
 
-    output_dir: str = "runs/capacity"
+    Each field's ``metadata`` holds its help text and how the command line spells it (``hf_capacity.schema``): the
+    `hf-capacity train` and `demo` flags and the sweep files' fields are made from these declarations."""
+
+    output_dir: str = field(default="runs/capacity", metadata={
+        "help": "output folder", "flag": "--output", "aliases": ["-o"]})
     # data
-    dataset: str = "bioS"  # bioS | bioS-simple | bioD
-    n_people: int = 1000
+    dataset: str = field(default="bioS", metadata={
+        "help": "data family: bioS, bioS-simple or bioD", "cli": "population"})
+    n_people: int = field(default=1000, metadata={"help": "number of people", "flag": "--N", "cli": "population"})
     biod: dict = field(default_factory=lambda: {
         "n_attributes": 4, "chunks_per_value": 2, "diversity": 100, "chunk_length": 2, "alphabet": 20,
-    })
-    junk_fraction: float = 0.0
-    junk_n_people: int = 100_000_000
-    domain_token: bool = False
-    vocab_size: int = 4096  # BPE vocabulary trained on the population
-    fit_vocabulary: bool = False  # keep only the tokens the renderings use (same P, smaller head; opt-in, see README)
-    block_diagonal: bool = False
+    }, metadata={"help": "the bioD shape: n_attributes, chunks_per_value, diversity, chunk_length, alphabet "
+                         "(--K --C --D --L --T)", "cli": "population"})
+    junk_fraction: float = field(default=0.0, metadata={"help": "fraction of windows from junk people"})
+    junk_n_people: int = field(default=100_000_000, metadata={
+        "help": "junk people N' (of the data's format)", "flag": "--junk-N"})
+    domain_token: bool = field(default=False, metadata={"help": "start useful biographies with a domain token"})
+    vocab_size: int = field(default=4096, metadata={"help": "BPE vocabulary trained on the population"})
+    fit_vocabulary: bool = field(default=False, metadata={
+        "help": "keep only the tokens the renderings use plus the 256 bytes (same tokens and P, a smaller head, "
+                "faster steps; opt-in: it learned less in a 2026-12-02 check, see the README)"})
+    block_diagonal: bool = field(default=False, metadata={
+        "help": "add position_ids: no attention across biographies"})
     # model
-    model: str = "gpt2-2-2"  # gpt2-ℓ-h | llama-ℓ-h | memory-llama-ℓ-h (h heads of head_dim)
-    head_dim: int = 64
-    mlp_type: str | None = None  # gpt2: standard|gated|quarter|none; llama: gated|standard
-    num_experts: int = 0
-    moe_capacity_factor_train: float | None = 2.0  # gpt2 MoE: an expert's token budget in training (the paper: 2)
-    moe_capacity_factor_eval: float | None = 8.0  # ... and at evaluation (the paper: 8; None: no dropping)
-    fused_loss: bool = False  # gpt2: head + cross-entropy fused chunk by chunk (same loss, faster training step)
+    model: str = field(default="gpt2-2-2", metadata={
+        "help": "gpt2-<layers>-<heads>, llama-<l>-<h> or memory-llama-<l>-<h>"})
+    head_dim: int = field(default=64, metadata={"help": "width of each attention head"})
+    mlp_type: str | None = field(default=None, metadata={
+        "help": "gpt2: standard|gated|quarter|none; llama: gated|standard"})
+    num_experts: int = field(default=0, metadata={"help": "gpt2: MoE experts per layer (0 = dense)", "minimum": 0})
+    moe_capacity_factor_train: float | None = field(default=2.0, metadata={
+        "help": "gpt2 MoE: an expert's token budget in training (the paper: 2; None: no dropping)", "cli": False})
+    moe_capacity_factor_eval: float | None = field(default=8.0, metadata={
+        "help": "gpt2 MoE: an expert's token budget at evaluation (the paper: 8; None: no dropping)",
+        "cli": False})
+    fused_loss: bool = field(default=False, metadata={
+        "help": "gpt2: compute the head and cross-entropy chunk by chunk, gradients in the same pass (same loss, no "
+                "tokens × vocabulary logits; see benchmarks/RESULTS.md)"})
     memory: dict = field(default_factory=lambda: {
         "memory_n_keys": 32, "memory_heads": 2, "memory_topk": 8, "memory_key_dim": 64,
-    })
+    }, metadata={"help": "memory-llama: the product-key memory layers' settings (MemoryLlamaConfig fields)",
+                 "cli": False})
     # training
-    exposures: int = 100
-    context_length: int = 512
-    learning_rate: float = 1e-3
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.02
-    batch_size: int = 24
-    gradient_accumulation_steps: int = 1
-    warmup_steps: int = 1000
-    adam_beta2: float = 0.98
-    adam_epsilon: float = 1e-6
-    bf16: bool = False
-    torch_compile: bool = False  # compile the model with torch.compile (TrainingArguments.torch_compile)
-    dataloader_num_workers: int = 0
-    seed: int = 0
-    max_steps: int | None = None  # None: the steps for `exposures`
-    streaming: bool = False  # iterable dataset (constant memory) instead of a materialised one
-    save_steps: int | None = None  # checkpoint every this many steps (None: no checkpoints)
-    save_total_limit: int = 2  # checkpoints kept (the newest ones)
-    resume: bool = True  # continue from the newest checkpoint in output_dir, if it holds this same run
-    overwrite_output_dir: bool = False  # replace a finished or different run in output_dir (default: refuse)
+    exposures: int = field(default=100, metadata={"help": "times every person's biography is seen"})
+    context_length: int = field(default=512, metadata={"help": "tokens per training window"})
+    learning_rate: float = field(default=1e-3, metadata={
+        "help": "peak learning rate (AdamW, cosine decay)", "flag": "--lr"})
+    min_lr_ratio: float = field(default=0.1, metadata={
+        "help": "the cosine decay's floor, as a fraction of the peak learning rate"})
+    weight_decay: float = field(default=0.02, metadata={"help": "AdamW weight decay"})
+    batch_size: int = field(default=24, metadata={"help": "windows per step"})
+    gradient_accumulation_steps: int = field(default=1, metadata={
+        "help": "micro-batches of --batch-size windows per optimizer step"})
+    warmup_steps: int = field(default=1000, metadata={
+        "help": "learning-rate warm-up (at most a tenth of the steps)", "minimum": 0})
+    adam_beta2: float = field(default=0.98, metadata={"help": "AdamW beta2"})
+    adam_epsilon: float = field(default=1e-6, metadata={"help": "AdamW epsilon"})
+    bf16: bool = field(default=False, metadata={"help": "train in bfloat16 mixed precision"})
+    torch_compile: bool = field(default=False, metadata={"help": "compile the model with torch.compile"})
+    dataloader_num_workers: int = field(default=0, metadata={
+        "help": "processes loading the training windows (0: the main process)", "minimum": 0})
+    seed: int = field(default=0, metadata={
+        "help": "population and rendering seed (an adapter run's people are its base run's seed's: there it seeds "
+                "the adapter's initialisation and the batch order)", "cli": "population"})
+    max_steps: int | None = field(default=None, metadata={"help": "override the steps computed from --exposures"})
+    streaming: bool = field(default=False, metadata={
+        "help": "generate training windows on the fly (an iterable dataset: constant memory)"})
+    save_steps: int | None = field(default=None, metadata={
+        "help": "checkpoint every this many steps; the same command run again resumes from the newest"})
+    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept (the newest ones)"})
+    resume: bool = field(default=True, metadata={
+        "help": "ignore checkpoints already in the output folder and start from step 0", "flag": "--no-resume",
+        "negated": True})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "delete the run already in the output folder, finished or not, and start a new one (default: a "
+                "folder holding another run or a finished one is refused)", "flag": "--overwrite"})
     # evaluation
-    eval_steps: int | None = None  # measure knowledge every this many steps (None: ~EVAL_POINTS times in the run)
-    eval_max_people: int | None = None
-    quantized: tuple[str, ...] = ()
-    logging_steps: int = 50
-    report_to: list[str] = field(default_factory=list)
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    progress: bool = True
+    eval_steps: int | None = field(default=None, metadata={
+        "help": "measure knowledge every this many steps (unset: every tenth of the steps, ~10 points)"})
+    eval_max_people: int | None = field(default=None, metadata={
+        "help": "evaluate a subsample (default: everybody)"})
+    quantized: tuple[str, ...] = field(default=(), metadata={
+        "help": "schemes measured at the end: bitsandbytes int8/nf4/fp4, GPTQ gptq-int4/gptq-int8 (the paper's)",
+        "nargs": "*", "choices": QUANTIZED_SCHEMES})
+    logging_steps: int = field(default=50, metadata={"help": "log the loss every this many steps"})
+    report_to: list[str] = field(default_factory=list, metadata={
+        "help": "Trainer report_to backends (e.g. tensorboard)", "nargs": "*"})
+    push_to_hub: bool = field(default=False, metadata={"help": "push the model, its card and results to the Hub"})
+    hub_model_id: str | None = field(default=None, metadata={
+        "help": "the Hub repository (default: the output folder's name)"})
+    progress: bool = field(default=True, metadata={"help": "no progress bars", "flag": "--quiet", "negated": True})
     # adapters (hf_capacity.adapters): teach a new population to a trained model
-    init_from: str | None = None  # base model folder (a `hf-capacity train` run or any causal LM); None: fresh model
-    lora_r: int = 0  # LoRA rank through peft; 0 with init_from: full fine-tuning
-    lora_alpha: float | None = None  # None: equal to lora_r (scale 1 at every rank)
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # peft target_modules
-    load_in_4bit: bool = False  # QLoRA: the frozen base in 4-bit NF4 (bitsandbytes)
-    name_offset: int | None = None  # first person's index in the name permutation (None: after the base's people)
+    init_from: str | None = field(default=None, metadata={
+        "help": "start from this model folder (a `hf-capacity train` run, or any causal LM with its tokenizer)",
+        "metavar": "MODEL_DIR", "group": ADAPTERS})
+    lora_r: int = field(default=0, metadata={
+        "help": "LoRA rank (0 with --init-from: full fine-tuning)", "minimum": 0, "group": ADAPTERS})
+    lora_alpha: float | None = field(default=None, metadata={
+        "help": "LoRA alpha (default: equal to --lora-r, a scale of 1)", "group": ADAPTERS})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout", "group": ADAPTERS})
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"], metadata={
+        "help": "peft target_modules: all-linear, or module names (gpt2: c_attn c_proj c_fc)",
+        "aliases": ["--lora-targets"], "nargs": "+", "metavar": "MODULE", "group": ADAPTERS})
+    load_in_4bit: bool = field(default=False, metadata={
+        "help": "QLoRA: load the frozen base in 4-bit NF4 through bitsandbytes (needs --lora-r)", "group": ADAPTERS})
+    name_offset: int | None = field(default=None, metadata={
+        "help": "index of the first new person in the name permutation (default: right after the base's people)",
+        "minimum": 0, "group": ADAPTERS})
 
     def __post_init__(self) -> None:
+        self.quantized = tuple(self.quantized)
         if self.dataset not in ("bioS", "bioS-simple", "bioD"):
             raise ValueError(f"dataset must be bioS, bioS-simple or bioD, got {self.dataset!r}")
         family, _, _ = parse_model_name(self.model)
