@@ -8,8 +8,12 @@ base's P is reported apart, and the base population's knowledge is measured befo
 run's bits are what it added (``prior_knowledge``, ``evaluation.PriorKnowledge``): net of the base's own figure on
 the new people, with bits_max leaving out the bioD diversity sets the new people share with the base run.
 
-This module is the thin layer over peft and bitsandbytes; ``training.train_capacity`` and the CLI use it. It
-imports torch only when a model is loaded, so a run config (which validates its ``AdapterSettings``) stays light.
+This module is the one seam between adapter runs and the rest: ``run_parts(config)`` gives ``training.train_capacity``
+an ``AdapterRunParts`` for a config with ``init_from`` (data from the base, base model + adapter, prior knowledge,
+forgetting, what the records say) and a fresh run's ``run_parts.RunParts`` otherwise; ``check_settings`` refuses,
+when a config is built, the settings an adapter run would ignore. No other module reads ``init_from``. It is also
+the thin layer over peft and bitsandbytes, and imports torch only when a model is loaded, so a run config (which
+validates its ``AdapterSettings``) stays light.
 """
 
 from __future__ import annotations
@@ -21,9 +25,14 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
 
 from .data import KnowledgeData
 from .data.knowledge_data import CONFIG_NAME
+from .run_parts import CONFIG_FILE, RunParts, field_default
+
+if TYPE_CHECKING:
+    from .training import CapacityTrainingConfig
 
 ALL_LINEAR = "all-linear"
 """peft's shorthand for every ``nn.Linear`` but the output head."""
@@ -241,7 +250,7 @@ def load_adapter_run(folder: str | os.PathLike, *, base: str | os.PathLike | Non
 
     folder = Path(folder)
     base_path = base_folder(folder, base)
-    training = folder / "training_config.json"
+    training = folder / CONFIG_FILE
     in_4bit = bool(json.loads(training.read_text()).get("load_in_4bit")) if training.is_file() else False
     model = load_base_model(base_path, load_in_4bit=in_4bit, code=code)
     with _quiet_peft():
@@ -314,6 +323,173 @@ def evaluate_adapter_run(folder: str | os.PathLike, data: KnowledgeData, *, base
         report.extra["base_population"] = base_population_summary(base_data.population.n_people,
                                                                   before.bits.total, after)
     return report
+
+
+# ---------------------------------------------------------------------------------------------------- the seam
+BASE_FIELDS = ("model", "head_dim", "mlp_type", "num_experts", "moe_capacity_factor_train", "moe_capacity_factor_eval",
+               "memory", "vocab_size", "fit_vocabulary", "domain_token")
+"""Settings an adapter run (``init_from``) takes from its base model, not from its own config: the architecture and
+the tokenizer. Left unset they are recorded as the base's; set to another value they are refused (no effect)."""
+
+
+def run_parts(config: CapacityTrainingConfig) -> RunParts:
+    """The parts of the run ``config`` describes: an ``AdapterRunParts`` when it starts from a base model
+    (``init_from``), else a fresh run's ``RunParts``."""
+    return RunParts(config) if config.init_from is None else AdapterRunParts(config)
+
+
+def check_settings(config: CapacityTrainingConfig) -> None:
+    """Refuses (ValueError, one line) adapter settings that do not hold together, LoRA settings without a base model,
+    and settings an adapter run cannot take (checked when the config is built; those its base decides,
+    ``BASE_FIELDS``, are checked against the base folder when the data is built)."""
+    config.adapter_settings()  # validates the LoRA fields
+    if config.init_from is None:
+        if config.lora_r or config.load_in_4bit:
+            raise ValueError("LoRA adapters are trained on a base model: set init_from (--init-from RUN)")
+        return
+    if config.fused_loss:
+        raise ValueError("with init_from the base model's config decides fused_loss; leave it unset")
+    if config.quantized and config.lora_r:
+        raise ValueError("quantized capacity is measured on full models; an adapter run cannot take quantized")
+    if config.junk_fraction:
+        raise ValueError(
+            "an adapter run teaches a new population of the base's format; junk_fraction is not supported"
+        )
+
+
+def base_settings(init_from: str | os.PathLike) -> dict:
+    """The ``BASE_FIELDS`` the base model folder was built with, as its ``training_config.json`` records them (an
+    hf-capacity run); None for each one a folder does not record (any other causal LM: its own architecture and
+    tokenizer, which no name here describes)."""
+    recorded = Path(init_from) / CONFIG_FILE
+    settings = json.loads(recorded.read_text()) if recorded.is_file() else {}
+    return {name: settings.get(name) for name in BASE_FIELDS}
+
+
+def check_base_settings(config: CapacityTrainingConfig) -> None:
+    """Refuses (ValueError, one line) an adapter run's settings that its base decides (``BASE_FIELDS``), set to
+    another value than the base's: they would be ignored."""
+    base = base_settings(config.init_from)
+    ignored = [f"{name} {getattr(config, name)!r}" + ("" if base[name] is None else f" (the base's: {base[name]!r})")
+               for name in BASE_FIELDS
+               if getattr(config, name) != field_default(type(config), name) and getattr(config, name) != base[name]]
+    if ignored:
+        raise ValueError(f"an adapter run uses its base model's architecture and tokenizer ({config.init_from}), so "
+                         f"{', '.join(ignored)} would have no effect: leave {'it' if len(ignored) == 1 else 'them'} "
+                         "unset")
+
+
+def _check_same_format(config: CapacityTrainingConfig, base: KnowledgeData) -> None:
+    """An adapter run's data settings must be its base run's (new people, same format)."""
+    if config.dataset != base.family:
+        raise ValueError(f"the base run {config.init_from} was trained on {base.family}; an adapter run teaches new "
+                         f"people of the same data set (dataset {base.family!r}, got {config.dataset!r})")
+    if base.family == "bioD":
+        pop = base.population
+        theirs = {k: getattr(pop, k) for k in config.biod}
+        if theirs != dict(config.biod):
+            flags = " ".join(f"{k}={v}" for k, v in theirs.items())
+            raise ValueError(f"the base run {config.init_from} has bioD shape {flags}; the adapter run's biod "
+                             f"settings must match it (got {dict(config.biod)})")
+
+
+class AdapterRunParts(RunParts):
+    """The parts of an adapter run, which teaches a new population to the base model in ``init_from``.
+
+    Data: for an hf-capacity base run, new people of its format (its seed, shape and tokenizer; the people after
+    the base's, ``new_population_data``), whose dataset settings must be the base's; for any other model folder, the
+    configured population rendered with that folder's tokenizer. Model: the base with LoRA adapters (``lora_r`` ≥ 1,
+    a ``PeftModel`` whose adapters alone train) or all of it trainable (full fine-tuning). Its bits are net of what
+    the base knew of the new people (``prior_knowledge``), the base run's own population is measured before and
+    after (forgetting), and its records take ``BASE_FIELDS`` from the base and name the base folder."""
+
+    DATA_FIELDS = (*RunParts.DATA_FIELDS, "init_from")
+    BASE_FIELDS = BASE_FIELDS
+
+    def __init__(self, config: CapacityTrainingConfig):
+        super().__init__(config)
+        self.base = config.init_from
+
+    def data(self) -> KnowledgeData:
+        config = self.config
+        check_base_folder(self.base)
+        check_base_settings(config)
+        if is_capacity_run(self.base):
+            base = KnowledgeData.load(self.base)
+            _check_same_format(config, base)
+            return new_population_data(base, config.n_people, name_offset=config.name_offset)
+        population = self.population()
+        tokenizer = load_base_tokenizer(self.base)  # any other model folder: its own tokenizer
+        return KnowledgeData.create(population, simple=config.dataset == "bioS-simple", tokenizer=tokenizer)
+
+    def model(self, tokenizer):
+        settings = self.config.adapter_settings()
+        base = load_base_model(self.base, load_in_4bit=settings.load_in_4bit)
+        rows = base.get_input_embeddings().weight.shape[0]
+        if len(tokenizer) > rows:
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the base model's embedding only "
+                             f"{rows} rows")
+        return add_adapter(base, settings)
+
+    def planned_params(self, data: KnowledgeData) -> int | None:
+        """None: the base model loads only when the run trains (its folder was checked when the data was built, the
+        adapter settings when the config was); a LoRA run without peft installed says so here."""
+        if self.config.lora_r:
+            import peft  # noqa: F401
+        return None
+
+    def prior_knowledge(self, model, data: KnowledgeData):
+        """The base's step-0 figure on the new people (``prior_knowledge``; a resumed run's weights load later)."""
+        return prior_knowledge(model, data, self.base, max_people=self.config.eval_max_people, progress=False)
+
+    def new_bits_max(self, data: KnowledgeData, bits_max=None):
+        """``bits_max`` (default: ``data``'s) without the bioD diversity sets the new people share with an
+        hf-capacity base run."""
+        bits_max = data.bits_max() if bits_max is None else bits_max
+        shared = is_capacity_run(self.base) and data.family == "bioD"
+        return dataclasses.replace(bits_max, diversity_bits=0.0) if shared else bits_max
+
+    def base_population(self) -> KnowledgeData | None:
+        """The base run's own population (None for a base that is not an hf-capacity run)."""
+        return KnowledgeData.load(self.base) if is_capacity_run(self.base) else None
+
+    def recorded_settings(self) -> dict:
+        """The config's fields, with ``BASE_FIELDS`` taken from the base (what really ran; null where the base records
+        none)."""
+        return {**self.config.to_dict(), **base_settings(self.base)}
+
+    def applied(self, data: KnowledgeData, model) -> dict:
+        """The people are the base's seed's (``--seed`` seeds the adapter and the batch order), from the offset the
+        data used, and the model type of the base."""
+        return {"population_seed": data.population.seed, "name_offset": data.population.name_offset,
+                "base_model_type": getattr(getattr(model, "config", None), "model_type", None)}
+
+    def record_base(self, model, output_dir) -> str:
+        """The base recorded relative to the run when ``init_from`` is relative, so both folders can move
+        (``record_base_path``)."""
+        return record_base_path(model, output_dir, recorded_base_path(self.base, output_dir))
+
+
+def run_label(config: Mapping) -> str | None:
+    """How a sweep's run id names an adapter run (a resolved config mapping): the base folder's name and the method,
+    ``base+lora4``, ``base+qlora2`` or ``base+ft``; None for a fresh run."""
+    if not config.get("init_from"):
+        return None
+    rank = int(config.get("lora_r") or 0)
+    method = f"qlora{rank}" if config.get("load_in_4bit") else f"lora{rank}" if rank else "ft"
+    return f"{Path(str(config['init_from'])).name}+{method}"
+
+
+def base_data_format(init_from: str | os.PathLike | None) -> tuple[str | None, dict]:
+    """The data set (``bioS``, ``bioS-simple`` or ``bioD``) and the population settings recorded by the hf-capacity
+    run in ``init_from``, what an adapter run's data settings default to; ``(None, {})`` without a base or for a base
+    that is not an hf-capacity run."""
+    if not init_from or not is_capacity_run(init_from):
+        return None, {}
+    recorded = json.loads((Path(init_from) / CONFIG_NAME).read_text())
+    population = recorded.get("population", {})
+    family = population.get("family")
+    return ("bioS-simple" if family == "bioS" and recorded.get("simple") else family), population
 
 
 @contextlib.contextmanager

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from .adapters import run_parts
 from .data import JunkConfig, KnowledgeData
-from .training import CapacityTrainingConfig, build_data, build_model
+from .training import CapacityTrainingConfig, build_data
 
 SAMPLE_PEOPLE = 1000
 """People in ``sample_data``: enough for the run's tokenizer and mean biography length, quick to build."""
@@ -32,22 +33,13 @@ def check_run(config: CapacityTrainingConfig, data: KnowledgeData | None = None)
     by default ``sample_data(config)``), the junk options, the training stream, the model's config, eval_steps
     and the quantization schemes.
     """
-    import torch
-
-    from .params import count_parameters
     from .quantization import quantization_config
 
     if config.junk_fraction > 0:  # the model name was checked when the config was built
         JunkConfig(config.junk_fraction, config.junk_n_people)
     data = data if data is not None else sample_data(config)
     data.stream(config.exposures, config.context_length, block_diagonal=config.block_diagonal)
-    num_params = None
-    if config.init_from is not None:  # the base folder was checked by build_data; the adapter by the config
-        if config.lora_r:
-            import peft  # noqa: F401 - a missing peft says so before any training
-    else:
-        with torch.device("meta"):
-            num_params = count_parameters(build_model(config, data.tokenizer), data.used_token_ids()).paper_params
+    num_params = run_parts(config).planned_params(data)  # the model on the meta device; None for an adapter run
     if config.eval_steps is not None and config.eval_steps < 1:
         raise ValueError(f"eval_steps must be >= 1 (or None: only at the end), got {config.eval_steps}")
     for scheme in config.quantized:

@@ -16,81 +16,137 @@ import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .adapters import ALL_LINEAR, AdapterSettings, check_settings, run_parts
 from .bits import BIOS_NAME_SPACE
 from .checkpoints import last_checkpoint
-from .data import BioDPopulation, BioSPopulation, JunkConfig, KnowledgeData
+from .data import KnowledgeData
 from .model_names import parse_model_name
+from .run_parts import CONFIG_FILE, field_default
 from .steps import tokens_per_step
+
+QUANTIZED_SCHEMES = ("int8", "nf4", "fp4", "gptq-int4", "gptq-int8")
+"""The quantization schemes a run can measure: ``quantization.ALL_SCHEMES`` (not imported here: a config, and the CLI
+that parses one, must not import torch)."""
+
+ADAPTERS = "adapters"
+"""The group of the settings of an adapter run (``hf_capacity.adapters``)."""
 
 
 @dataclass
 class CapacityTrainingConfig:
-    """A knowledge-capacity training run (data, model, optimisation, evaluation)."""
+    """A knowledge-capacity training run (data, model, optimisation, evaluation).
 
-    output_dir: str = "runs/capacity"
+    Each field's ``metadata`` holds its help text and how the command line spells it (``hf_capacity.schema``): the
+    `hf-capacity train` and `demo` flags and the sweep files' fields are made from these declarations."""
+
+    output_dir: str = field(default="runs/capacity", metadata={
+        "help": "output folder", "flag": "--output", "aliases": ["-o"]})
     # data
-    dataset: str = "bioS"  # bioS | bioS-simple | bioD
-    n_people: int = 1000
+    dataset: str = field(default="bioS", metadata={
+        "help": "data family: bioS, bioS-simple or bioD", "cli": "population"})
+    n_people: int = field(default=1000, metadata={"help": "number of people", "flag": "--N", "cli": "population"})
     biod: dict = field(default_factory=lambda: {
         "n_attributes": 4, "chunks_per_value": 2, "diversity": 100, "chunk_length": 2, "alphabet": 20,
-    })
-    junk_fraction: float = 0.0
-    junk_n_people: int = 100_000_000
-    domain_token: bool = False
-    vocab_size: int = 4096  # BPE vocabulary trained on the population
-    fit_vocabulary: bool = False  # keep only the tokens the renderings use (same P, smaller head; opt-in, see README)
-    block_diagonal: bool = False
+    }, metadata={"help": "the bioD shape: n_attributes, chunks_per_value, diversity, chunk_length, alphabet "
+                         "(--K --C --D --L --T)", "cli": "population"})
+    junk_fraction: float = field(default=0.0, metadata={"help": "fraction of windows from junk people"})
+    junk_n_people: int = field(default=100_000_000, metadata={
+        "help": "junk people N' (of the data's format)", "flag": "--junk-N"})
+    domain_token: bool = field(default=False, metadata={"help": "start useful biographies with a domain token"})
+    vocab_size: int = field(default=4096, metadata={"help": "BPE vocabulary trained on the population"})
+    fit_vocabulary: bool = field(default=False, metadata={
+        "help": "keep only the tokens the renderings use plus the 256 bytes (same tokens and P, a smaller head, "
+                "faster steps; opt-in: it learned less in a 2026-12-02 check, see the README)"})
+    block_diagonal: bool = field(default=False, metadata={
+        "help": "add position_ids: no attention across biographies"})
     # model
-    model: str = "gpt2-2-2"  # gpt2-ℓ-h | llama-ℓ-h | memory-llama-ℓ-h (h heads of head_dim)
-    head_dim: int = 64
-    mlp_type: str | None = None  # gpt2: standard|gated|quarter|none; llama: gated|standard
-    num_experts: int = 0
-    moe_capacity_factor_train: float | None = 2.0  # gpt2 MoE: an expert's token budget in training (the paper: 2)
-    moe_capacity_factor_eval: float | None = 8.0  # ... and at evaluation (the paper: 8; None: no dropping)
-    fused_loss: bool = False  # gpt2: head + cross-entropy fused chunk by chunk (same loss, faster training step)
+    model: str = field(default="gpt2-2-2", metadata={
+        "help": "gpt2-<layers>-<heads>, llama-<l>-<h> or memory-llama-<l>-<h>"})
+    head_dim: int = field(default=64, metadata={"help": "width of each attention head"})
+    mlp_type: str | None = field(default=None, metadata={
+        "help": "gpt2: standard|gated|quarter|none; llama: gated|standard"})
+    num_experts: int = field(default=0, metadata={"help": "gpt2: MoE experts per layer (0 = dense)", "minimum": 0})
+    moe_capacity_factor_train: float | None = field(default=2.0, metadata={
+        "help": "gpt2 MoE: an expert's token budget in training (the paper: 2; None: no dropping)", "cli": False})
+    moe_capacity_factor_eval: float | None = field(default=8.0, metadata={
+        "help": "gpt2 MoE: an expert's token budget at evaluation (the paper: 8; None: no dropping)",
+        "cli": False})
+    fused_loss: bool = field(default=False, metadata={
+        "help": "gpt2: compute the head and cross-entropy chunk by chunk, gradients in the same pass (same loss, no "
+                "tokens × vocabulary logits; see benchmarks/RESULTS.md)"})
     memory: dict = field(default_factory=lambda: {
         "memory_n_keys": 32, "memory_heads": 2, "memory_topk": 8, "memory_key_dim": 64,
-    })
+    }, metadata={"help": "memory-llama: the product-key memory layers' settings (MemoryLlamaConfig fields)",
+                 "cli": False})
     # training
-    exposures: int = 100
-    context_length: int = 512
-    learning_rate: float = 1e-3
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.02
-    batch_size: int = 24
-    gradient_accumulation_steps: int = 1
-    warmup_steps: int = 1000
-    adam_beta2: float = 0.98
-    adam_epsilon: float = 1e-6
-    bf16: bool = False
-    torch_compile: bool = False  # compile the model with torch.compile (TrainingArguments.torch_compile)
-    dataloader_num_workers: int = 0
-    seed: int = 0
-    max_steps: int | None = None  # None: the steps for `exposures`
-    streaming: bool = False  # iterable dataset (constant memory) instead of a materialised one
-    save_steps: int | None = None  # checkpoint every this many steps (None: no checkpoints)
-    save_total_limit: int = 2  # checkpoints kept (the newest ones)
-    resume: bool = True  # continue from the newest checkpoint in output_dir, if it holds this same run
-    overwrite_output_dir: bool = False  # replace a finished or different run in output_dir (default: refuse)
+    exposures: int = field(default=100, metadata={"help": "times every person's biography is seen"})
+    context_length: int = field(default=512, metadata={"help": "tokens per training window"})
+    learning_rate: float = field(default=1e-3, metadata={
+        "help": "peak learning rate (AdamW, cosine decay)", "flag": "--lr"})
+    min_lr_ratio: float = field(default=0.1, metadata={
+        "help": "the cosine decay's floor, as a fraction of the peak learning rate"})
+    weight_decay: float = field(default=0.02, metadata={"help": "AdamW weight decay"})
+    batch_size: int = field(default=24, metadata={"help": "windows per step"})
+    gradient_accumulation_steps: int = field(default=1, metadata={
+        "help": "micro-batches of --batch-size windows per optimizer step"})
+    warmup_steps: int = field(default=1000, metadata={
+        "help": "learning-rate warm-up (at most a tenth of the steps)", "minimum": 0})
+    adam_beta2: float = field(default=0.98, metadata={"help": "AdamW beta2"})
+    adam_epsilon: float = field(default=1e-6, metadata={"help": "AdamW epsilon"})
+    bf16: bool = field(default=False, metadata={"help": "train in bfloat16 mixed precision"})
+    torch_compile: bool = field(default=False, metadata={"help": "compile the model with torch.compile"})
+    dataloader_num_workers: int = field(default=0, metadata={
+        "help": "processes loading the training windows (0: the main process)", "minimum": 0})
+    seed: int = field(default=0, metadata={
+        "help": "population and rendering seed (an adapter run's people are its base run's seed's: there it seeds "
+                "the adapter's initialisation and the batch order)", "cli": "population"})
+    max_steps: int | None = field(default=None, metadata={"help": "override the steps computed from --exposures"})
+    streaming: bool = field(default=False, metadata={
+        "help": "generate training windows on the fly (an iterable dataset: constant memory)"})
+    save_steps: int | None = field(default=None, metadata={
+        "help": "checkpoint every this many steps; the same command run again resumes from the newest"})
+    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept (the newest ones)"})
+    resume: bool = field(default=True, metadata={
+        "help": "ignore checkpoints already in the output folder and start from step 0", "flag": "--no-resume",
+        "negated": True})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "delete the run already in the output folder, finished or not, and start a new one (default: a "
+                "folder holding another run or a finished one is refused)", "flag": "--overwrite"})
     # evaluation
-    eval_steps: int | None = None  # measure knowledge every this many steps (None: ~EVAL_POINTS times in the run)
-    eval_max_people: int | None = None
-    quantized: tuple[str, ...] = ()
-    logging_steps: int = 50
-    report_to: list[str] = field(default_factory=list)
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    progress: bool = True
+    eval_steps: int | None = field(default=None, metadata={
+        "help": "measure knowledge every this many steps (unset: every tenth of the steps, ~10 points)"})
+    eval_max_people: int | None = field(default=None, metadata={
+        "help": "evaluate a subsample (default: everybody)"})
+    quantized: tuple[str, ...] = field(default=(), metadata={
+        "help": "schemes measured at the end: bitsandbytes int8/nf4/fp4, GPTQ gptq-int4/gptq-int8 (the paper's)",
+        "nargs": "*", "choices": QUANTIZED_SCHEMES})
+    logging_steps: int = field(default=50, metadata={"help": "log the loss every this many steps"})
+    report_to: list[str] = field(default_factory=list, metadata={
+        "help": "Trainer report_to backends (e.g. tensorboard)", "nargs": "*"})
+    push_to_hub: bool = field(default=False, metadata={"help": "push the model, its card and results to the Hub"})
+    hub_model_id: str | None = field(default=None, metadata={
+        "help": "the Hub repository (default: the output folder's name)"})
+    progress: bool = field(default=True, metadata={"help": "no progress bars", "flag": "--quiet", "negated": True})
     # adapters (hf_capacity.adapters): teach a new population to a trained model
-    init_from: str | None = None  # base model folder (a `hf-capacity train` run or any causal LM); None: fresh model
-    lora_r: int = 0  # LoRA rank through peft; 0 with init_from: full fine-tuning
-    lora_alpha: float | None = None  # None: equal to lora_r (scale 1 at every rank)
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])  # peft target_modules
-    load_in_4bit: bool = False  # QLoRA: the frozen base in 4-bit NF4 (bitsandbytes)
-    name_offset: int | None = None  # first person's index in the name permutation (None: after the base's people)
+    init_from: str | None = field(default=None, metadata={
+        "help": "start from this model folder (a `hf-capacity train` run, or any causal LM with its tokenizer)",
+        "metavar": "MODEL_DIR", "group": ADAPTERS})
+    lora_r: int = field(default=0, metadata={
+        "help": "LoRA rank (0 with --init-from: full fine-tuning)", "minimum": 0, "group": ADAPTERS})
+    lora_alpha: float | None = field(default=None, metadata={
+        "help": "LoRA alpha (default: equal to --lora-r, a scale of 1)", "group": ADAPTERS})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout", "group": ADAPTERS})
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"], metadata={
+        "help": "peft target_modules: all-linear, or module names (gpt2: c_attn c_proj c_fc)",
+        "aliases": ["--lora-targets"], "nargs": "+", "metavar": "MODULE", "group": ADAPTERS})
+    load_in_4bit: bool = field(default=False, metadata={
+        "help": "QLoRA: load the frozen base in 4-bit NF4 through bitsandbytes (needs --lora-r)", "group": ADAPTERS})
+    name_offset: int | None = field(default=None, metadata={
+        "help": "index of the first new person in the name permutation (default: right after the base's people)",
+        "minimum": 0, "group": ADAPTERS})
 
     def __post_init__(self) -> None:
+        self.quantized = tuple(self.quantized)
         if self.dataset not in ("bioS", "bioS-simple", "bioD"):
             raise ValueError(f"dataset must be bioS, bioS-simple or bioD, got {self.dataset!r}")
         family, _, _ = parse_model_name(self.model)
@@ -111,22 +167,10 @@ class CapacityTrainingConfig:
         if self.junk_fraction and self.n_people + self.junk_n_people > BIOS_NAME_SPACE:
             raise ValueError(f"n_people + junk_n_people must be at most N0 = {BIOS_NAME_SPACE:,} (one distinct name "
                              f"each), got {self.n_people:,} + {self.junk_n_people:,}")
-        if self.dataset != "bioD" and self.biod != _default("biod"):
+        if self.dataset != "bioD" and self.biod != field_default(CapacityTrainingConfig, "biod"):
             raise ValueError(f"biod (the bioD shape --K --C --D --L --T) describes bioD data, but dataset is "
                              f"{self.dataset!r}: set dataset bioD, or leave the shape unset")
-        self.adapter_settings()  # validates the LoRA fields
-        if self.init_from is None:
-            if self.lora_r or self.load_in_4bit:
-                raise ValueError("LoRA adapters are trained on a base model: set init_from (--init-from RUN)")
-        else:
-            if self.fused_loss:
-                raise ValueError("with init_from the base model's config decides fused_loss; leave it unset")
-            if self.quantized and self.lora_r:
-                raise ValueError("quantized capacity is measured on full models; an adapter run cannot take quantized")
-            if self.junk_fraction:
-                raise ValueError(
-                    "an adapter run teaches a new population of the base's format; junk_fraction is not supported"
-                )
+        check_settings(self)  # the LoRA settings, and those an adapter run cannot take
         if self.name_offset is not None and self.name_offset < 0:
             raise ValueError(f"name_offset must be >= 0, got {self.name_offset}")
 
@@ -145,8 +189,6 @@ class CapacityTrainingConfig:
 
     def adapter_settings(self):
         """The run's ``AdapterSettings`` (LoRA rank, alpha, dropout, targets, 4-bit base)."""
-        from .adapters import ALL_LINEAR, AdapterSettings
-
         targets = list(self.lora_target_modules)
         return AdapterSettings(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
                                target_modules=ALL_LINEAR if targets == [ALL_LINEAR] else tuple(targets),
@@ -158,144 +200,17 @@ class CapacityTrainingConfig:
         return d
 
 
-def _default(name: str):
-    """A ``CapacityTrainingConfig`` field's default value."""
-    f = CapacityTrainingConfig.__dataclass_fields__[name]
-    return f.default_factory() if callable(f.default_factory) else f.default
-
-
-BASE_FIELDS = ("model", "head_dim", "mlp_type", "num_experts", "moe_capacity_factor_train", "moe_capacity_factor_eval",
-               "memory", "vocab_size", "fit_vocabulary", "domain_token")
-"""Settings an adapter run (``init_from``) takes from its base model, not from its own config: the architecture and
-the tokenizer. Left unset they are recorded as the base's; set to another value they are refused (no effect)."""
-
-
-def base_settings(init_from: str | os.PathLike) -> dict:
-    """The ``BASE_FIELDS`` the base model folder was built with, as its ``training_config.json`` records them (an
-    hf-capacity run); None for each one a folder does not record (any other causal LM: its own architecture and
-    tokenizer, which no name here describes)."""
-    recorded = Path(init_from) / CONFIG_FILE
-    settings = json.loads(recorded.read_text()) if recorded.is_file() else {}
-    return {name: settings.get(name) for name in BASE_FIELDS}
-
-
-def check_base_settings(config: CapacityTrainingConfig) -> None:
-    """Refuses (ValueError, one line) an adapter run's settings that its base decides (``BASE_FIELDS``), set to
-    another value than the base's: they would be ignored. No-op for a run without ``init_from``."""
-    if config.init_from is None:
-        return
-    base = base_settings(config.init_from)
-    ignored = [f"{name} {getattr(config, name)!r}" + ("" if base[name] is None else f" (the base's: {base[name]!r})")
-               for name in BASE_FIELDS
-               if getattr(config, name) != _default(name) and getattr(config, name) != base[name]]
-    if ignored:
-        raise ValueError(f"an adapter run uses its base model's architecture and tokenizer ({config.init_from}), so "
-                         f"{', '.join(ignored)} would have no effect: leave {'it' if len(ignored) == 1 else 'them'} "
-                         "unset")
-
-
-def recorded_settings(config: CapacityTrainingConfig) -> dict:
-    """What ``training_config.json`` records of ``config``: its fields, with an adapter run's ``BASE_FIELDS`` taken
-    from its base (what really ran; null where the base records none)."""
-    settings = config.to_dict()
-    if config.init_from is not None:
-        settings.update(base_settings(config.init_from))
-    return settings
-
-
 def build_data(config: CapacityTrainingConfig) -> KnowledgeData:
-    """The run's population, tokenizer and rendering options.
-
-    With ``init_from`` an hf-capacity run: a new population of the base's format (its seed, shape and
-    tokenizer; the people after the base's, see ``adapters.new_population_data``); the run's dataset settings
-    must be the base's. With ``init_from`` any other model folder: the configured population rendered with that
-    folder's tokenizer."""
-    from . import adapters
-
-    offset = config.name_offset or 0
-    if config.init_from is not None:
-        adapters.check_base_folder(config.init_from)
-        check_base_settings(config)
-        if adapters.is_capacity_run(config.init_from):
-            base = KnowledgeData.load(config.init_from)
-            _check_same_format(config, base)
-            return adapters.new_population_data(base, config.n_people, name_offset=config.name_offset)
-    if config.dataset == "bioD":
-        population = BioDPopulation(config.n_people, seed=config.seed, name_offset=offset, **config.biod)
-    else:
-        population = BioSPopulation(config.n_people, seed=config.seed, name_offset=offset)
-    if config.init_from is not None:  # any other model folder: its own tokenizer
-        tokenizer = adapters.load_base_tokenizer(config.init_from)
-        return KnowledgeData.create(population, simple=config.dataset == "bioS-simple", tokenizer=tokenizer)
-    junk = JunkConfig(config.junk_fraction, config.junk_n_people) if config.junk_fraction > 0 else None
-    return KnowledgeData.create(
-        population,
-        simple=config.dataset == "bioS-simple",
-        domain_token=config.domain_token,
-        junk=junk,
-        vocab_size=config.vocab_size,
-        fit_vocabulary=config.fit_vocabulary,
-    )
-
-
-def _check_same_format(config: CapacityTrainingConfig, base: KnowledgeData) -> None:
-    """An adapter run's data settings must be its base run's (new people, same format)."""
-    if config.dataset != base.family:
-        raise ValueError(f"the base run {config.init_from} was trained on {base.family}; an adapter run teaches new "
-                         f"people of the same data set (dataset {base.family!r}, got {config.dataset!r})")
-    if base.family == "bioD":
-        pop = base.population
-        theirs = {k: getattr(pop, k) for k in config.biod}
-        if theirs != dict(config.biod):
-            flags = " ".join(f"{k}={v}" for k, v in theirs.items())
-            raise ValueError(f"the base run {config.init_from} has bioD shape {flags}; the adapter run's biod "
-                             f"settings must match it (got {dict(config.biod)})")
+    """The run's population, tokenizer and rendering options (``adapters.run_parts(config).data()``): the configured
+    population with a tokenizer trained on it, or for an adapter run new people of its base's format."""
+    return run_parts(config).data()
 
 
 def build_model(config: CapacityTrainingConfig, tokenizer):
-    """A freshly initialised model named like the paper (gpt2-ℓ-h, llama-ℓ-h, memory-llama-ℓ-h); with
-    ``init_from``, the base model loaded from that folder, with LoRA adapters (``lora_r`` ≥ 1, a ``PeftModel``
-    whose adapters alone train) or all of it trainable (full fine-tuning)."""
-    if config.init_from is not None:
-        from .adapters import add_adapter, load_base_model
-
-        settings = config.adapter_settings()
-        base = load_base_model(config.init_from, load_in_4bit=settings.load_in_4bit)
-        if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
-            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the base model's embedding only "
-                             f"{base.get_input_embeddings().weight.shape[0]} rows")
-        return add_adapter(base, settings)
-    from . import models  # noqa: F401 - registers the model families with the Auto classes
-    from .models.capacity_gpt2 import CapacityGPT2Config, CapacityGPT2ForCausalLM
-    from .models.memory_llama import MemoryLlamaConfig, MemoryLlamaForCausalLM, default_memory_layers
-
-    family, layers, heads = parse_model_name(config.model)
-    hidden = heads * config.head_dim
-    common = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        max_position_embeddings=max(config.context_length, 1024),
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    if family == "gpt2":
-        extra = {"mlp_type": config.mlp_type} if config.mlp_type else {}
-        if config.fused_loss:
-            extra["fused_loss"] = True
-        if config.num_experts:
-            extra.update(num_experts=config.num_experts, moe_capacity_factor_train=config.moe_capacity_factor_train,
-                         moe_capacity_factor_eval=config.moe_capacity_factor_eval)
-        return CapacityGPT2ForCausalLM(CapacityGPT2Config(**common, **extra))
-    mlp_type = config.mlp_type or "gated"
-    llama = dict(common, mlp_type=mlp_type)  # MemoryLlamaConfig gives the type its parameter-matched width
-    if family == "memory-llama":
-        llama.update(config.memory, memory_layers=default_memory_layers(layers, count=min(3, layers)))
-        llama.setdefault("memory_value_dim", hidden)
-    return MemoryLlamaForCausalLM(MemoryLlamaConfig(**llama))
-
+    """The run's model (``adapters.run_parts(config).model(tokenizer)``): a freshly initialised model named like the
+    paper (gpt2-ℓ-h, llama-ℓ-h, memory-llama-ℓ-h), or for an adapter run its base model with LoRA adapters or all of
+    it trainable (full fine-tuning)."""
+    return run_parts(config).model(tokenizer)
 
 def steps_for_exposures(config: CapacityTrainingConfig, data: KnowledgeData, args=None,
                         windows: int | None = None) -> int:
@@ -342,8 +257,6 @@ def training_arguments(config: CapacityTrainingConfig):
     )
 
 
-CONFIG_FILE = "training_config.json"
-"""A run's settings, written into its folder before its first step (so a resumed run can be recognised)."""
 PROGRESS_FIELDS = frozenset({
     "output_dir", "resume", "overwrite_output_dir", "progress", "logging_steps", "eval_steps", "save_steps",
     "save_total_limit", "report_to", "push_to_hub", "hub_model_id", "dataloader_num_workers", "quantized",
@@ -404,9 +317,7 @@ def run_differences(recorded: dict, config: CapacityTrainingConfig) -> list[str]
     current = json.loads(json.dumps(config.to_dict()))
     defaults = {**json.loads(json.dumps(CapacityTrainingConfig().to_dict())), **LEGACY_DEFAULTS}
     before = {f.name: recorded.get(f.name, defaults[f.name]) for f in fields(config)}
-    ignored = set(PROGRESS_FIELDS)
-    if config.init_from is not None:  # the base decides these (records before they were the base's hold defaults)
-        ignored |= set(BASE_FIELDS)
+    ignored = set(PROGRESS_FIELDS) | set(run_parts(config).BASE_FIELDS)  # an adapter run's base decides these
     if not before["num_experts"] and not current["num_experts"]:
         ignored |= {"moe_capacity_factor_train", "moe_capacity_factor_eval"}
     return [f"{name} {old} → {current[name]}" for name, old in before.items()
@@ -466,15 +377,15 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
     import torch
     from transformers import Trainer, set_seed
 
-    from .adapters import is_capacity_run, prior_knowledge, record_base_path, recorded_base_path
     from .callbacks import CapacityReportCallback, ForgettingCallback, TrainingDivergedError, add_capacity_callbacks
     from .params import count_parameters
     from .report import json_safe
 
     checkpoint = check_output_dir(config)
     set_seed(config.seed)
-    data = data or build_data(config)
-    model = model or build_model(config, data.tokenizer)
+    parts = run_parts(config)  # a fresh run's, or an adapter run's (adapters.AdapterRunParts)
+    data = data or parts.data()
+    model = model or parts.model(data.tokenizer)
     stream = data.stream(config.exposures, config.context_length, block_diagonal=config.block_diagonal)
     train_dataset = stream.to_iterable_dataset() if config.streaming else stream.to_dataset(progress=config.progress)
     args = training_arguments(config)
@@ -489,9 +400,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         groups = model.optimizer_param_groups(config.learning_rate, config.weight_decay)
         optimizers = (torch.optim.AdamW(groups, betas=(0.9, config.adam_beta2), eps=config.adam_epsilon), None)
     trainer = Trainer(model=model, args=args, train_dataset=train_dataset, optimizers=optimizers)
-    prior = None
-    if config.init_from is not None:  # the base's step-0 figure on the new people (a resumed run's weights load later)
-        prior = prior_knowledge(model, data, config.init_from, max_people=config.eval_max_people, progress=False)
+    prior = parts.prior_knowledge(model, data)  # an adapter run's bits are net of what its base knew
     callbacks = add_capacity_callbacks(
         trainer,
         data,
@@ -504,24 +413,22 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         dataset_exposures=None if config.streaming or config.max_steps else config.exposures,
         prior=prior,
     )
-    forgetting = None
-    if config.init_from is not None and is_capacity_run(config.init_from):  # the base population's knowledge
-        forgetting = ForgettingCallback(KnowledgeData.load(config.init_from), max_people=config.eval_max_people)
+    forgetting, base_population = None, parts.base_population()
+    if base_population is not None:  # what the model knew before the run: measured at the start and the end
+        forgetting = ForgettingCallback(base_population, max_people=config.eval_max_people)
         forgetting.attach(trainer)
     out = Path(config.output_dir)
     if trainer.is_world_process_zero():  # recorded first, so that a run killed part-way is recognised on resuming
         out.mkdir(parents=True, exist_ok=True)
-        applied = {"max_steps": max_steps, "warmup_steps": warmup_steps, "eval_steps": eval_steps}  # what runs
-        if config.init_from is not None:  # the people are the base's seed's; --seed seeds the adapter and batch order
-            applied.update(population_seed=data.population.seed, name_offset=data.population.name_offset,
-                           base_model_type=getattr(getattr(model, "config", None), "model_type", None))
-        (out / CONFIG_FILE).write_text(json.dumps({**recorded_settings(config), "applied": applied}, indent=2) + "\n")
+        applied = {"max_steps": max_steps, "warmup_steps": warmup_steps, "eval_steps": eval_steps,  # what runs
+                   **parts.applied(data, model)}
+        (out / CONFIG_FILE).write_text(json.dumps({**parts.recorded_settings(), "applied": applied}, indent=2) + "\n")
         exact = not (config.streaming or config.max_steps)
         exposures = config.exposures if exact else callbacks["exposures"].exposures_at(args, max_steps)
         for line in plan_lines(config, steps=max_steps, warmup_steps=warmup_steps,
                                tokens_per_step=tokens_per_step(args, config.context_length), exposures=exposures,
                                exact=exact, num_params=count_parameters(model, data.used_token_ids()).paper_params,
-                               bits_max=(prior.new_bits_max(data.bits_max()) if prior else data.bits_max()).total):
+                               bits_max=parts.new_bits_max(data).total):
             print(line, flush=True)
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
@@ -534,9 +441,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
         raise
     if trainer.is_world_process_zero():
         trainer.save_model(str(out))
-        base_model = None
-        if config.init_from is not None:  # recorded relative to the run when given relative: both folders can move
-            base_model = record_base_path(trainer.model, out, recorded_base_path(config.init_from, out))
+        base_model = parts.record_base(trainer.model, out)  # an adapter run's base folder, as its files record it
         data.save(out)
         # written after the model and data are saved, so a push to the Hub carries everything
         writer = CapacityReportCallback(

@@ -339,3 +339,18 @@ def test_an_adapter_run_resumes_from_its_checkpoint(base_run, tmp_path):
     a = load_file(str(tmp_path / "unbroken" / "adapter_model.safetensors"))
     b = load_file(str(out / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_only_the_adapters_module_reads_init_from():
+    """The adapter seam: training, preflight, the sweep and the CLI ask ``adapters.run_parts(config)`` for a run's
+    parts instead of testing ``config.init_from`` themselves."""
+    import ast
+    from pathlib import Path
+
+    import hf_capacity
+
+    package = Path(hf_capacity.__file__).parent
+    readers = sorted(str(path.relative_to(package)) for path in package.rglob("*.py")
+                     if any(isinstance(node, ast.Attribute) and node.attr == "init_from"
+                            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))))
+    assert readers == ["adapters.py"]

@@ -1,12 +1,12 @@
-"""What the `hf-capacity` command groups share: the user-facing error, the help layout, whole-number options and
-the population flags."""
+"""What the `hf-capacity` command groups share: the user-facing error, the help layout, whole-number options, the
+flags of a settings dataclass (``hf_capacity.schema``) and the population flags."""
 
 from __future__ import annotations
 
 import argparse
 import math
 from decimal import Decimal, InvalidOperation
-from typing import Callable
+from typing import Callable, Mapping
 
 
 class CLIError(Exception):
@@ -79,6 +79,52 @@ def add_count(parser: argparse.ArgumentParser, flag: str, *, minimum: int = 1, *
     parser.add_argument(flag, type=count(flag, minimum), **kwargs)
 
 
+# ------------------------------------------------------------------------------------------------ settings
+def add_settings_args(parser: argparse.ArgumentParser, config_class, defaults, *,
+                      groups: Mapping[str, str] | None = None) -> None:
+    """A flag for every setting of the dataclass ``config_class`` that the command line spells (``hf_capacity.schema``:
+    its help, spelling, type and group from the field's metadata), with ``defaults``' values (an instance) as
+    defaults. The population settings are left to ``add_population_args``; ``groups``: the description of each
+    help section a setting names."""
+    from ..schema import settings
+
+    sections: dict[str, argparse._ArgumentGroup] = {}
+    for s in settings(config_class).values():
+        if s.metadata.get("cli", True) is not True:
+            continue
+        group = s.metadata.get("group")
+        if group and group not in sections:
+            sections[group] = parser.add_argument_group(group, (groups or {}).get(group))
+        target = sections[group] if group else parser
+        kwargs = {key: s.metadata[key] for key in ("choices", "nargs", "metavar") if key in s.metadata}
+        default = getattr(defaults, s.name)
+        if s.kind is bool:  # a switch: on, or off for a negated one (--quiet: progress False)
+            target.add_argument(*s.flags, action="store_true", default=not default if s.metadata.get("negated")
+                                else default, help=s.help)
+            continue
+        if s.kind is int:
+            kwargs["type"] = count(s.flags[0], s.metadata.get("minimum", 1))
+        elif s.kind is float:
+            kwargs["type"] = float
+        elif s.kind is list:
+            kwargs.setdefault("nargs", "+")
+            default = list(default)
+        target.add_argument(*s.flags, default=default, help=s.help, **kwargs)
+
+
+def settings_from_args(config_class, args, **values):
+    """``config_class`` made from parsed ``args`` (the flags of ``add_settings_args`` and ``add_population_args``);
+    ``values`` for the settings they do not spell (e.g. the bioD shape, from ``biod_from_args``)."""
+    from ..schema import settings
+
+    for s in settings(config_class).values():
+        if s.name in values or s.metadata.get("cli", True) is False:
+            continue
+        value = getattr(args, s.dest)
+        values[s.name] = (not value) if s.metadata.get("negated") else value
+    return config_class(**values)
+
+
 # ------------------------------------------------------------------------------------------ populations
 BIOD_FLAGS = (
     ("--K", "n_attributes", 4, "bioD: attributes per person"),
@@ -113,16 +159,9 @@ def resolve_population_args(args) -> None:
     """Fill in --dataset and the bioD shape flags left unset (None): from the base run of ``--init-from`` (an
     hf-capacity run) where there is one, else the defaults. Shape flags given for bioS data raise CLIError; a given
     value that differs from the base run's is left for the run config to refuse."""
-    import json
-    from pathlib import Path
+    from ..adapters import base_data_format
 
-    base = getattr(args, "init_from", None)
-    population, simple = {}, False
-    if base and (Path(base) / "knowledge_data.json").is_file():  # an hf-capacity run: its data's format
-        recorded = json.loads((Path(base) / "knowledge_data.json").read_text())
-        population, simple = recorded.get("population", {}), bool(recorded.get("simple"))
-    family = population.get("family")
-    family = "bioS-simple" if family == "bioS" and simple else family
+    family, population = base_data_format(getattr(args, "init_from", None))  # an hf-capacity base run's format
     given = [flag for flag, *_ in BIOD_FLAGS if getattr(args, flag.lstrip("-")) is not None]
     if args.dataset is None:
         args.dataset = family or DEFAULT_DATASET
@@ -134,6 +173,11 @@ def resolve_population_args(args) -> None:
         name = flag.lstrip("-")
         if getattr(args, name) is None:
             setattr(args, name, shape.get(field, default))
+
+
+def biod_from_args(args) -> dict:
+    """The bioD shape the --K --C --D --L --T flags give, as ``CapacityTrainingConfig.biod``."""
+    return {field: getattr(args, flag.lstrip("-")) for flag, field, _, _ in BIOD_FLAGS}
 
 
 def population(args):

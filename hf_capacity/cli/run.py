@@ -13,10 +13,15 @@ import json
 import math
 from pathlib import Path
 
-from ._common import CLIError, add_command, add_count, add_population_args
-
-QUANTIZED_CHOICES = ["int8", "nf4", "fp4", "gptq-int4", "gptq-int8"]
-"""``hf_capacity.quantization.ALL_SCHEMES`` (not imported here: the parser must not import torch)."""
+from ._common import (
+    CLIError,
+    add_command,
+    add_count,
+    add_population_args,
+    add_settings_args,
+    biod_from_args,
+    settings_from_args,
+)
 
 DEMO = {
     "N": 100, "model": "gpt2-2-2", "head_dim": 32, "exposures": 300, "context_length": 256, "lr": 5e-3,
@@ -27,121 +32,26 @@ learned (at 150 exposures the same model has learned under half: knowledge needs
 
 
 # --------------------------------------------------------------------------------------- arguments
+ADAPTER_HELP = (
+    "teach new people to a trained model (peft): --init-from RUN [--lora-r R]. The new population has the base run's "
+    "format (its data flags are taken from the base) and the people after the base's; P is then the trainable adapter "
+    "parameters, the bits are net of what the base already scores on the new people (bits_max without the base's "
+    "bioD diversity sets), and the base population's bits are measured before and after")
+"""The description of the adapter flags' help section."""
+
+
 def _add_training_args(p: argparse.ArgumentParser, defaults) -> None:
-    """The CapacityTrainingConfig flags, with ``defaults`` (a CapacityTrainingConfig) as their defaults."""
-    p.add_argument("--model", default=defaults.model,
-                   help="gpt2-<layers>-<heads>, llama-<l>-<h> or memory-llama-<l>-<h>")
-    add_count(p, "--head-dim", default=defaults.head_dim, help="width of each attention head")
-    p.add_argument("--mlp-type", default=None, help="gpt2: standard|gated|quarter|none; llama: gated|standard")
-    add_count(p, "--num-experts", minimum=0, default=0, help="gpt2: MoE experts per layer (0 = dense)")
-    add_count(p, "--exposures", default=defaults.exposures, help="times every person's biography is seen")
-    add_count(p, "--context-length", default=defaults.context_length, help="tokens per training window")
-    p.add_argument("--lr", type=float, default=defaults.learning_rate, help="peak learning rate (AdamW, cosine decay)")
-    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay")
-    add_count(p, "--batch-size", default=defaults.batch_size, help="windows per step")
-    add_count(p, "--warmup-steps", minimum=0, default=defaults.warmup_steps,
-              help="learning-rate warm-up (at most a tenth of the steps)")
-    add_count(p, "--max-steps", default=None, help="override the steps computed from --exposures")
-    add_count(p, "--vocab-size", default=defaults.vocab_size, help="BPE vocabulary trained on the population")
-    p.add_argument("--fit-vocabulary", action="store_true",
-                   help="keep only the tokens the renderings use plus the 256 bytes (same tokens and P, a smaller "
-                   "head, faster steps; opt-in: it learned less in a 2026-12-02 check, see the README)")
-    p.add_argument("--junk-fraction", type=float, default=0.0, help="fraction of windows from junk people")
-    add_count(p, "--junk-N", default=100_000_000, help="junk people N' (of the data's format)")
-    p.add_argument("--domain-token", action="store_true", help="start useful biographies with a domain token")
-    add_count(p, "--eval-steps", default=defaults.eval_steps,
-              help="measure knowledge every this many steps (unset: every tenth of the steps, ~10 points)")
-    add_count(p, "--eval-max-people", default=None, help="evaluate a subsample (default: everybody)")
-    p.add_argument("--quantized", nargs="*", default=[], choices=QUANTIZED_CHOICES,
-                   help="schemes measured at the end: bitsandbytes int8/nf4/fp4, "
-                   "GPTQ gptq-int4/gptq-int8 (the paper's)")
-    p.add_argument("--bf16", action="store_true", help="train in bfloat16 mixed precision")
-    p.add_argument("--torch-compile", action="store_true", help="compile the model with torch.compile")
-    p.add_argument("--fused-loss", action="store_true",
-                   help="gpt2: compute the head and cross-entropy chunk by chunk, gradients in the same pass "
-                        "(same loss, no tokens × vocabulary logits; see benchmarks/RESULTS.md)")
-    p.add_argument("--streaming", action="store_true", help="generate training windows on the fly")
-    p.add_argument("--report-to", nargs="*", default=[], help="Trainer report_to backends (e.g. tensorboard)")
-    p.add_argument("--push-to-hub", action="store_true", help="push the model, its card and results to the Hub")
-    p.add_argument("--hub-model-id", default=None, help="the Hub repository (default: the output folder's name)")
-    add_count(p, "--save-steps", default=defaults.save_steps,
-              help="checkpoint every this many steps; the same command run again resumes from the newest")
-    p.add_argument("--no-resume", action="store_true",
-                   help="ignore checkpoints already in the output folder and start from step 0")
-    p.add_argument("--overwrite", action="store_true",
-                   help="delete the run already in the output folder, finished or not, and start a new one "
-                        "(default: a folder holding another run or a finished one is refused)")
-    p.add_argument("--output", "-o", default=defaults.output_dir, help="output folder")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    a = p.add_argument_group(
-        "adapters", "teach new people to a trained model (peft): --init-from RUN [--lora-r R]. The new population "
-        "has the base run's format (its data flags are taken from the base) and the people after the base's; "
-        "P is then the trainable adapter parameters, the bits are net of what the base already scores on the new "
-        "people (bits_max without the base's bioD diversity sets), and the base population's bits are measured "
-        "before and after")
-    a.add_argument("--init-from", default=None, metavar="MODEL_DIR",
-                   help="start from this model folder "
-                   "(a `hf-capacity train` run, or any causal LM with its tokenizer)")
-    add_count(a, "--lora-r", minimum=0, default=0, help="LoRA rank (0 with --init-from: full fine-tuning)")
-    a.add_argument("--lora-alpha", type=float, default=None,
-                   help="LoRA alpha (default: equal to --lora-r, a scale of 1)")
-    a.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout")
-    a.add_argument("--lora-target-modules", "--lora-targets", nargs="+", default=["all-linear"], metavar="MODULE",
-                   help="peft target_modules: all-linear, or module names (gpt2: c_attn c_proj c_fc)")
-    a.add_argument("--load-in-4bit", action="store_true",
-                   help="QLoRA: load the frozen base in 4-bit NF4 through bitsandbytes (needs --lora-r)")
-    add_count(a, "--name-offset", minimum=0, default=None,
-              help="index of the first new person in the name permutation (default: right after the base's people)")
+    """The CapacityTrainingConfig flags (its fields' metadata, ``add_settings_args``), with ``defaults`` (a
+    CapacityTrainingConfig) as their defaults; the population flags come from ``add_population_args``."""
+    from ..training import ADAPTERS
+
+    add_settings_args(p, type(defaults), defaults, groups={ADAPTERS: ADAPTER_HELP})
 
 
 def _training_config(args):
     from ..training import CapacityTrainingConfig
 
-    return CapacityTrainingConfig(
-        output_dir=args.output,
-        dataset=args.dataset,
-        n_people=args.N,
-        biod={"n_attributes": args.K, "chunks_per_value": args.C, "diversity": args.D, "chunk_length": args.L,
-              "alphabet": args.T},
-        junk_fraction=args.junk_fraction,
-        junk_n_people=args.junk_N,
-        domain_token=args.domain_token,
-        vocab_size=args.vocab_size,
-        fit_vocabulary=args.fit_vocabulary,
-        model=args.model,
-        head_dim=args.head_dim,
-        mlp_type=args.mlp_type,
-        num_experts=args.num_experts,
-        exposures=args.exposures,
-        context_length=args.context_length,
-        learning_rate=args.lr,
-        weight_decay=args.weight_decay,
-        batch_size=args.batch_size,
-        warmup_steps=args.warmup_steps,
-        max_steps=args.max_steps,
-        eval_steps=args.eval_steps,
-        eval_max_people=args.eval_max_people,
-        quantized=tuple(args.quantized),
-        bf16=args.bf16,
-        torch_compile=args.torch_compile,
-        fused_loss=args.fused_loss,
-        seed=args.seed,
-        streaming=args.streaming,
-        report_to=args.report_to,
-        push_to_hub=args.push_to_hub,
-        hub_model_id=args.hub_model_id,
-        progress=not args.quiet,
-        save_steps=args.save_steps,
-        resume=not args.no_resume,
-        overwrite_output_dir=args.overwrite,
-        init_from=args.init_from,
-        lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-        lora_target_modules=list(args.lora_target_modules),
-        load_in_4bit=args.load_in_4bit,
-        name_offset=args.name_offset,
-    )
+    return settings_from_args(CapacityTrainingConfig, args, biod=biod_from_args(args))
 
 
 def cmd_train(args) -> None:
@@ -266,7 +176,7 @@ def cmd_eval(args) -> None:
 # ------------------------------------------------------------------------------------------------ parsers
 def add_commands(subparsers) -> None:
     """Add `train`, `demo` and `eval` to `hf-capacity`'s subparsers."""
-    from ..training import CapacityTrainingConfig
+    from ..training import QUANTIZED_SCHEMES, CapacityTrainingConfig
 
     t = add_command(subparsers, "train", help="train a model on synthetic knowledge with the capacity callbacks")
     add_population_args(t)
@@ -297,7 +207,7 @@ def add_commands(subparsers) -> None:
     add_count(e, "--max-people", default=None, help="evaluate a subsample (adds a 95%% CI)")
     add_count(e, "--renderings", default=1, help="evaluation renderings averaged per person")
     add_count(e, "--batch-size", default=64, help="biographies per forward pass")
-    e.add_argument("--quantized", nargs="*", default=[], choices=QUANTIZED_CHOICES,
+    e.add_argument("--quantized", nargs="*", default=[], choices=QUANTIZED_SCHEMES,
                    help="also measure after quantization with these schemes")
     e.add_argument("--code", choices=["installed", "folder"], default="installed",
                    help="whose model code runs the evaluation: the installed hf-capacity classes, or the modeling "

@@ -2,29 +2,31 @@
 
 Every run is resolved to a full ``CapacityTrainingConfig`` (defaults < base < matching rules < the grid point or run
 entry) and gets a deterministic id: a readable slug plus a hash of its resolved config (``run_slug``,
-``config_hash``). Unknown fields, wrong types and misplaced keys raise ``SweepConfigError`` naming the place.
+``config_hash``). The fields and their types are the config's (``hf_capacity.schema``); unknown fields, wrong types
+and misplaced keys raise ``SweepConfigError`` naming the place.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import difflib
 import hashlib
 import itertools
 import json
-import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..adapters import run_label
 from ..model_names import match_model_name
+from ..schema import Setting, coerce, settings
 from ..training import CapacityTrainingConfig
 from .folders import RUNS_DIR, is_done
 
 TOP_LEVEL_KEYS = ("name", "description", "output_dir", "base", "grid", "runs", "rules")
-NESTED_FIELDS = ("biod", "memory")
+NESTED_FIELDS = tuple(name for name, s in settings(CapacityTrainingConfig).items() if s.kind is dict)
+"""The fields that hold a mapping (``biod``, ``memory``): a sweep may set one key of them (``biod.diversity``)."""
 SWEEP_OWNED = ("output_dir", "overwrite_output_dir")
 """Fields the sweep sets itself (each run's folder; it skips finished runs, resumes or restarts the others)."""
 NOT_IN_RUN_ID = ("output_dir", "progress", "logging_steps", "report_to", "push_to_hub", "hub_model_id")
@@ -39,8 +41,9 @@ class SweepConfigError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------- config fields
-def _field_types() -> dict[str, str]:
-    return {f.name: str(f.type) for f in dataclasses.fields(CapacityTrainingConfig)}
+def _settings() -> dict[str, Setting]:
+    """The ``CapacityTrainingConfig`` fields with their types and help (``hf_capacity.schema``)."""
+    return settings(CapacityTrainingConfig)
 
 
 def _defaults() -> dict:
@@ -64,57 +67,13 @@ def _unknown(names: Iterable[str], valid: Sequence[str], where: str) -> SweepCon
     )
 
 
-def _coerce(name: str, value: Any, type_text: str, where: str) -> Any:
-    """``value`` as the field's type (YAML reads ``1e-3`` as a string, ``1.0e+6`` as a float): clear errors."""
-    label = f"{where}.{name}"
-    optional = "None" in type_text
-    if value is None:
-        if optional or type_text.startswith(("tuple", "list")):
-            return value if optional else []
-        raise SweepConfigError(f"{label}: null is not allowed (expected {type_text})")
-    base = type_text.split("|")[0].strip()
-    if base == "bool":
-        if not isinstance(value, bool):
-            raise SweepConfigError(f"{label}: expected true or false, got {value!r}")
-        return value
-    if base in ("int", "float"):
-        number = value
-        if isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                raise SweepConfigError(f"{label}: expected a number, got {value!r}") from None
-        if isinstance(number, bool) or not isinstance(number, numbers.Real):  # numpy numbers too
-            raise SweepConfigError(f"{label}: expected a number, got {value!r}")
-        if base == "float":
-            return float(number)
-        if float(number) != int(number):
-            raise SweepConfigError(f"{label}: expected an integer, got {value!r}")
-        return int(number)
-    if base == "str":
-        if not isinstance(value, str):
-            raise SweepConfigError(f"{label}: expected a string, got {value!r}")
-        return value
-    if base.startswith(("tuple", "list")):
-        if isinstance(value, str):
-            return [value]
-        if not isinstance(value, (list, tuple)):
-            raise SweepConfigError(f"{label}: expected a list, got {value!r}")
-        return list(value)
-    if base == "dict":
-        if not isinstance(value, Mapping):
-            raise SweepConfigError(f"{label}: expected a mapping, got {value!r}")
-        return dict(value)
-    return value
-
-
 def _check_overrides(mapping: Any, where: str) -> dict:
     """Validate one mapping of field → value (``biod.diversity`` style keys allowed); returns it coerced."""
     if mapping is None:
         return {}
     if not isinstance(mapping, Mapping):
         raise SweepConfigError(f"{where} must be a mapping of CapacityTrainingConfig fields, got {mapping!r}")
-    types = _field_types()
+    types = _settings()
     valid = [n for n in types if n not in SWEEP_OWNED]
     unknown = []
     out = {}
@@ -138,15 +97,15 @@ def _check_overrides(mapping: Any, where: str) -> dict:
             if top == "biod":
                 if sub not in BIOD_KEYS:
                     raise _unknown([sub], BIOD_KEYS, f"{where}.biod")
-                value = _coerce(key, value, "int", where)
+                value = coerce(value, int, f"{where}.{key}", SweepConfigError)
             out[key] = value
             continue
-        value = _coerce(key, value, types[key], where)
+        value = types[key].coerce(value, f"{where}.{key}", SweepConfigError)
         if top == "biod":
             bad = set(value) - set(BIOD_KEYS)
             if bad:
                 raise _unknown(bad, BIOD_KEYS, f"{where}.biod")
-            value = {k: _coerce(f"biod.{k}", v, "int", where) for k, v in value.items()}
+            value = {k: coerce(v, int, f"{where}.biod.{k}", SweepConfigError) for k, v in value.items()}
         out[key] = value
     if unknown:
         raise _unknown(unknown, valid, where)
@@ -214,10 +173,9 @@ def run_slug(config: Mapping[str, Any]) -> str:
         parts.append(f"junk{config['junk_fraction']:g}")
     if config.get("domain_token"):
         parts.append("dom")
-    if config.get("init_from"):  # an adapter run: from which base, and how
-        rank = int(config.get("lora_r") or 0)
-        method = f"qlora{rank}" if config.get("load_in_4bit") else f"lora{rank}" if rank else "ft"
-        parts[0] = f"{Path(str(config['init_from'])).name}+{method}"
+    adapter = run_label(config)  # an adapter run: from which base, and how
+    if adapter:
+        parts[0] = adapter
     return "".join(ch if ch.isalnum() or ch in "._+-" else "-" for ch in "_".join(parts))[:100]
 
 
@@ -247,9 +205,7 @@ class SweepRun:
 
     def training_config(self) -> CapacityTrainingConfig:
         """The ``CapacityTrainingConfig`` (raises ValueError for an invalid one, e.g. an unknown model name)."""
-        values = dict(self.config)
-        values["quantized"] = tuple(values.get("quantized") or ())
-        return CapacityTrainingConfig(output_dir=str(self.output_dir), **values)
+        return CapacityTrainingConfig(output_dir=str(self.output_dir), **self.config)
 
     @property
     def done(self) -> bool:
@@ -328,7 +284,7 @@ def load_sweep(source: str | os.PathLike | Mapping[str, Any]) -> Sweep:
             )
     unknown = set(map(str, raw)) - set(TOP_LEVEL_KEYS)
     if unknown:
-        fields_here = unknown & set(_field_types())
+        fields_here = unknown & set(_settings())
         hint = (f" (training fields go under base:, e.g. base: {{{sorted(fields_here)[0]}: ...}})"
                 if fields_here else "")
         raise SweepConfigError(

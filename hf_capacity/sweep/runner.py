@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
+from ..adapters import run_parts
 from ..bits import biod_bits_max, bios_bits_max
 from ..checkpoints import last_checkpoint
 from ..data import BioDPopulation
@@ -102,14 +103,10 @@ def _execute(run: SweepRun, sweep_name: str) -> dict:
 
 
 # -------------------------------------------------------------------------------------------------- dry run
-DATA_FIELDS = ("dataset", "seed", "vocab_size", "fit_vocabulary", "domain_token", "init_from", "name_offset")
-"""The settings ``build_data`` reads besides n_people, biod and junk: the population, its tokenizer and renderings."""
-
-
 def _data_key(config) -> str:
     """Runs with the same key share ``sample_data``: every setting that changes its population, tokenizer or
-    renderings (``sample_data`` caps the people at 1000 and drops junk)."""
-    key = {name: getattr(config, name) for name in DATA_FIELDS}
+    renderings (the run's ``DATA_FIELDS``; ``sample_data`` caps the people at 1000 and drops junk)."""
+    key = {name: getattr(config, name) for name in run_parts(config).DATA_FIELDS}
     key.update(biod=config.biod if config.dataset == "bioD" else None, n_people=min(config.n_people, 1000))
     return json.dumps(key, sort_keys=True, default=str)
 
@@ -129,17 +126,15 @@ def _estimate_steps(config, data) -> int:
 
 
 def _bits_max(config, data) -> float:
-    """bits_max of the run's whole population (``data`` is its sample: the same format, at most 1000 people); for an
-    adapter run from an hf-capacity bioD run, without the diversity sets it shares with its base (as the run
-    reports)."""
-    from ..adapters import is_capacity_run
-
+    """bits_max of the run's whole population (``data`` is its sample: the same format, at most 1000 people), the part
+    new to its model (``RunParts.new_bits_max``: for an adapter run from an hf-capacity bioD run, without the
+    diversity sets it shares with its base, as the run reports)."""
     population = data.population
     if isinstance(population, BioDPopulation):
         bits = biod_bits_max(dataclasses.replace(population.shape, n_people=config.n_people))
-        shared = config.init_from is not None and is_capacity_run(config.init_from)
-        return bits.total - (bits.diversity_bits if shared else 0.0)
-    return bios_bits_max(config.n_people).total
+    else:
+        bits = bios_bits_max(config.n_people)
+    return run_parts(config).new_bits_max(data, bits).total
 
 
 def _check(run: SweepRun, cache: dict) -> tuple[dict, str | None]:
