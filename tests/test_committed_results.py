@@ -112,6 +112,23 @@ def test_the_quantization_ladder_rows_are_the_committed_csv():
     assert (four["GPTQ"] >= four["round to nearest"]).all()
 
 
+def test_the_morris_shape_memorization_rows_are_the_committed_csv():
+    """docs/studies/memorization_morris.md shows docs/results/memorization_morris.csv row for row; every run's
+    held-out set reads 0 bits and no run memorized more than its data holds."""
+    import pandas as pd
+
+    table = pd.read_csv(RESULTS / "memorization_morris.csv")
+    page = (STUDIES / "memorization_morris.md").read_text().split("## Runs so far", 1)[1]
+    shown = [[c.strip() for c in line.split("|")[1:-1]] for line in page.splitlines()
+             if line.startswith("| ") and "**" in line]
+    assert len(shown) == len(table) >= 2
+    for cells, run in zip(shown, table.sort_values("N").itertuples()):
+        assert cells[0] == f"{run.N:,}" and cells[5] == f"{run.memorized_bits:,.0f}", cells
+        assert cells[6] == f"**{run.bits_per_param:.3f}**" and cells[7].startswith("yes" if run.saturated else "no")
+    assert (table["heldout_memorized_bits"] == 0).all() and (table["memorized_bits"] <= table["data_bits"]).all()
+    assert (table["vocab"] == 2048).all() and (table["length"] == 64).all()  # Morris et al.'s data shape
+
+
 def load_script(name: str):
     """scripts/<name>.py as a module (the scripts folder is not a package)."""
     import importlib.util
