@@ -1,9 +1,12 @@
 """Finding a run's newest complete ``checkpoint-<step>`` folder: where a run resumes from, and the last finite
-checkpoint a divergence message names. Plain file-system logic, importable from anywhere without a circle."""
+checkpoint a divergence message names; and telling whether a folder's recorded settings are this run's
+(``setting_differences``). Plain logic, importable from anywhere without a circle."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 
@@ -22,3 +25,14 @@ def last_checkpoint(output_dir: str | os.PathLike | None, before_step: int | Non
             if before_step is None or int(suffix) < before_step:
                 steps.append((int(suffix), path))
     return str(max(steps)[1]) if steps else None
+
+
+def setting_differences(recorded: Mapping, current: Mapping, defaults: Mapping, names: Iterable[str],
+                        ignored: Iterable[str] = ()) -> list[str]:
+    """The settings ``names`` (outside ``ignored``) in which ``current`` (a config's ``to_dict()``) differs from a
+    run folder's ``recorded`` one, as "name old → new"; a setting the record lacks counts as its value in
+    ``defaults``. Both sides are compared as JSON gives them back (tuples as lists), as the record was written."""
+    now, default = json.loads(json.dumps(dict(current))), json.loads(json.dumps(dict(defaults)))
+    skip = set(ignored)
+    before = {name: recorded.get(name, default[name]) for name in names}
+    return [f"{name} {old} → {now[name]}" for name, old in before.items() if name not in skip and old != now[name]]

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 import torch
 
-from .checkpoints import last_checkpoint
+from .checkpoints import last_checkpoint, setting_differences
 from .data.random_sequences import RandomSequences
 from .model_names import parse_model_name
 
@@ -208,11 +208,8 @@ RESUME_FREE_FIELDS = frozenset({"output_dir", "report_to", "progress", "save_ste
 def run_differences(recorded: dict, config: MemorizationRunConfig) -> list[str]:
     """The settings (outside ``RESUME_FREE_FIELDS``) in which ``config`` differs from a recorded
     ``memorization_run.json``, as "name old → new"; a field the record lacks counts as its default."""
-    current = json.loads(json.dumps(config.to_dict()))
-    defaults = json.loads(json.dumps(MemorizationRunConfig().to_dict()))
-    before = {f.name: recorded.get(f.name, defaults[f.name]) for f in fields(config)}
-    return [f"{name} {old} → {current[name]}" for name, old in before.items()
-            if name not in RESUME_FREE_FIELDS and old != current[name]]
+    return setting_differences(recorded, config.to_dict(), MemorizationRunConfig().to_dict(),
+                               [f.name for f in fields(config)], RESUME_FREE_FIELDS)
 
 
 def check_run_dir(config: MemorizationRunConfig) -> str | None:

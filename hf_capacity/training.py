@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .adapters import ALL_LINEAR, AdapterSettings, check_settings, run_parts
 from .bits import BIOS_NAME_SPACE
-from .checkpoints import last_checkpoint
+from .checkpoints import last_checkpoint, setting_differences
 from .data import KnowledgeData
 from .model_names import parse_model_name
 from .run_parts import CONFIG_FILE, field_default
@@ -314,14 +314,11 @@ def run_differences(recorded: dict, config: CapacityTrainingConfig) -> list[str]
     """The settings (outside ``PROGRESS_FIELDS``) in which ``config`` differs from a recorded run's
     ``training_config.json``, as "name old → new"; a field the record lacks counts as what runs did before it
     existed (``LEGACY_DEFAULTS``), else as its default. The MoE settings count only for a model with experts."""
-    current = json.loads(json.dumps(config.to_dict()))
-    defaults = {**json.loads(json.dumps(CapacityTrainingConfig().to_dict())), **LEGACY_DEFAULTS}
-    before = {f.name: recorded.get(f.name, defaults[f.name]) for f in fields(config)}
+    defaults = {**CapacityTrainingConfig().to_dict(), **LEGACY_DEFAULTS}
     ignored = set(PROGRESS_FIELDS) | set(run_parts(config).BASE_FIELDS)  # an adapter run's base decides these
-    if not before["num_experts"] and not current["num_experts"]:
+    if not recorded.get("num_experts", defaults["num_experts"]) and not config.num_experts:
         ignored |= {"moe_capacity_factor_train", "moe_capacity_factor_eval"}
-    return [f"{name} {old} → {current[name]}" for name, old in before.items()
-            if name not in ignored and old != current[name]]
+    return setting_differences(recorded, config.to_dict(), defaults, [f.name for f in fields(config)], ignored)
 
 
 def check_output_dir(config: CapacityTrainingConfig) -> str | None:

@@ -20,6 +20,7 @@ import pandas as pd
 
 from hf_capacity.model_names import match_model_name
 from hf_capacity.sweep import load_results
+from hf_capacity.sweep.analysis import table_flag
 from hf_capacity.sweep.config import DEFAULT_MLP
 
 FAMILY_NAMES = {"gpt2": "GPT-2", "llama": "LLaMA", "memory-llama": "MemoryLlama"}
@@ -40,7 +41,7 @@ def arm(run, finding: str) -> str:
         if not fraction:
             return "no junk"
         name = f"{Fraction(fraction).limit_denominator(64)} junk"
-        return name + (" + domain token" if _true(run.get("domain_token")) else "")
+        return name + (" + domain token" if table_flag(run.get("domain_token")) else "")
     parsed = match_model_name(str(run["model"]))
     family = parsed.family if parsed else str(run["model"])
     mlp = run.get("mlp_type")
@@ -49,13 +50,8 @@ def arm(run, finding: str) -> str:
     return f"{FAMILY_NAMES.get(family, family)}, {mlp} MLP"
 
 
-def _true(value) -> bool:
-    """A results-table flag (bool, "True"/"False" text, or NaN for a run without it) as a bool."""
-    return str(value).strip().lower() in ("true", "1", "yes")
-
-
 def findings_table(results: pd.DataFrame, finding: str) -> pd.DataFrame:
-    """The finished runs of one sweep's results table (``finding``: "moe" or "mlp") as rows of ``COLUMNS``."""
+    """The finished runs of one sweep's results table (``finding``: "moe", "mlp" or "junk") as rows of ``COLUMNS``."""
     rows = []
     for _, run in results[results["status"] == "done"].iterrows():
         active = run.get("num_params_active_per_token")
@@ -102,7 +98,8 @@ def best_rate_seeds(table: pd.DataFrame, finding: str = "mlp") -> pd.DataFrame:
 
 def gated_over_standard(best: pd.DataFrame) -> dict[str, dict]:
     """Per family, gated bits/param over standard at each arm's best rate, seed by seed (a seed draws the same
-    people for every arm, so the seeds pair): ``{family: {"ratios": {seed: r}, "mean": …, "of_means": …}}``."""
+    people for every arm, so the seeds pair): ``{family: {"ratios": {seed: r}, "of_means": mean gated / mean
+    standard}}``."""
     out = {}
     by_arm = best.set_index("arm")
     for family in FAMILY_NAMES.values():
@@ -111,8 +108,7 @@ def gated_over_standard(best: pd.DataFrame) -> dict[str, dict]:
             continue
         g, s = by_arm.loc[gated, "per_seed"], by_arm.loc[standard, "per_seed"]
         ratios = {seed: g[seed] / s[seed] for seed in sorted(set(g) & set(s))}
-        out[family] = {"ratios": ratios, "mean": sum(ratios.values()) / len(ratios),
-                       "of_means": by_arm.loc[gated, "mean"] / by_arm.loc[standard, "mean"]}
+        out[family] = {"ratios": ratios, "of_means": by_arm.loc[gated, "mean"] / by_arm.loc[standard, "mean"]}
     return out
 
 

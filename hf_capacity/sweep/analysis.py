@@ -324,7 +324,7 @@ CAPACITY_LAW_COLUMNS = ["dataset", "model", "layers", "width", "exposures", "pre
                         "vocabulary", "seed", "wall_time_s", "run_id"]
 
 
-def _true(value: Any) -> bool:
+def table_flag(value: Any) -> bool:
     """A table cell read as a flag: True, "True"/"true" or 1; missing (NaN, None) is False."""
     if isinstance(value, str):
         return value.strip().lower() in ("true", "1")
@@ -353,7 +353,7 @@ def capacity_law_table(df: pd.DataFrame) -> pd.DataFrame:
             "bits_per_param": float(run["bits_per_param"]),
             "fraction_learned": float(run["fraction_learned"]), "learning_rate": float(run["learning_rate"]),
             "context_length": int(run["context_length"]),
-            "vocabulary": "fitted" if _true(run.get("fit_vocabulary")) else "whole", "seed": int(run["seed"]),
+            "vocabulary": "fitted" if table_flag(run.get("fit_vocabulary")) else "whole", "seed": int(run["seed"]),
             "wall_time_s": run.get("wall_time_s"), "run_id": run["run_id"],
         })
     table = pd.DataFrame(rows, columns=CAPACITY_LAW_COLUMNS)
