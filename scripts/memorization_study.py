@@ -117,7 +117,44 @@ def table(args, out: Path):
                      "saturated": rule.get("saturated"),
                      "relative_rise": None if rule.get("relative_rise") is None else round(rule["relative_rise"], 5),
                      "wall_time_s": int(wall.read_text()) if wall.is_file() else None})
-    return pd.DataFrame(rows, columns=COLUMNS)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    if getattr(args, "with_table", None):
+        df = merge_tables(pd.read_csv(args.with_table), df)
+    return df
+
+
+KEY = ["model", "head_dim", "precision", "N"]
+"""A run's identity in the table: one row per (model, head dim, precision, N)."""
+
+
+def merge_tables(earlier, measured):
+    """``earlier``'s rows for the runs ``measured`` lacks, then ``measured``: a table kept across machines whose run
+    folders are not all at hand (a finished run measured here replaces its earlier row). Sorted by model, head dim,
+    precision and N."""
+    import pandas as pd
+
+    missing = set(KEY + ["bits_per_param"]) - set(earlier.columns)
+    if missing:
+        raise SystemExit(f"error: the earlier table lacks the columns {sorted(missing)}")
+    here = set(map(tuple, measured[KEY].astype(str).values))
+    kept = earlier[[tuple(k) not in here for k in earlier[KEY].astype(str).values]]
+    merged = pd.concat([kept.reindex(columns=COLUMNS), measured], ignore_index=True) if len(measured) else (
+        kept.reindex(columns=COLUMNS))
+    return merged.sort_values(KEY, kind="stable").reset_index(drop=True)
+
+
+def capacities(df):
+    """Morris et al.'s capacity of each (model, head dim, precision): the most bits/param memorized over the
+    dataset sizes run, with the N that gave it and whether that run met the stop rule (if not, the capacity is a
+    lower bound)."""
+    rows = []
+    for (model, head_dim, precision), g in df.groupby(["model", "head_dim", "precision"], sort=False):
+        best = g.loc[g["bits_per_param"].idxmax()]
+        rows.append({"model": model, "head_dim": int(head_dim), "precision": precision,
+                     "capacity_bits_per_param": float(best["bits_per_param"]), "at_N": int(best["N"]),
+                     "saturated": bool(best["saturated"]) if best["saturated"] == best["saturated"] else None,
+                     "runs": len(g)})
+    return rows
 
 
 def summarize(df) -> list[dict]:
@@ -153,6 +190,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="runs at a time (one core each)")
     parser.add_argument("--table-only", action="store_true", help="tabulate the finished runs, start nothing")
     parser.add_argument("--csv", default=None, help="write the table here")
+    parser.add_argument("--with-table", default=None, metavar="CSV",
+                        help="keep this earlier table's rows for runs with no finished folder under -o (runs made "
+                             "on another machine); a run finished here replaces its row")
     parser.add_argument("--plot", default=None, help="write the memorized-vs-data-bits figure here")
     args = parser.parse_args()
     for key, value in PRESETS[args.preset].items():
@@ -170,6 +210,10 @@ def main() -> int:
     if args.csv:
         df.to_csv(args.csv, index=False)
     print(df.to_string(index=False))
+    for c in capacities(df):
+        bound = "" if c["saturated"] else " (its run did not meet the stop rule: a lower bound)"
+        print(f"{c['model']} hd{c['head_dim']} {c['precision']}: capacity {c['capacity_bits_per_param']:.3f} "
+              f"bits/param at N = {c['at_N']:,}, max over {c['runs']} dataset sizes{bound}")
     fits = summarize(df)
     for f in fits:
         print(f"{f['model']} hd{f['head_dim']} {f['precision']}: {f['fit']}")
