@@ -175,8 +175,10 @@ def plot_capacity_ratio(data: Any, out_png: str | os.PathLike, by: str | None = 
 
 
 def plot_knowledge_curves(curves: Mapping[str, tuple[Any, Any]], out_png: str | os.PathLike, *,
-                          reference_ratio: float | None = None, title: str | None = None) -> str:
-    """Learning curves: capacity ratio R = bits/P (y) against exposures (x), one line per run.
+                          reference_ratio: float | None = None, title: str | None = None,
+                          xlabel: str = "exposures") -> str:
+    """Learning curves: capacity ratio R = bits/P (y) against exposures (x; ``xlabel`` names another count, e.g.
+    epochs of a memorization run), one line per run.
 
     `curves`: label -> (exposures, bits_per_param), two equal-length 1-D sequences (the knowledge callback's
     evaluations during training). `reference_ratio` draws a dotted horizontal line. Returns the PNG path.
@@ -193,7 +195,7 @@ def plot_knowledge_curves(curves: Mapping[str, tuple[Any, Any]], out_png: str | 
         ax.plot(x[order], y[order], "o-", ms=3, lw=1, label=str(label))
     if reference_ratio is not None:
         ax.axhline(reference_ratio, color="k", ls=":", lw=1, label=_per_param(reference_ratio))
-    ax.set(xlabel="exposures", ylabel="R = bits / P", title=title or "Knowledge learned during training")
+    ax.set(xlabel=xlabel, ylabel="R = bits / P", title=title or "Knowledge learned during training")
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)

@@ -143,6 +143,45 @@ def merge_tables(earlier, measured):
     return merged.sort_values(KEY, kind="stable").reset_index(drop=True)
 
 
+CURVE_COLUMNS = KEY + ["epoch", "step", "memorized_bits", "bits_per_param"]
+
+
+def curves(args, out: Path):
+    """The measured curves of the finished runs under ``out`` (one row per measurement: epoch, step, memorized bits
+    and bits/param), after ``args.with_curves``'s rows for runs not finished here; the saturation evidence."""
+    import pandas as pd
+
+    rows = []
+    for model, head_dim, precision, n in plan(args):
+        folder = run_folder(out, model, head_dim, precision, n)
+        if not (folder / "memorization.json").is_file():
+            continue
+        r = json.loads((folder / "memorization.json").read_text())
+        steps_per_epoch = -(-n // int(r.get("batch_size", args.batch_size)))  # full batches and the last partial one
+        for point in r.get("history", []):
+            rows.append({"model": model, "head_dim": head_dim, "precision": precision, "N": n,
+                         "epoch": round(point["step"] / steps_per_epoch, 2), "step": point["step"],
+                         "memorized_bits": round(point["memorized_bits"], 1),
+                         "bits_per_param": round(point["memorized_bits"] / r["num_params"], 4)})
+    df = pd.DataFrame(rows, columns=CURVE_COLUMNS)
+    if getattr(args, "with_curves", None):
+        earlier = pd.read_csv(args.with_curves)
+        here = set(map(tuple, df[KEY].astype(str).drop_duplicates().values))
+        earlier = earlier[[tuple(k) not in here for k in earlier[KEY].astype(str).values]]
+        df = pd.concat([earlier.reindex(columns=CURVE_COLUMNS), df], ignore_index=True) if len(df) else earlier
+    return df.sort_values(KEY + ["step"], kind="stable").reset_index(drop=True)
+
+
+def plot_curves(df, out_png: str) -> str:
+    """Bits/param memorized against epochs, one line per run, with Morris et al.'s 3.6."""
+    from hf_capacity.plots import MORRIS_BITS_PER_PARAM, plot_knowledge_curves
+
+    lines = {f"{m} hd{d} {p} N={n:,}": (g["epoch"], g["bits_per_param"])
+             for (m, d, p, n), g in df.groupby(KEY, sort=False)}
+    return plot_knowledge_curves(lines, out_png, reference_ratio=MORRIS_BITS_PER_PARAM,
+                                 title="Memorized bits per parameter during training", xlabel="epochs")
+
+
 def capacities(df):
     """Morris et al.'s capacity of each (model, head dim, precision): the most bits/param memorized over the
     dataset sizes run, with the N that gave it and whether that run met the stop rule (if not, the capacity is a
@@ -194,6 +233,10 @@ def main() -> int:
                         help="keep this earlier table's rows for runs with no finished folder under -o (runs made "
                              "on another machine); a run finished here replaces its row")
     parser.add_argument("--plot", default=None, help="write the memorized-vs-data-bits figure here")
+    parser.add_argument("--curves-csv", default=None, help="write every run's measured curve here")
+    parser.add_argument("--with-curves", default=None, metavar="CSV",
+                        help="keep this earlier curves table's rows for runs with no finished folder under -o")
+    parser.add_argument("--curves", default=None, metavar="PNG", help="write the bits/param-vs-epochs figure here")
     args = parser.parse_args()
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
@@ -222,6 +265,12 @@ def main() -> int:
 
         plot_memorization(df, args.plot, fits={(f["model"], f["head_dim"], f["precision"]): f["fit"] for f in fits})
         print(f"wrote {args.plot}")
+    if args.curves_csv or args.curves:
+        lines = curves(args, out)
+        if args.curves_csv:
+            lines.to_csv(args.curves_csv, index=False)
+        if args.curves and len(lines):
+            print(f"wrote {plot_curves(lines, args.curves)}")
     return 0
 
 

@@ -113,18 +113,28 @@ def test_the_quantization_ladder_rows_are_the_committed_csv():
 
 
 def test_the_morris_shape_memorization_rows_are_the_committed_csv():
-    """docs/studies/memorization_morris.md shows docs/results/memorization_morris.csv row for row; every run's
-    held-out set reads 0 bits and no run memorized more than its data holds."""
+    """docs/studies/memorization_morris.md shows docs/results/memorization_morris.csv row for row (by model, precision
+    and N) and each model's capacity as the CSV's maximum over N; every run's held-out set reads 0 bits and no run
+    memorized more than its data holds."""
     import pandas as pd
 
-    table = pd.read_csv(RESULTS / "memorization_morris.csv")
-    page = (STUDIES / "memorization_morris.md").read_text().split("## Runs so far", 1)[1]
-    shown = [[c.strip() for c in line.split("|")[1:-1]] for line in page.splitlines()
+    table = pd.read_csv(RESULTS / "memorization_morris.csv").sort_values(["model", "head_dim", "precision", "N"])
+    page = (STUDIES / "memorization_morris.md").read_text()
+    runs_section = page.split("## Runs", 1)[1].split("\n## ", 1)[0]
+    shown = [[c.strip() for c in line.split("|")[1:-1]] for line in runs_section.splitlines()
              if line.startswith("| ") and "**" in line]
     assert len(shown) == len(table) >= 2
-    for cells, run in zip(shown, table.sort_values("N").itertuples()):
-        assert cells[0] == f"{run.N:,}" and cells[5] == f"{run.memorized_bits:,.0f}", cells
-        assert cells[6] == f"**{run.bits_per_param:.3f}**" and cells[7].startswith("yes" if run.saturated else "no")
+    for cells, run in zip(shown, table.itertuples()):
+        assert cells[0] == f"{run.model} width {run.head_dim * int(run.model.split('-')[2])}", cells
+        assert (cells[1], cells[2]) == (run.precision, f"{run.N:,}"), cells
+        assert cells[7] == f"{run.memorized_bits:,.0f}" and cells[8] == f"**{run.bits_per_param:.3f}**", cells
+        assert cells[9].startswith("yes" if run.saturated else "no"), cells
+    capacity_section = page.split("## Capacity", 1)[1].split("\n## ", 1)[0]
+    for (model, head_dim, precision), runs in table.groupby(["model", "head_dim", "precision"]):
+        best = runs.loc[runs["bits_per_param"].idxmax()]
+        label = f"| {model} width {head_dim * int(model.split('-')[2])} | {precision} |"
+        row = next(line for line in capacity_section.splitlines() if line.startswith(label))
+        assert f"**{best.bits_per_param:.3f}**" in row and f"| {best.N:,} |" in row, row
     assert (table["heldout_memorized_bits"] == 0).all() and (table["memorized_bits"] <= table["data_bits"]).all()
     assert (table["vocab"] == 2048).all() and (table["length"] == 64).all()  # Morris et al.'s data shape
 

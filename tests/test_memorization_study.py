@@ -33,3 +33,26 @@ def test_the_committed_morris_table_merges_with_itself_unchanged():
     table = pd.read_csv(RESULTS / "memorization_morris.csv")
     merged = study.merge_tables(table, pd.DataFrame(columns=study.COLUMNS))
     pd.testing.assert_frame_equal(merged, table.sort_values(study.KEY).reset_index(drop=True), check_dtype=False)
+
+
+def test_curves_are_read_from_finished_run_folders_with_epochs_and_merged_with_an_earlier_table(tmp_path):
+    """The committed example run (N = 32, batch 32: one step an epoch) laid out as a study folder."""
+    import argparse
+    import shutil
+
+    study = load_script("memorization_study")
+    run = RESULTS / "memorization_example"
+    out = tmp_path / "study"
+    shutil.copytree(run, study.run_folder(out, "gpt2-1-1", 16, "fp32", 32))
+    study.MODELS["EX"] = ("gpt2-1-1", 16, (32,))
+    earlier = tmp_path / "earlier.csv"
+    pd.DataFrame([{"model": "gpt2-1-1", "head_dim": 32, "precision": "fp32", "N": 512, "epoch": 1000.0, "step": 8000,
+                   "memorized_bits": 226395.7, "bits_per_param": 2.8901}]).to_csv(earlier, index=False)
+    args = argparse.Namespace(models=["EX"], precisions=["fp32"], N=None, batch_size=64, with_curves=str(earlier))
+    lines = study.curves(args, out)
+    mine = lines[lines["N"] == 32]
+    recorded = pd.read_json(run / "memorization.json", typ="series")
+    assert len(mine) == len(recorded["history"]) and (mine["epoch"] == mine["step"]).all()
+    assert mine["bits_per_param"].iloc[-1] == round(recorded["bits_per_param"], 4)
+    assert lines[lines["N"] == 512]["bits_per_param"].tolist() == [2.8901]  # the earlier run, kept
+    assert study.plot_curves(lines, str(tmp_path / "curves.png")).endswith("curves.png")
