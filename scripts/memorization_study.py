@@ -97,15 +97,19 @@ def run_one(args, out: Path, model: str, head_dim: int, precision: str, n: int) 
     return f"{'done' if rc == 0 else f'FAILED (rc {rc})'} {folder.name} in {time.time() - start:.0f} s"
 
 
+def finished_runs(args, out: Path):
+    """(model, head dim, precision, N, folder, its ``memorization.json``) of each planned run finished in ``out``."""
+    for model, head_dim, precision, n in plan(args):
+        folder = run_folder(out, model, head_dim, precision, n)
+        if (folder / "memorization.json").is_file():
+            yield model, head_dim, precision, n, folder, json.loads((folder / "memorization.json").read_text())
+
+
 def table(args, out: Path):
     import pandas as pd
 
     rows = []
-    for model, head_dim, precision, n in plan(args):
-        folder = run_folder(out, model, head_dim, precision, n)
-        if not (folder / "memorization.json").is_file():
-            continue
-        r = json.loads((folder / "memorization.json").read_text())
+    for model, head_dim, precision, n, folder, r in finished_runs(args, out):
         rule = r.get("saturation") or {}
         wall = folder / "wall_time_s.txt"
         rows.append({"model": model, "head_dim": head_dim, "precision": precision, "num_params": r["num_params"],
@@ -152,11 +156,7 @@ def curves(args, out: Path):
     import pandas as pd
 
     rows = []
-    for model, head_dim, precision, n in plan(args):
-        folder = run_folder(out, model, head_dim, precision, n)
-        if not (folder / "memorization.json").is_file():
-            continue
-        r = json.loads((folder / "memorization.json").read_text())
+    for model, head_dim, precision, n, _, r in finished_runs(args, out):
         steps_per_epoch = -(-n // int(r.get("batch_size", args.batch_size)))  # full batches and the last partial one
         for point in r.get("history", []):
             rows.append({"model": model, "head_dim": head_dim, "precision": precision, "N": n,
