@@ -197,11 +197,13 @@ def capacities(df):
 
 
 def summarize(df) -> list[dict]:
+    """The plateau fit of each (model, head dim, precision) with at least three dataset sizes trained on one epoch
+    budget (sizes trained for different budgets are not points of one curve: no fit)."""
     from hf_capacity.scaling import fit_memorization_plateau
 
     fits = []
     for (model, head_dim, precision), g in df.groupby(["model", "head_dim", "precision"], sort=False):
-        if len(g) < 3:
+        if len(g) < 3 or g["epochs"].nunique() > 1:
             continue
         fit = fit_memorization_plateau(g["data_bits"], g["memorized_bits"], num_params=int(g["num_params"].iloc[0]))
         fits.append({"model": model, "head_dim": head_dim, "precision": precision, "fit": fit})

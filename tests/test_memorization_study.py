@@ -56,3 +56,12 @@ def test_curves_are_read_from_finished_run_folders_with_epochs_and_merged_with_a
     assert mine["bits_per_param"].iloc[-1] == round(recorded["bits_per_param"], 4)
     assert lines[lines["N"] == 512]["bits_per_param"].tolist() == [2.8901]  # the earlier run, kept
     assert study.plot_curves(lines, str(tmp_path / "curves.png")).endswith("curves.png")
+
+
+def test_the_plateau_is_fitted_only_over_sizes_trained_on_one_budget():
+    study = load_script("memorization_study")
+    runs = [dict(row(n, b), data_bits=n * 704.0, epochs=1000) for n, b in ((256, 2.27), (512, 2.89), (768, 2.91))]
+    alike = pd.DataFrame(runs)
+    assert [f["precision"] for f in study.summarize(alike)] == ["fp32"]
+    mixed = alike.assign(epochs=[1000, 1000, 3000])
+    assert study.summarize(mixed) == []
