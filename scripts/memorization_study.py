@@ -131,20 +131,19 @@ KEY = ["model", "head_dim", "precision", "N"]
 """A run's identity in the table: one row per (model, head dim, precision, N)."""
 
 
-def merge_tables(earlier, measured):
-    """``earlier``'s rows for the runs ``measured`` lacks, then ``measured``: a table kept across machines whose run
-    folders are not all at hand (a finished run measured here replaces its earlier row). Sorted by model, head dim,
-    precision and N."""
+def merge_tables(earlier, measured, columns=COLUMNS, order=KEY):
+    """``earlier``'s rows for the runs ``measured`` lacks, then ``measured``: a table (``columns``; the runs' rows, or
+    their curves' points) kept across machines whose run folders are not all at hand (a run measured here replaces
+    its earlier rows). Sorted by ``order`` (default: model, head dim, precision and N)."""
     import pandas as pd
 
     missing = set(KEY + ["bits_per_param"]) - set(earlier.columns)
     if missing:
         raise SystemExit(f"error: the earlier table lacks the columns {sorted(missing)}")
     here = set(map(tuple, measured[KEY].astype(str).values))
-    kept = earlier[[tuple(k) not in here for k in earlier[KEY].astype(str).values]]
-    merged = pd.concat([kept.reindex(columns=COLUMNS), measured], ignore_index=True) if len(measured) else (
-        kept.reindex(columns=COLUMNS))
-    return merged.sort_values(KEY, kind="stable").reset_index(drop=True)
+    kept = earlier[[tuple(k) not in here for k in earlier[KEY].astype(str).values]].reindex(columns=columns)
+    merged = pd.concat([kept, measured], ignore_index=True) if len(measured) else kept
+    return merged.sort_values(order, kind="stable").reset_index(drop=True)
 
 
 CURVE_COLUMNS = KEY + ["epoch", "step", "memorized_bits", "bits_per_param"]
@@ -164,12 +163,8 @@ def curves(args, out: Path):
                          "memorized_bits": round(point["memorized_bits"], 1),
                          "bits_per_param": round(point["memorized_bits"] / r["num_params"], 4)})
     df = pd.DataFrame(rows, columns=CURVE_COLUMNS)
-    if getattr(args, "with_curves", None):
-        earlier = pd.read_csv(args.with_curves)
-        here = set(map(tuple, df[KEY].astype(str).drop_duplicates().values))
-        earlier = earlier[[tuple(k) not in here for k in earlier[KEY].astype(str).values]]
-        df = pd.concat([earlier.reindex(columns=CURVE_COLUMNS), df], ignore_index=True) if len(df) else earlier
-    return df.sort_values(KEY + ["step"], kind="stable").reset_index(drop=True)
+    earlier = pd.read_csv(args.with_curves) if getattr(args, "with_curves", None) else df.iloc[:0]
+    return merge_tables(earlier, df, CURVE_COLUMNS, KEY + ["step"])
 
 
 def plot_curves(df, out_png: str) -> str:
