@@ -80,6 +80,8 @@ def run_one(args, out: Path, model: str, head_dim: int, precision: str, n: int) 
            "--precision", precision, "--save-steps", str(args.save_steps), "--quiet", "--json", "-o", str(folder)]
     if args.until_saturated:
         cmd.append("--until-saturated")
+    if args.fused_loss:
+        cmd.append("--fused-loss")
     start = time.time()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     folder.mkdir(parents=True, exist_ok=True)
@@ -221,6 +223,8 @@ def main() -> int:
                         help="stop each run once the stop rule holds (memorized bits rose < 0.5%% over the last 20%%)")
     parser.add_argument("--save-steps", type=int, default=1000,
                         help="checkpoint each run every this many steps (0: none), so a killed study resumes its runs")
+    parser.add_argument("--fused-loss", action="store_true",
+                        help="fused head + cross-entropy (the same loss to float rounding; faster at V = 2048)")
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--vocab", type=int, default=None)
     parser.add_argument("--workers", type=int, default=1, help="runs at a time (one core each)")
