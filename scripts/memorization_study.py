@@ -51,7 +51,7 @@ PRESETS = {
 PRECISIONS = ("fp32", "bf16-mixed", "bf16")
 """``hf-capacity memorize --precision``: fp32; bf16 autocast over fp32 weights; true bf16 (weights and AdamW state)."""
 COLUMNS = ["model", "head_dim", "precision", "num_params", "N", "length", "vocab", "epochs", "steps_trained",
-           "batch_size", "lr", "data_bits", "memorized_bits", "bits_per_param", "heldout_memorized_bits",
+           "batch_size", "lr", "fused_loss", "data_bits", "memorized_bits", "bits_per_param", "heldout_memorized_bits",
            "saturated", "relative_rise", "wall_time_s"]
 
 
@@ -80,8 +80,7 @@ def run_one(args, out: Path, model: str, head_dim: int, precision: str, n: int) 
            "--precision", precision, "--save-steps", str(args.save_steps), "--quiet", "--json", "-o", str(folder)]
     if args.until_saturated:
         cmd.append("--until-saturated")
-    if args.fused_loss:
-        cmd.append("--fused-loss")
+    cmd.append("--fused-loss" if args.fused_loss else "--no-fused-loss")
     start = time.time()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     folder.mkdir(parents=True, exist_ok=True)
@@ -117,7 +116,8 @@ def table(args, out: Path):
         rows.append({"model": model, "head_dim": head_dim, "precision": precision, "num_params": r["num_params"],
                      "N": n, "length": r["length"], "vocab": r["vocab"], "epochs": r["epochs"],
                      "steps_trained": r.get("steps_trained"), "batch_size": r.get("batch_size", args.batch_size),
-                     "lr": r.get("lr", args.lr), "data_bits": r["data_bits"],
+                     "lr": r.get("lr", args.lr), "fused_loss": bool(r.get("config", {}).get("fused_loss", False)),
+                     "data_bits": r["data_bits"],
                      "memorized_bits": round(r["memorized_bits"], 1), "bits_per_param": round(r["bits_per_param"], 4),
                      "heldout_memorized_bits": round(r["heldout_memorized_bits"], 1),
                      "saturated": rule.get("saturated"),
@@ -129,14 +129,15 @@ def table(args, out: Path):
     return df
 
 
-KEY = ["model", "head_dim", "precision", "N"]
-"""A run's identity in the table: one row per (model, head dim, precision, N)."""
+KEY = ["model", "head_dim", "precision", "N", "epochs"]
+"""A run's identity in the table: one row per (model, head dim, precision, N, epoch budget): the same data on a
+longer schedule is another run, kept beside the shorter one."""
 
 
 def merge_tables(earlier, measured, columns=COLUMNS, order=KEY):
     """``earlier``'s rows for the runs ``measured`` lacks, then ``measured``: a table (``columns``; the runs' rows, or
     their curves' points) kept across machines whose run folders are not all at hand (a run measured here replaces
-    its earlier rows). Sorted by ``order`` (default: model, head dim, precision and N)."""
+    its earlier rows). Sorted by ``order`` (default: model, head dim, precision, N and epoch budget)."""
     import pandas as pd
 
     missing = set(KEY + ["bits_per_param"]) - set(earlier.columns)
@@ -160,7 +161,7 @@ def curves(args, out: Path):
     for model, head_dim, precision, n, _, r in finished_runs(args, out):
         steps_per_epoch = -(-n // int(r.get("batch_size", args.batch_size)))  # full batches and the last partial one
         for point in r.get("history", []):
-            rows.append({"model": model, "head_dim": head_dim, "precision": precision, "N": n,
+            rows.append({"model": model, "head_dim": head_dim, "precision": precision, "N": n, "epochs": r["epochs"],
                          "epoch": round(point["step"] / steps_per_epoch, 2), "step": point["step"],
                          "memorized_bits": round(point["memorized_bits"], 1),
                          "bits_per_param": round(point["memorized_bits"] / r["num_params"], 4)})
@@ -173,8 +174,8 @@ def plot_curves(df, out_png: str) -> str:
     """Bits/param memorized against epochs, one line per run, with Morris et al.'s 3.6."""
     from hf_capacity.plots import MORRIS_BITS_PER_PARAM, plot_knowledge_curves
 
-    lines = {f"{m} hd{d} {p} N={n:,}": (g["epoch"], g["bits_per_param"])
-             for (m, d, p, n), g in df.groupby(KEY, sort=False)}
+    lines = {f"{m} hd{d} {p} N={n:,}, {e:,} epochs": (g["epoch"], g["bits_per_param"])
+             for (m, d, p, n, e), g in df.groupby(KEY, sort=False)}
     return plot_knowledge_curves(lines, out_png, reference_ratio=MORRIS_BITS_PER_PARAM,
                                  title="Memorized bits per parameter during training", xlabel="epochs")
 
@@ -188,8 +189,9 @@ def capacities(df):
         best = g.loc[g["bits_per_param"].idxmax()]
         rows.append({"model": model, "head_dim": int(head_dim), "precision": precision,
                      "capacity_bits_per_param": float(best["bits_per_param"]), "at_N": int(best["N"]),
+                     "at_epochs": int(best["epochs"]),
                      "saturated": bool(best["saturated"]) if best["saturated"] == best["saturated"] else None,
-                     "runs": len(g)})
+                     "runs": len(g), "sizes": int(g["N"].nunique())})
     return rows
 
 
@@ -223,8 +225,9 @@ def main() -> int:
                         help="stop each run once the stop rule holds (memorized bits rose < 0.5%% over the last 20%%)")
     parser.add_argument("--save-steps", type=int, default=1000,
                         help="checkpoint each run every this many steps (0: none), so a killed study resumes its runs")
-    parser.add_argument("--fused-loss", action="store_true",
-                        help="fused head + cross-entropy (the same loss to float rounding; faster at V = 2048)")
+    parser.add_argument("--fused-loss", action=argparse.BooleanOptionalAction, default=True,
+                        help="train with the fused head + cross-entropy (the default of `hf-capacity memorize`: the "
+                             "same loss to float rounding, 2.7x faster at V = 2048)")
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--vocab", type=int, default=None)
     parser.add_argument("--workers", type=int, default=1, help="runs at a time (one core each)")
@@ -257,7 +260,8 @@ def main() -> int:
     for c in capacities(df):
         bound = "" if c["saturated"] else " (its run did not meet the stop rule: a lower bound)"
         print(f"{c['model']} hd{c['head_dim']} {c['precision']}: capacity {c['capacity_bits_per_param']:.3f} "
-              f"bits/param at N = {c['at_N']:,}, max over {c['runs']} dataset sizes{bound}")
+              f"bits/param at N = {c['at_N']:,} ({c['at_epochs']:,} epochs), max over {c['sizes']} dataset sizes "
+              f"({c['runs']} runs){bound}")
     fits = summarize(df)
     for f in fits:
         print(f"{f['model']} hd{f['head_dim']} {f['precision']}: {f['fit']}")

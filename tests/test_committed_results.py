@@ -113,12 +113,13 @@ def test_the_quantization_ladder_rows_are_the_committed_csv():
 
 
 def test_the_morris_shape_memorization_rows_are_the_committed_csv():
-    """docs/studies/memorization_morris.md shows docs/results/memorization_morris.csv row for row (by model, precision
-    and N) and each model's capacity as the CSV's maximum over N; every run's held-out set reads 0 bits and no run
-    memorized more than its data holds."""
+    """docs/studies/memorization_morris.md shows docs/results/memorization_morris.csv row for row (by model,
+    precision, N and epoch budget) and each model's capacity as the CSV's maximum over N; every run's held-out set
+    reads 0 bits and no run memorized more than its data holds."""
     import pandas as pd
 
-    table = pd.read_csv(RESULTS / "memorization_morris.csv").sort_values(["model", "head_dim", "precision", "N"])
+    table = pd.read_csv(RESULTS / "memorization_morris.csv").sort_values(["model", "head_dim", "precision", "N",
+                                                                           "epochs"])
     page = (STUDIES / "memorization_morris.md").read_text()
     runs_section = page.split("## Runs", 1)[1].split("\n## ", 1)[0]
     shown = [[c.strip() for c in line.split("|")[1:-1]] for line in runs_section.splitlines()
@@ -127,6 +128,7 @@ def test_the_morris_shape_memorization_rows_are_the_committed_csv():
     for cells, run in zip(shown, table.itertuples()):
         assert cells[0] == f"{run.model} width {run.head_dim * int(run.model.split('-')[2])}", cells
         assert (cells[1], cells[2]) == (run.precision, f"{run.N:,}"), cells
+        assert cells[5].endswith(f" of {run.epochs:,}"), cells
         assert cells[7] == f"{run.memorized_bits:,.0f}" and cells[8] == f"**{run.bits_per_param:.3f}**", cells
         assert cells[9].startswith("yes" if run.saturated else "no"), cells
     capacity_section = page.split("## Capacity", 1)[1].split("\n## ", 1)[0]

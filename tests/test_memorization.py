@@ -166,17 +166,33 @@ def test_bf16_runs_keep_their_weights_and_optimizer_state_as_they_say(tmp_path, 
     assert result["saturation"]["saturated"] or result["steps_trained"] == 40
 
 
-def test_until_saturated_stops_at_the_first_measurement_where_the_stop_rule_holds(tmp_path):
-    from hf_capacity.memorization import MemorizationRunConfig, saturation, train_memorization
+def test_until_saturated_stops_at_the_first_measurement_where_the_rule_holds_once_the_schedule_has_annealed(
+        tmp_path):
+    import torch
+    from transformers import get_scheduler
+
+    from hf_capacity.memorization import ANNEALED_LR_FRACTION, MemorizationRunConfig, saturation, train_memorization
 
     config = MemorizationRunConfig(output_dir=str(tmp_path / "sat"), n_sequences=4, length=8, vocab_size=4,
                                    model="gpt2-1-1", head_dim=16, epochs=150, batch_size=4, learning_rate=3e-2,
                                    warmup_steps=2, eval_steps=5, until_saturated=True, progress=False)
     result = train_memorization(config)
     history = result["history"]
-    first = next(h["step"] for i, h in enumerate(history) if saturation(history[: i + 1])["saturated"])
-    assert result["steps_trained"] == first == history[-1]["step"] < config.steps
+    # the learning rate after each step, from the same schedule the run used
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.learning_rate)
+    schedule = get_scheduler("cosine_with_min_lr", optimizer, num_warmup_steps=config.warmup,
+                             num_training_steps=config.steps, scheduler_specific_kwargs={"min_lr_rate": 0.1})
+    lr = [config.learning_rate * 0]
+    for _ in range(config.steps):
+        optimizer.step()
+        schedule.step()
+        lr.append(schedule.get_last_lr()[0])
+    flat = [h["step"] for i, h in enumerate(history) if saturation(history[: i + 1])["saturated"]]
+    annealed = [step for step in flat if lr[step] <= ANNEALED_LR_FRACTION * config.learning_rate]
+    assert result["steps_trained"] == annealed[0] == history[-1]["step"] < config.steps
     assert result["saturation"]["saturated"]
+    # the four sequences were learnt long before: the curve was flat at the peak rate, where the run went on
+    assert flat[0] < annealed[0] and lr[flat[0]] > 0.5 * config.learning_rate
 
 
 def test_memorize_again_on_its_folder_resumes_a_killed_run_and_refuses_a_finished_or_different_one(
@@ -217,3 +233,25 @@ def test_memorize_again_on_its_folder_resumes_a_killed_run_and_refuses_a_finishe
     assert main([*argv[:-2], "--lr", "2e-2", "--seed", "1", "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"error: {out} holds another run (seed 0 → 1, learning_rate 0.01 → 0.02;" in err
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_memorize_trains_with_the_fused_loss_by_default_and_memorizes_what_the_plain_head_does(
+        tmp_path, capsys, precision):
+    import json
+
+    from hf_capacity.cli import main
+
+    results = {}
+    for flag in ("--fused-loss", "--no-fused-loss"):
+        out = tmp_path / flag
+        argv = ["memorize", "--N", "24", "--length", "12", "--vocab", "16", "--model", "gpt2-1-1", "--head-dim", "16",
+                "--epochs", "40", "--batch-size", "8", "--lr", "5e-3", "--warmup-steps", "3", "--precision",
+                precision, "--quiet", "--json", "-o", str(out)]
+        assert main(argv + [flag] if flag == "--no-fused-loss" else argv) == 0  # the default: fused
+        results[flag] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert json.loads((out / "memorization_run.json").read_text())["fused_loss"] is (flag == "--fused-loss")
+    fused, plain = results["--fused-loss"]["memorized_bits"], results["--no-fused-loss"]["memorized_bits"]
+    assert plain > 0.1 * results["--no-fused-loss"]["data_bits"], results
+    # the same loss and gradients up to float rounding: 120 AdamW steps end within a few percent of each other
+    assert fused == pytest.approx(plain, rel=0.03 if precision == "fp32" else 0.1)

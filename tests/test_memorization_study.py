@@ -4,8 +4,8 @@ import pandas as pd
 from test_committed_results import RESULTS, load_script
 
 
-def row(N, bits_per_param, precision="fp32", saturated=False):
-    return {"model": "gpt2-1-1", "head_dim": 32, "precision": precision, "num_params": 78336, "N": N,
+def row(N, bits_per_param, precision="fp32", saturated=False, epochs=1000):
+    return {"model": "gpt2-1-1", "head_dim": 32, "precision": precision, "num_params": 78336, "N": N, "epochs": epochs,
             "memorized_bits": bits_per_param * 78336, "bits_per_param": bits_per_param, "saturated": saturated}
 
 
@@ -16,6 +16,10 @@ def test_a_run_finished_here_replaces_its_earlier_row_and_the_others_are_kept():
     merged = study.merge_tables(earlier, here)
     assert list(zip(merged["precision"], merged["N"], merged["bits_per_param"])) == [
         ("bf16", 512, 2.80), ("fp32", 256, 2.27), ("fp32", 512, 2.89), ("fp32", 768, 3.05)]
+    # the same data on a longer schedule is another run: both rows stay, shorter budget first
+    longer = pd.DataFrame([row(512, 2.99, saturated=True, epochs=7000)], columns=study.COLUMNS)
+    both = study.merge_tables(merged, longer)
+    assert both[both["N"] == 512]["epochs"].tolist() == [1000, 1000, 7000] and len(both) == 5
 
 
 def test_capacity_is_the_most_memorized_over_dataset_sizes_with_its_saturation():
@@ -25,6 +29,7 @@ def test_capacity_is_the_most_memorized_over_dataset_sizes_with_its_saturation()
     by_precision = {c["precision"]: c for c in study.capacities(table)}
     assert by_precision["fp32"]["capacity_bits_per_param"] == 3.05 and by_precision["fp32"]["at_N"] == 768
     assert by_precision["fp32"]["saturated"] is True and by_precision["fp32"]["runs"] == 3
+    assert by_precision["fp32"]["sizes"] == 3 and by_precision["fp32"]["at_epochs"] == 1000
     assert by_precision["bf16"]["saturated"] is False
 
 
@@ -46,7 +51,8 @@ def test_curves_are_read_from_finished_run_folders_with_epochs_and_merged_with_a
     shutil.copytree(run, study.run_folder(out, "gpt2-1-1", 16, "fp32", 32))
     study.MODELS["EX"] = ("gpt2-1-1", 16, (32,))
     earlier = tmp_path / "earlier.csv"
-    pd.DataFrame([{"model": "gpt2-1-1", "head_dim": 32, "precision": "fp32", "N": 512, "epoch": 1000.0, "step": 8000,
+    pd.DataFrame([{"model": "gpt2-1-1", "head_dim": 32, "precision": "fp32", "N": 512, "epochs": 1000,
+                   "epoch": 1000.0, "step": 8000,
                    "memorized_bits": 226395.7, "bits_per_param": 2.8901}]).to_csv(earlier, index=False)
     args = argparse.Namespace(models=["EX"], precisions=["fp32"], N=None, batch_size=64, with_curves=str(earlier))
     lines = study.curves(args, out)
