@@ -44,6 +44,15 @@ def fits(table: pd.DataFrame):
     return fit_capacity_law(frame, n_bootstrap=2000, seed=0), fit_loglog_slope(points["P"], points["bits"])
 
 
+def one_layer_slope(table: pd.DataFrame):
+    """The log-log slope over the ladder's one-layer shapes alone (``fit_loglog_slope``), or None with fewer than
+    three such runs: the paper notes one-layer models store slightly less, so a ladder that mixes depths can read
+    a slope above 1 from depth alone."""
+    points = ladder_points(table)
+    points = points[points["layers"] == 1]
+    return fit_loglog_slope(points["P"], points["bits"]) if len(points) >= 3 else None
+
+
 def figure_points(table: pd.DataFrame) -> pd.DataFrame:
     """The whole-vocabulary rows, with a ``series`` column for the figure's markers: the dataset for the ladder's
     context (256), "<dataset>, context <n>" for a context control, and apart the runs that learned most of their
@@ -103,6 +112,10 @@ def main() -> int:
               f"{law.ci_high:.3f}] ({law.n_capacity_limited} of {law.n_runs} runs capacity-limited)")
         print(f"log-log slope {slope.slope:.3f}, {slope.ci_level:.0%} CI [{slope.ci_low:.3f}, {slope.ci_high:.3f}] "
               f"over {slope.n_points} runs")
+        shallow = one_layer_slope(table)
+        if shallow is not None:
+            print(f"one-layer shapes only: log-log slope {shallow.slope:.3f}, {shallow.ci_level:.0%} CI "
+                  f"[{shallow.ci_low:.3f}, {shallow.ci_high:.3f}] over {shallow.n_points} runs")
     return 0
 
 

@@ -164,6 +164,10 @@ def test_the_capacity_law_study_rows_are_the_committed_table():
     points = script.ladder_points(table)
     # the law's points: capacity-limited, < 80% learned
     assert (points["R_max"] > 1.25 * points["bits_per_param"]).all()
+    # the slope over the one-layer shapes alone, as the page states it
+    shallow = script.one_layer_slope(table)
+    assert (f"one-layer log-log slope is **{shallow.slope:.2f}, 95% interval [{shallow.ci_low:.2f}, "
+            f"{shallow.ci_high:.2f}]**") in " ".join(section.split())
     assert (ROOT / "docs" / "figures" / "capacity_law.png").is_file()
     front = README.read_text().split("## The capacity law across model sizes\n", 1)[1].split("\n## ", 1)[0]
     assert "(docs/figures/capacity_law.png)" in front and "(docs/studies/capacity_law.md)" in front
