@@ -195,6 +195,25 @@ def capacities(df):
     return rows
 
 
+def training_length_trend(df, target: float = 3.83) -> list[dict]:
+    """How the memorized bits/param grow with the training budget, for each (model, head dim, precision, N) run on
+    two or more epoch budgets: the least-squares line of bits/param against log10(epochs), its gain per tenfold
+    budget, and the budget at which the line would reach ``target`` (default Morris et al.'s fp32 3.83; None when
+    the line does not rise). An extrapolation of a few points: a rate, not a prediction."""
+    import numpy as np
+
+    rows = []
+    for (model, head_dim, precision, n), g in df.groupby(["model", "head_dim", "precision", "N"], sort=False):
+        if g["epochs"].nunique() < 2:
+            continue
+        slope, intercept = np.polyfit(np.log10(g["epochs"].astype(float)), g["bits_per_param"].astype(float), 1)
+        rows.append({"model": model, "head_dim": int(head_dim), "precision": precision, "N": int(n),
+                     "budgets": sorted(int(e) for e in g["epochs"]), "gain_per_tenfold": float(slope),
+                     "epochs_for_target": float(10 ** ((target - intercept) / slope)) if slope > 1e-6 else None,
+                     "target": target})
+    return rows
+
+
 def summarize(df) -> list[dict]:
     """The plateau fit of each (model, head dim, precision) with at least three dataset sizes trained on one epoch
     budget (sizes trained for different budgets are not points of one curve: no fit)."""
@@ -262,6 +281,10 @@ def main() -> int:
         print(f"{c['model']} hd{c['head_dim']} {c['precision']}: capacity {c['capacity_bits_per_param']:.3f} "
               f"bits/param at N = {c['at_N']:,} ({c['at_epochs']:,} epochs), max over {c['sizes']} dataset sizes "
               f"({c['runs']} runs){bound}")
+    for t in training_length_trend(df):
+        reach = "never" if t["epochs_for_target"] is None else f"at ~{t['epochs_for_target']:,.0f} epochs"
+        print(f"{t['model']} hd{t['head_dim']} {t['precision']} N = {t['N']:,}: budgets {t['budgets']}, "
+              f"+{t['gain_per_tenfold']:.3f} bits/param per tenfold budget; the line reaches {t['target']} {reach}")
     fits = summarize(df)
     for f in fits:
         print(f"{f['model']} hd{f['head_dim']} {f['precision']}: {f['fit']}")

@@ -71,3 +71,14 @@ def test_the_plateau_is_fitted_only_over_sizes_trained_on_one_budget():
     assert [f["precision"] for f in study.summarize(alike)] == ["fp32"]
     mixed = alike.assign(epochs=[1000, 1000, 3000])
     assert study.summarize(mixed) == []
+
+
+def test_the_training_length_trend_is_the_gain_per_tenfold_budget_and_where_it_reaches_a_target():
+    study = load_script("memorization_study")
+    table = pd.DataFrame([row(768, 2.9, epochs=1000), row(768, 3.1, epochs=10_000), row(512, 2.89),
+                          row(768, 2.7, "bf16", epochs=1000), row(768, 2.7, "bf16", epochs=3000)])
+    trend = {t["precision"]: t for t in study.training_length_trend(table, target=3.3)}
+    assert trend["fp32"]["budgets"] == [1000, 10_000] and trend["fp32"]["N"] == 768
+    assert abs(trend["fp32"]["gain_per_tenfold"] - 0.2) < 1e-9
+    assert abs(trend["fp32"]["epochs_for_target"] - 100_000) < 1e-3
+    assert trend["bf16"]["epochs_for_target"] is None  # flat: no budget reaches it
