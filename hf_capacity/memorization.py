@@ -182,6 +182,8 @@ class MemorizationRunConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1] (a fraction of the peak), got {self.min_lr_ratio}")
         if self.save_steps is not None and self.save_steps < 0:
             raise ValueError(f"save_steps must be >= 0 (0 or None: no checkpoints), got {self.save_steps}")
         if self.save_total_limit < 1:

@@ -76,7 +76,8 @@ def run_one(args, out: Path, model: str, head_dim: int, precision: str, n: int) 
     # a folder left by a killed attempt is kept: `hf-capacity memorize` resumes it from its newest checkpoint
     cmd = ["hf-capacity", "memorize", "--N", str(n), "--length", str(args.length), "--vocab", str(args.vocab),
            "--model", model, "--head-dim", str(head_dim), "--epochs", str(args.epochs),
-           "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup-steps", str(args.warmup_steps),
+           "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--min-lr-ratio", str(args.min_lr_ratio),
+           "--warmup-steps", str(args.warmup_steps),
            "--precision", precision, "--save-steps", str(args.save_steps), "--quiet", "--json", "-o", str(folder)]
     if args.until_saturated:
         cmd.append("--until-saturated")
@@ -240,6 +241,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--warmup-steps", type=int, default=None)
+    parser.add_argument("--min-lr-ratio", type=float, default=0.1, help="the cosine schedule's floor (× the peak)")
     parser.add_argument("--until-saturated", action=argparse.BooleanOptionalAction, default=None,
                         help="stop each run once the stop rule holds (memorized bits rose < 0.5%% over the last 20%%)")
     parser.add_argument("--save-steps", type=int, default=1000,

@@ -86,6 +86,8 @@ def test_the_memorize_command_reports_memorized_and_held_out_bits(tmp_path, caps
     saved = json.loads((tmp_path / "mem" / "memorization.json").read_text())
     assert [h["step"] for h in saved["history"]][-1] == 120 and saved["bits_per_param"] > 0
     assert main(["memorize", "--model", "llama-1-1", "-o", str(tmp_path / "x")]) == 2
+    assert main(["memorize", "--min-lr-ratio", "1.5", "-o", str(tmp_path / "y")]) == 2  # a floor above the peak
+    assert "min_lr_ratio must be in [0, 1]" in capsys.readouterr().err and not (tmp_path / "y").exists()
 
 
 def test_the_study_figure_draws_runs_plateaus_and_the_reference(tmp_path):

@@ -35,7 +35,8 @@ def cmd_memorize(args) -> None:
         config = MemorizationRunConfig(
             output_dir=args.output, n_sequences=args.N, length=args.length, vocab_size=args.vocab, seed=args.seed,
             model=args.model, head_dim=args.head_dim, fused_loss=args.fused_loss, epochs=args.epochs,
-            batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=args.warmup_steps,
+            batch_size=args.batch_size, learning_rate=args.lr, min_lr_ratio=args.min_lr_ratio,
+            warmup_steps=args.warmup_steps,
             precision=precision, eval_steps=args.eval_steps, until_saturated=args.until_saturated,
             report_to=args.report_to, progress=not args.quiet, save_steps=args.save_steps)
         checkpoint = check_run_dir(config)  # refuses a folder holding another run or a finished one
@@ -73,7 +74,9 @@ def add_commands(subparsers) -> None:
     add_count(m, "--head-dim", default=32, help="width of each attention head")
     add_count(m, "--epochs", default=100, help="passes over the sequences (the most, with --until-saturated)")
     add_count(m, "--batch-size", default=64, help="sequences per step (>= --N: full-batch steps)")
-    m.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, cosine to 0.1×)")
+    m.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, cosine to --min-lr-ratio × it)")
+    m.add_argument("--min-lr-ratio", type=float, default=0.1,
+                   help="the cosine schedule's floor, a fraction of the peak learning rate (0 to 1; default 0.1)")
     add_count(m, "--warmup-steps", minimum=0, default=100, help="learning-rate warm-up (at most a tenth of the steps)")
     add_count(m, "--seed", minimum=0, default=0, help="seed of the sequences and the initialisation")
     m.add_argument("--precision", choices=["fp32", "bf16-mixed", "bf16"], default="fp32",
