@@ -196,11 +196,16 @@ def capacities(df):
     return rows
 
 
+MORRIS_PRESENTATIONS = 10**6 * 2048
+"""Sequence presentations of a Morris et al. run: 10⁶ steps at batch 2,048 (N sequences: this / N epochs)."""
+
+
 def training_length_trend(df, target: float = 3.83) -> list[dict]:
     """How the memorized bits/param grow with the training budget, for each (model, head dim, precision, N) run on
     two or more epoch budgets: the least-squares line of bits/param against log10(epochs), its gain per tenfold
-    budget, and the budget at which the line would reach ``target`` (default Morris et al.'s fp32 3.83; None when
-    the line does not rise). An extrapolation of a few points: a rate, not a prediction."""
+    budget, the budget at which the line would reach ``target`` (default Morris et al.'s fp32 3.83; None when the
+    line does not rise), and the line's value at Morris et al.'s training length (``MORRIS_PRESENTATIONS`` / N
+    epochs). An extrapolation of a few points: a rate, not a prediction."""
     import numpy as np
 
     rows = []
@@ -211,7 +216,8 @@ def training_length_trend(df, target: float = 3.83) -> list[dict]:
         rows.append({"model": model, "head_dim": int(head_dim), "precision": precision, "N": int(n),
                      "budgets": sorted(int(e) for e in g["epochs"]), "gain_per_tenfold": float(slope),
                      "epochs_for_target": float(10 ** ((target - intercept) / slope)) if slope > 1e-6 else None,
-                     "target": target})
+                     "target": target, "morris_epochs": MORRIS_PRESENTATIONS / n,
+                     "at_morris_epochs": float(intercept + slope * np.log10(MORRIS_PRESENTATIONS / n))})
     return rows
 
 
@@ -286,7 +292,8 @@ def main() -> int:
     for t in training_length_trend(df):
         reach = "never" if t["epochs_for_target"] is None else f"at ~{t['epochs_for_target']:,.0f} epochs"
         print(f"{t['model']} hd{t['head_dim']} {t['precision']} N = {t['N']:,}: budgets {t['budgets']}, "
-              f"+{t['gain_per_tenfold']:.3f} bits/param per tenfold budget; the line reaches {t['target']} {reach}")
+              f"+{t['gain_per_tenfold']:.3f} bits/param per tenfold budget; the line reaches {t['target']} {reach}; "
+              f"at Morris et al.'s length ({t['morris_epochs']:,.0f} epochs) it reads {t['at_morris_epochs']:.2f}")
     fits = summarize(df)
     for f in fits:
         print(f"{f['model']} hd{f['head_dim']} {f['precision']}: {f['fit']}")

@@ -1,5 +1,7 @@
 """scripts/memorization_study.py: tables kept across machines and Morris et al.'s capacity (max over dataset sizes)."""
 
+import math
+
 import pandas as pd
 from test_committed_results import RESULTS, load_script
 
@@ -81,4 +83,7 @@ def test_the_training_length_trend_is_the_gain_per_tenfold_budget_and_where_it_r
     assert trend["fp32"]["budgets"] == [1000, 10_000] and trend["fp32"]["N"] == 768
     assert abs(trend["fp32"]["gain_per_tenfold"] - 0.2) < 1e-9
     assert abs(trend["fp32"]["epochs_for_target"] - 100_000) < 1e-3
+    # Morris et al.'s 2,048 × 10⁶ presentations of 768 sequences: ~2.7M epochs, where this line reads 2.9 + 0.2 · 3.43
+    assert abs(trend["fp32"]["morris_epochs"] - 2_048e6 / 768) < 1e-6
+    assert abs(trend["fp32"]["at_morris_epochs"] - (2.9 + 0.2 * (math.log10(2_048e6 / 768) - 3))) < 1e-9
     assert trend["bf16"]["epochs_for_target"] is None  # flat: no budget reaches it
