@@ -221,6 +221,24 @@ def training_length_trend(df, target: float = 3.83) -> list[dict]:
     return rows
 
 
+def markdown_rows(df) -> list[str]:
+    """The runs table of docs/studies/memorization_morris.md, one row per run in the table's order: model and
+    width, precision, N, data bits, data bits / P, epochs run of the budget, steps, memorized bits, bits/param,
+    the stop rule's verdict (the rise over the last 20%) and the wall time."""
+    rows = []
+    for r in df.itertuples():
+        width = int(r.head_dim) * int(r.model.split("-")[2])
+        steps_per_epoch = -(-int(r.N) // int(r.batch_size))
+        epochs_run = int(r.steps_trained) // steps_per_epoch
+        verdict = "yes" if r.saturated is True or r.saturated == "True" else "no"
+        rise = "" if r.relative_rise != r.relative_rise else f" ({r.relative_rise:.2%})"
+        wall = "" if r.wall_time_s != r.wall_time_s else f"{r.wall_time_s / 60:.0f} min"
+        rows.append(f"| {r.model} width {width} | {r.precision} | {r.N:,} | {r.data_bits:,.0f} | "
+                    f"{r.data_bits / r.num_params:.2f} | {epochs_run:,} of {r.epochs:,} | {r.steps_trained:,} | "
+                    f"{r.memorized_bits:,.0f} | **{r.bits_per_param:.3f}** | {verdict}{rise} | {wall} |")
+    return rows
+
+
 def summarize(df) -> list[dict]:
     """The plateau fit of each (model, head dim, precision) with at least three dataset sizes trained on one epoch
     budget (sizes trained for different budgets are not points of one curve: no fit)."""
@@ -284,6 +302,7 @@ def main() -> int:
     if args.csv:
         df.to_csv(args.csv, index=False)
     print(df.to_string(index=False))
+    print("\n".join(markdown_rows(df)))  # the runs table of docs/studies/memorization_morris.md
     for c in capacities(df):
         bound = "" if c["saturated"] else " (its run did not meet the stop rule: a lower bound)"
         print(f"{c['model']} hd{c['head_dim']} {c['precision']}: capacity {c['capacity_bits_per_param']:.3f} "

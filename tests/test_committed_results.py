@@ -125,6 +125,8 @@ def test_the_morris_shape_memorization_rows_are_the_committed_csv():
     shown = [[c.strip() for c in line.split("|")[1:-1]] for line in runs_section.splitlines()
              if line.startswith("| ") and "**" in line]
     assert len(shown) == len(table) >= 2
+    lines = [line for line in runs_section.splitlines() if line.startswith("| ") and "**" in line]
+    assert lines == load_script("memorization_study").markdown_rows(table)  # the script writes these rows
     for cells, run in zip(shown, table.itertuples()):
         assert cells[0] == f"{run.model} width {run.head_dim * int(run.model.split('-')[2])}", cells
         assert (cells[1], cells[2]) == (run.precision, f"{run.N:,}"), cells
