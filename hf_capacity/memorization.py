@@ -134,6 +134,12 @@ def saturation(history: list[dict], window: float = SATURATION_WINDOW,
     return out
 
 
+def stops_here(history: list[dict], learning_rate: float, peak_learning_rate: float) -> bool:
+    """``until_saturated``'s decision after a measurement: the stop rule holds on ``history`` (``saturation``) and
+    the schedule has annealed (``learning_rate`` ≤ ``ANNEALED_LR_FRACTION`` × ``peak_learning_rate``)."""
+    return learning_rate <= ANNEALED_LR_FRACTION * peak_learning_rate and saturation(history)["saturated"]
+
+
 @dataclass
 class MemorizationRunConfig:
     """A memorization run (Morris et al. 2025): a GPT-2 trained from scratch on uniform random sequences.
@@ -307,8 +313,7 @@ def train_memorization(config: MemorizationRunConfig) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             lr = kwargs["lr_scheduler"].get_last_lr()[0] if kwargs.get("lr_scheduler") else 0.0
             if (config.until_saturated and callback._measured_step == state.global_step
-                    and lr <= ANNEALED_LR_FRACTION * config.learning_rate
-                    and saturation(callback.history)["saturated"]):
+                    and stops_here(callback.history, lr, config.learning_rate)):
                 control.should_training_stop = True
 
     trainer = Trainer(model=model, args=args, train_dataset=data.to_dataset())

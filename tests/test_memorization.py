@@ -193,8 +193,16 @@ def test_until_saturated_stops_at_the_first_measurement_where_the_rule_holds_onc
     annealed = [step for step in flat if lr[step] <= ANNEALED_LR_FRACTION * config.learning_rate]
     assert result["steps_trained"] == annealed[0] == history[-1]["step"] < config.steps
     assert result["saturation"]["saturated"]
-    # the four sequences were learnt long before: the curve was flat at the peak rate, where the run went on
-    assert flat[0] < annealed[0] and lr[flat[0]] > 0.5 * config.learning_rate
+
+
+def test_a_flat_curve_stops_a_run_only_once_the_learning_rate_has_annealed():
+    from hf_capacity.memorization import stops_here
+
+    flat = [{"step": s, "memorized_bits": 1000.0} for s in range(0, 101, 10)]
+    rising = [{"step": s, "memorized_bits": 10.0 * s} for s in range(0, 101, 10)]
+    assert not stops_here(flat, learning_rate=0.9e-2, peak_learning_rate=1e-2)  # a plateau at the peak rate
+    assert stops_here(flat, learning_rate=0.2e-2, peak_learning_rate=1e-2)  # the same plateau, annealed
+    assert not stops_here(rising, learning_rate=0.1e-2, peak_learning_rate=1e-2)  # annealed but still rising
 
 
 def test_memorize_again_on_its_folder_resumes_a_killed_run_and_refuses_a_finished_or_different_one(
