@@ -134,6 +134,11 @@ def saturation(history: list[dict], window: float = SATURATION_WINDOW,
     return out
 
 
+def steps_per_epoch(n_sequences: int, batch_size: int) -> int:
+    """Optimizer steps in one pass over ``n_sequences`` at ``batch_size``: the full batches and a last partial one."""
+    return -(-int(n_sequences) // int(batch_size))
+
+
 def stops_here(history: list[dict], learning_rate: float, peak_learning_rate: float) -> bool:
     """``until_saturated``'s decision after a measurement: the stop rule holds on ``history`` (``saturation``) and
     the schedule has annealed (``learning_rate`` ≤ ``ANNEALED_LR_FRACTION`` × ``peak_learning_rate``)."""
@@ -197,7 +202,7 @@ class MemorizationRunConfig:
 
     @property
     def steps(self) -> int:
-        return self.epochs * -(-self.n_sequences // self.batch_size)
+        return self.epochs * steps_per_epoch(self.n_sequences, self.batch_size)
 
     @property
     def warmup(self) -> int:

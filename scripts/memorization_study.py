@@ -158,12 +158,14 @@ def curves(args, out: Path):
     and bits/param), after ``args.with_curves``'s rows for runs not finished here; the saturation evidence."""
     import pandas as pd
 
+    from hf_capacity.memorization import steps_per_epoch
+
     rows = []
     for model, head_dim, precision, n, _, r in finished_runs(args, out):
-        steps_per_epoch = -(-n // int(r.get("batch_size", args.batch_size)))  # full batches and the last partial one
+        per_epoch = steps_per_epoch(n, r.get("batch_size", args.batch_size))
         for point in r.get("history", []):
             rows.append({"model": model, "head_dim": head_dim, "precision": precision, "N": n, "epochs": r["epochs"],
-                         "epoch": round(point["step"] / steps_per_epoch, 2), "step": point["step"],
+                         "epoch": round(point["step"] / per_epoch, 2), "step": point["step"],
                          "memorized_bits": round(point["memorized_bits"], 1),
                          "bits_per_param": round(point["memorized_bits"] / r["num_params"], 4)})
     df = pd.DataFrame(rows, columns=CURVE_COLUMNS)
@@ -225,11 +227,13 @@ def markdown_rows(df) -> list[str]:
     """The runs table of docs/studies/memorization_morris.md, one row per run in the table's order: model and
     width, precision, N, data bits, data bits / P, epochs run of the budget, steps, memorized bits, bits/param,
     the stop rule's verdict (the rise over the last 20%) and the wall time."""
+    from hf_capacity.memorization import steps_per_epoch
+    from hf_capacity.model_names import parse_model_name
+
     rows = []
     for r in df.itertuples():
-        width = int(r.head_dim) * int(r.model.split("-")[2])
-        steps_per_epoch = -(-int(r.N) // int(r.batch_size))
-        epochs_run = int(r.steps_trained) // steps_per_epoch
+        width = int(r.head_dim) * parse_model_name(r.model).heads
+        epochs_run = int(r.steps_trained) // steps_per_epoch(r.N, r.batch_size)
         verdict = "yes" if r.saturated is True or r.saturated == "True" else "no"
         rise = "" if r.relative_rise != r.relative_rise else f" ({r.relative_rise:.2%})"
         wall = "" if r.wall_time_s != r.wall_time_s else f"{r.wall_time_s / 60:.0f} min"
