@@ -333,3 +333,25 @@ def test_a_capacity_run_builds_moe_with_the_papers_capacity_factors(bios_data):
     free = build_model(CapacityTrainingConfig(model="gpt2-1-2", head_dim=16, num_experts=4,
                                               moe_capacity_factor_eval=None, progress=False), bios_data.tokenizer)
     assert free.config.moe_capacity_factor_eval is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_loss_is_the_plain_loss_across_chunks_with_ignored_rows(dtype):
+    """Chunks of 5 rows over 23 tokens (a ragged last chunk), a third of them ignored, one chunk wholly ignored."""
+    from hf_capacity.models.capacity_gpt2.modeling_capacity_gpt2 import FusedLinearCrossEntropy
+
+    generator = torch.Generator().manual_seed(3)
+    hidden = torch.randn(23, 8, generator=generator).to(dtype).requires_grad_()
+    weight = torch.randn(50, 8, generator=generator).to(dtype).requires_grad_()
+    labels = torch.randint(0, 50, (23,), generator=generator)
+    labels[torch.randperm(23, generator=generator)[:8]] = -100
+    labels[5:10] = -100
+    fused = FusedLinearCrossEntropy.apply(hidden, weight, labels, 5)
+    fused_grads = torch.autograd.grad(fused * 0.5, (hidden, weight))
+    plain = torch.nn.functional.cross_entropy((hidden @ weight.T).float(), labels, reduction="sum")
+    plain_grads = torch.autograd.grad(plain * 0.5, (hidden, weight))
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    torch.testing.assert_close(fused.float(), plain, **tolerance)
+    for got, expected in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(got.float(), expected.float(), **tolerance)
+    assert (fused_grads[0][labels == -100] == 0).all()  # ignored rows get no gradient

@@ -480,26 +480,31 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, labels, chunk_size: int):
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         valid = labels != -100
         target = torch.where(valid, labels, 0)
-        token_loss = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        # Ignored rows enter as zero vectors: their logits are 0 (no overflow), they add nothing to the weight's
+        # gradient, and their hidden gradient and loss are masked once after the loop (no per-chunk pass).
+        masked = hidden * valid[:, None].to(hidden.dtype)
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        picked = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        minus_one = torch.full((chunk_size, 1), -1.0, dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
             chunk = slice(start, start + chunk_size)
-            h, y, ok = hidden[chunk], target[chunk, None], valid[chunk, None]
+            h, y = masked[chunk], target[chunk, None]
             probs = torch.softmax((h @ weight.T).float(), dim=1)
-            token_loss[chunk] = -probs.gather(1, y)[:, 0].clamp_min(1e-30).log()
-            probs.scatter_add_(1, y, -ok.float())
-            probs.mul_(ok)
+            picked[chunk] = probs.gather(1, y)[:, 0]
+            probs.scatter_add_(1, y, minus_one[: y.shape[0]])  # p - onehot: the logits' gradient
             probs = probs.to(h.dtype)
-            grad_hidden[chunk] = probs @ weight
+            torch.mm(probs, weight, out=grad_hidden[chunk])
             grad_weight.addmm_(probs.T.float(), h.float())
-        underflow = valid & (token_loss >= -math.log(1e-30))  # clamped: the probability was below 1e-30
+        grad_hidden.mul_(valid[:, None].to(grad_hidden.dtype))
+        token_loss = -picked.clamp_min(1e-30).log()
+        underflow = valid & (picked < 1e-30)  # the probability underflowed float32's normal range
         if underflow.any():
             logits = (hidden[underflow] @ weight.T).float()
-            picked = logits.gather(1, target[underflow, None])[:, 0]
-            token_loss[underflow] = torch.logsumexp(logits, dim=1) - picked
+            picked_logit = logits.gather(1, target[underflow, None])[:, 0]
+            token_loss[underflow] = torch.logsumexp(logits, dim=1) - picked_logit
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
         return (token_loss * valid).sum()
 
