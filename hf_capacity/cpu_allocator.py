@@ -38,7 +38,9 @@ TOP_PAD_BYTES = 64 * 1024**2
 """Extra bytes the heap grows by whenever it has to grow (fewer ``brk`` calls)."""
 
 OPT_OUT_ENV = "HF_CAPACITY_MALLOC_TUNING"
-USER_TUNABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
+USER_TUNABLES = (
+    "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_", "GLIBC_TUNABLES")
+"""A user's own malloc settings: any of these (GLIBC_TUNABLES only with glibc.malloc.* in it) turns the tuning off."""
 
 _applied: bool | None = None  # None: not tried yet in this process
 
@@ -66,6 +68,8 @@ def malloc_tuning_reason() -> str | None:
     if os.environ.get(OPT_OUT_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return f"{OPT_OUT_ENV}={os.environ[OPT_OUT_ENV]}"
     user = [name for name in USER_TUNABLES if name in os.environ]
+    if "GLIBC_TUNABLES" in user and "glibc.malloc." not in os.environ["GLIBC_TUNABLES"]:
+        user.remove("GLIBC_TUNABLES")  # tunables of other glibc parts (cpu, pthread) leave malloc to us
     if user:
         return f"the environment sets {', '.join(user)}"
     if _glibc_mallopt() is None:

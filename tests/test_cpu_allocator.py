@@ -28,7 +28,8 @@ PROBE = textwrap.dedent("""
 
 
 def probe(mode: str, **env: str) -> tuple[bool, int, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "HF_CAPACITY_MALLOC_TUNING"}
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith("MALLOC_") and k not in ("HF_CAPACITY_MALLOC_TUNING", "GLIBC_TUNABLES")}
     out = subprocess.run([sys.executable, "-c", PROBE, mode], env={**clean, **env}, capture_output=True, text=True,
                          check=True).stdout.strip().splitlines()[-1]
     applied, faults, reason = out.split("|")
@@ -46,6 +47,7 @@ def test_a_tuned_process_reuses_its_freed_buffers_instead_of_faulting_them_in_ag
 @pytest.mark.parametrize("env, why", [
     ({"HF_CAPACITY_MALLOC_TUNING": "0"}, "HF_CAPACITY_MALLOC_TUNING=0"),
     ({"MALLOC_TRIM_THRESHOLD_": "1000000"}, "the environment sets MALLOC_TRIM_THRESHOLD_"),
+    ({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1000000"}, "the environment sets GLIBC_TUNABLES"),
 ])
 def test_an_opt_out_or_the_users_own_malloc_settings_are_left_alone(env, why):
     applied, _, reason = probe("tune", **env)
