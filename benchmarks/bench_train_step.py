@@ -4,6 +4,9 @@ the fraction of the machine's matmul peak (measured in the same run).
 
     python benchmarks/bench_train_step.py [--quick] [--threads 1] [--head-dim 32] [--batch 4] [--compile]
 
+Like ``train_capacity``, it first tunes glibc's malloc (``hf_capacity.cpu_allocator``; ``--default-malloc`` leaves
+it alone; ``bench_allocator.py`` measures the difference).
+
 The calibration config (bioD(1500, K=1, C=16, D=1000, L=1, T=1000), GPT2-1-1, context 512, AdamW, fp32) trains
 with the stock ``transformers.Trainer`` exactly as ``hf-capacity train`` builds it: with the plain head +
 cross-entropy and the whole 5,096-token vocabulary; with ``--fused-loss`` and the whole vocabulary
@@ -37,6 +40,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
+from hf_capacity.cpu_allocator import tune_malloc_for_training  # noqa: E402
 from hf_capacity.models.capacity_gpt2 import modeling_capacity_gpt2 as modeling  # noqa: E402
 from hf_capacity.training import CapacityTrainingConfig, build_data, build_model  # noqa: E402  (first: quiet bnb)
 
@@ -111,7 +115,10 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="also time torch.compile of each variant")
     p.add_argument("--quick", action="store_true", help="2 rounds of 20 steps")
+    p.add_argument("--default-malloc", action="store_true", help="do not tune glibc's malloc as training runs do")
     args = p.parse_args()
+    if not args.default_malloc:
+        tune_malloc_for_training()
     if args.quick:
         args.steps, args.rounds = 20, 2
     torch.set_num_threads(args.threads)
