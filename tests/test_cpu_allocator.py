@@ -53,3 +53,26 @@ def test_an_opt_out_or_the_users_own_malloc_settings_are_left_alone(env, why):
     applied, _, reason = probe("tune", **env)
     assert not applied
     assert reason == why
+
+
+def test_large_buffers_in_other_threads_still_allocate_once_mmap_is_off():
+    """Buffers larger than a thread arena's 64 MiB heap come from the main heap or a fallback mapping, not an error."""
+    code = textwrap.dedent("""
+        import threading
+        import torch
+        from hf_capacity.cpu_allocator import tune_malloc_for_training
+
+        assert tune_malloc_for_training()
+        sums = {}
+        def work(i):
+            sums[i] = float(torch.ones(20_000_000).sum())  # 80 MB, allocated and freed in a worker thread
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        print(sorted(sums.values()))
+    """)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "HF_CAPACITY_MALLOC_TUNING"}
+    out = subprocess.run([sys.executable, "-c", code], env=clean, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == str([20_000_000.0] * 3)
