@@ -4,8 +4,8 @@ the fraction of the machine's matmul peak (measured in the same run).
 
     python benchmarks/bench_train_step.py [--quick] [--threads 1] [--head-dim 32] [--batch 4] [--compile]
 
-Like ``train_capacity``, it first tunes glibc's malloc (``hf_capacity.cpu_allocator``; ``--default-malloc`` leaves
-it alone; ``bench_allocator.py`` measures the difference).
+It first tunes glibc's malloc (``hf_capacity.cpu_allocator``, opt-in for training; ``--default-malloc`` leaves it
+alone; ``bench_allocator.py`` measures the difference).
 
 The calibration config (bioD(1500, K=1, C=16, D=1000, L=1, T=1000), GPT2-1-1, context 512, AdamW, fp32) trains
 with the stock ``transformers.Trainer`` exactly as ``hf-capacity train`` builds it: with the plain head +
@@ -115,7 +115,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--compile", action="store_true", help="also time torch.compile of each variant")
     p.add_argument("--quick", action="store_true", help="2 rounds of 20 steps")
-    p.add_argument("--default-malloc", action="store_true", help="do not tune glibc's malloc as training runs do")
+    p.add_argument("--default-malloc", action="store_true", help="leave glibc's malloc at its defaults")
     args = p.parse_args()
     if not args.default_malloc:
         tune_malloc_for_training()

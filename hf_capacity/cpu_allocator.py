@@ -4,16 +4,18 @@ A training step on the CPU allocates and frees the same large activation and gra
 glibc's defaults, a buffer above the ``mmap`` threshold (128 KiB, rising to at most 32 MiB as big buffers are
 freed) is mapped fresh and unmapped on free, and the top of the heap is trimmed back to the OS whenever 128 KiB
 lie free there, so each step pays its buffers again in page faults (the kernel zeroes every new page).
-``tune_malloc_for_training()`` serves every buffer from the heap (no ``mmap``) and never trims it. Measured on this
-project's CPU (``benchmarks/bench_allocator.py``, benchmarks/RESULTS.md): the plain-head training step of the
-calibration config runs 2.05× faster (40,772 → 170 minor page faults a step); the fused-loss step, which never
-holds the whole logits, 1.04×. The cost: a process keeps its peak heap after freeing (its RSS does not shrink
-between steps), which is what a training process wants.
+``tune_malloc_for_training()`` fixes the threshold at 32 MiB and stops trimming, so freed buffers below 32 MiB
+are reused. Measured on this project's CPU (``benchmarks/bench_allocator.py``, benchmarks/RESULTS.md): the
+plain-head training step of the calibration config runs 1.39× faster, the fused-loss step 1.08×. The cost: a
+process keeps its peak heap after freeing (its RSS does not shrink).
+
+**Opt-in**: no entry point calls it. Switching ``mmap`` off as well (``M_MMAP_MAX`` 0) made the plain step 2.05×
+faster, but a capacity run's data build (4,400 people × 1000 exposures) then grew to 23.6 GB and was killed for
+memory; a process that builds large data after the call may likewise hold far more memory than it uses. Call it
+in a training script after the data is built.
 
 Nothing changes where glibc is not the allocator (macOS, Windows, musl, a preloaded jemalloc or tcmalloc), where
 the user already set glibc's ``MALLOC_*`` tunables in the environment, or with ``HF_CAPACITY_MALLOC_TUNING=0``.
-Training entry points (``train_capacity``, ``train_memorization``) call it; a user's own training script may
-call it first thing.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ logger = logging.getLogger(__name__)
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
-M_MMAP_MAX = -4
 
 MMAP_THRESHOLD_BYTES = 32 * 1024**2
 """Buffers below this come from the heap (and are reused); glibc's largest dynamic threshold, the most it accepts."""
@@ -80,7 +81,7 @@ def malloc_tuning_reason() -> str | None:
 
 
 def tune_malloc_for_training() -> bool:
-    """Serve every buffer from glibc's heap (no ``mmap``) and stop heap trimming for this process (once; later calls
+    """Fix glibc's ``mmap`` threshold at 32 MiB and stop heap trimming for this process (once; later calls
     return the first call's answer). Returns whether the settings are in effect; see the module docstring for when
     they are not. Does not change any result: only where freed memory goes."""
     global _applied
@@ -93,7 +94,7 @@ def tune_malloc_for_training() -> bool:
         return False
     mallopt = _glibc_mallopt()
     settings = ((M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES), (M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES),
-                (M_TOP_PAD, TOP_PAD_BYTES), (M_MMAP_MAX, 0))
+                (M_TOP_PAD, TOP_PAD_BYTES))
     ok = all(mallopt(param, value) == 1 for param, value in settings)
     _applied = ok
     logger.debug("malloc tuned for training: %s", ok)

@@ -289,13 +289,11 @@ def train_memorization(config: MemorizationRunConfig) -> dict:
     from transformers import Trainer, TrainerCallback, set_seed
 
     from .callbacks import MemorizationCallback
-    from .cpu_allocator import tune_malloc_for_training
     from .logging_filters import transformers_progress_bars
     from .models.capacity_gpt2 import CapacityGPT2Config, CapacityGPT2ForCausalLM
     from .trainer_args import capacity_training_arguments
 
     checkpoint = check_run_dir(config)
-    tune_malloc_for_training()  # glibc: keep freed step buffers (no result changes; HF_CAPACITY_MALLOC_TUNING=0: off)
     _, layers, heads = parse_model_name(config.model)
     data = config.sequences()
     set_seed(config.seed)

@@ -364,10 +364,8 @@ def train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None = 
     With ``config.progress`` False, transformers' own progress bars (saving and loading weights) are off too
     while the run lasts, so sweep logs hold one line a run. Launched on several processes (torchrun, accelerate),
     rank 0 writes the output folder and every rank returns only once it has (a barrier)."""
-    from .cpu_allocator import tune_malloc_for_training
     from .logging_filters import transformers_progress_bars
 
-    tune_malloc_for_training()  # glibc: keep freed step buffers (no result changes; HF_CAPACITY_MALLOC_TUNING=0: off)
     with transformers_progress_bars(config.progress):
         return _train_capacity(config, data, model)
 
