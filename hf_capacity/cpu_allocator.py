@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import sys
@@ -48,8 +49,10 @@ USER_TUNABLES = (
 _applied: bool | None = None  # None: not tried yet in this process
 
 
+@functools.cache
 def _glibc_mallopt():
-    """glibc's ``mallopt``, or None where the C library is not glibc or another allocator is preloaded."""
+    """glibc's ``mallopt``, or None where the C library is not glibc or another allocator is preloaded (looked up
+    once a process)."""
     if not sys.platform.startswith("linux"):
         return None
     preload = os.environ.get("LD_PRELOAD", "")
@@ -57,11 +60,10 @@ def _glibc_mallopt():
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        version = libc.gnu_get_libc_version  # glibc only (musl has no such symbol)
+        libc.gnu_get_libc_version  # glibc only (musl has no such symbol)
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return None
-    version.restype = ctypes.c_char_p
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return mallopt
 

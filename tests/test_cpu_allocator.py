@@ -27,11 +27,15 @@ PROBE = textwrap.dedent("""
 """)
 
 
+def clean_env() -> dict[str, str]:
+    """This process's environment without any malloc setting of the user's or the opt-out."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("MALLOC_") and k not in ("HF_CAPACITY_MALLOC_TUNING", "GLIBC_TUNABLES")}
+
+
 def probe(mode: str, **env: str) -> tuple[bool, int, str]:
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith("MALLOC_") and k not in ("HF_CAPACITY_MALLOC_TUNING", "GLIBC_TUNABLES")}
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], env={**clean, **env}, capture_output=True, text=True,
-                         check=True).stdout.strip().splitlines()[-1]
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], env={**clean_env(), **env}, capture_output=True,
+                         text=True, check=True).stdout.strip().splitlines()[-1]
     applied, faults, reason = out.split("|")
     return applied == "True", int(faults), reason
 
@@ -73,6 +77,5 @@ def test_large_buffers_in_worker_threads_still_allocate_when_tuned():
             t.join()
         print(sorted(sums.values()))
     """)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "HF_CAPACITY_MALLOC_TUNING"}
-    out = subprocess.run([sys.executable, "-c", code], env=clean, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == str([20_000_000.0] * 3)
