@@ -90,6 +90,61 @@ class _Packer:
         return self.buffer[c : c + n], self.doc_start[c : c + n], self.start_who[lo:hi]
 
 
+_NUMPY_DTYPES = {"int8": np.int8, "int32": np.int32, "int64": np.int64}
+
+
+class _ListColumn:
+    """Rows of a list column gathered in numpy blocks and handed to Arrow without copying each value.
+
+    Rows of ``width`` values (the windows) fill a preallocated block; rows of other lengths (``people``) are
+    kept as they come. ``finish`` returns a ``pyarrow.ChunkedArray`` of ``list<dtype>``, one chunk a block."""
+
+    _BLOCK_ROWS = 2048
+
+    def __init__(self, dtype, width: int):
+        self.dtype, self.width = np.dtype(dtype), width
+        self.chunks: list = []
+        self.rows: list[np.ndarray] = []
+        self.block = np.empty((self._BLOCK_ROWS, width), dtype=self.dtype)
+        self.filled = 0
+        self.ragged = False
+
+    def append(self, row: np.ndarray) -> None:
+        if not self.ragged and len(row) == self.width:
+            self.block[self.filled] = row
+            self.filled += 1
+            if self.filled == self._BLOCK_ROWS:
+                self._flush()
+            return
+        if not self.ragged:  # first row of another length: the column is ragged from here on
+            self.rows = list(self.block[: self.filled])
+            self.block, self.filled, self.ragged = None, 0, True
+        self.rows.append(np.asarray(row, dtype=self.dtype))
+        if len(self.rows) == self._BLOCK_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self.ragged:
+            lengths = np.fromiter((len(r) for r in self.rows), dtype=np.int32, count=len(self.rows))
+            values = np.concatenate(self.rows) if self.rows else np.empty(0, self.dtype)
+            self.rows = []
+        else:
+            lengths = np.full(self.filled, self.width, dtype=np.int32)
+            values = self.block[: self.filled].reshape(-1).copy()
+            self.filled = 0
+        if len(lengths):
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+            self.chunks.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)))
+
+    def finish(self):
+        import pyarrow as pa
+
+        self._flush()
+        return pa.chunked_array(self.chunks, type=pa.list_(pa.from_numpy_dtype(self.dtype)))
+
+
 class PackedStream:
     """E exposures of a population packed into training windows; iterate for dicts of numpy arrays.
 
@@ -214,19 +269,50 @@ class PackedStream:
         return datasets.Features(f)
 
     def to_dataset(self, progress: bool = True):
-        """Materialise as a ``datasets.Dataset`` (for small runs; use ``to_iterable_dataset`` for long ones)."""
+        """Materialise as an in-memory ``datasets.Dataset``; ``to_iterable_dataset`` generates windows instead.
+
+        The windows go straight into Arrow list columns from numpy blocks (no Python int per token), so the
+        build peaks at about the size of the finished table: ~13-21 bytes a token (int32 ids, int8 mask, int64
+        labels, int64 positions with ``block_diagonal``)."""
         import datasets
         from tqdm.auto import tqdm
 
-        columns: dict[str, list] = {k: [] for k in self.features()}
+        features = self.features()
+        columns = {k: _ListColumn(_NUMPY_DTYPES[features[k].feature.dtype], self.context_length) for k in features}
         with tqdm(total=self.estimated_windows(), desc="packing windows", disable=not progress, unit="win") as bar:
             for item in self:
-                for k in columns:
-                    columns[k].append(item[k])
+                for k, column in columns.items():
+                    column.append(item[k])
                 bar.update()
             bar.total = bar.n  # the total was an estimate: end the bar at the windows actually packed
             bar.refresh()
-        return datasets.Dataset.from_dict(columns, features=self.features())
+        import pyarrow as pa
+        from datasets.table import InMemoryTable
+
+        table = pa.table({k: c.finish() for k, c in columns.items()}, schema=features.arrow_schema)
+        # the fingerprint is given: left to `datasets`, it would pickle the whole table to hash it (~3x the memory)
+        return datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=features),
+                                fingerprint=self.fingerprint())
+
+    def fingerprint(self) -> str:
+        """A hash of what fixes the windows' content: the renderer (population, options, token table), the stream
+        settings and the junk mixing. Equal streams get the same fingerprint, different ones another."""
+        from datasets.fingerprint import Hasher
+
+        def renderer_key(r: Renderer | None):
+            if r is None:
+                return None
+            if hasattr(r, "table_ids"):  # the project tokenizer's pieces, as token ids
+                tokens = Hasher.hash((r.table_ids.tobytes(), r.table_lens.tobytes()))
+            else:  # a user's tokenizer (OffsetRenderer): its whole definition
+                tokens = Hasher.hash(r.tokenizer.backend_tokenizer.to_str())
+            return type(r).__name__, repr(r.population), r.simple, r.domain_token, tokens
+
+        return Hasher.hash((
+            "PackedStream/1", renderer_key(self.renderer), self.exposures, self.context_length, self.seed,
+            self.block_diagonal, self.junk, renderer_key(self.junk_renderer), self.with_people, self.batch_people,
+            self.pad_token_id,
+        ))
 
     def to_iterable_dataset(self):
         """A ``datasets.IterableDataset`` generating windows on the fly (constant memory)."""
