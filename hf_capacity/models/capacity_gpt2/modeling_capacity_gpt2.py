@@ -489,15 +489,23 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         picked = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         minus_one = torch.full((chunk_size, 1), -1.0, dtype=torch.float32, device=hidden.device)
+        # One float32 buffer serves every chunk: logits, then probabilities, then their gradient, in place (fresh
+        # chunk-sized tensors made the loop 1.12x slower at 128 rows x 5,096 tokens, 1.9x at 256 rows).
+        buffer = torch.empty((chunk_size, weight.shape[0]), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
             chunk = slice(start, start + chunk_size)
             h, y = masked[chunk], target[chunk, None]
-            probs = torch.softmax((h @ weight.T).float(), dim=1)
+            probs = buffer[: h.shape[0]]
+            if h.dtype == torch.float32:
+                torch.mm(h, weight.T, out=probs)
+            else:
+                probs.copy_(h @ weight.T)
+            torch.softmax(probs, dim=1, out=probs)
             picked[chunk] = probs.gather(1, y)[:, 0]
             probs.scatter_add_(1, y, minus_one[: y.shape[0]])  # p - onehot: the logits' gradient
-            probs = probs.to(h.dtype)
-            torch.mm(probs, weight, out=grad_hidden[chunk])
-            grad_weight.addmm_(probs.T.float(), h.float())
+            grad = probs.to(h.dtype)  # the same tensor in float32
+            torch.mm(grad, weight, out=grad_hidden[chunk])
+            grad_weight.addmm_(grad.T.float(), h.float())
         grad_hidden.mul_(valid[:, None].to(grad_hidden.dtype))
         token_loss = -picked.clamp_min(1e-30).log()
         underflow = valid & (picked < 1e-30)  # the probability underflowed float32's normal range
@@ -521,10 +529,10 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
 
 def fused_chunk_size(vocab_size: int) -> int:
     """Rows of logits per chunk of `FusedLinearCrossEntropy`: the power of two that keeps a chunk's float32 logits
-    within 1 MiB (2^18 values), so they stay in a CPU core's L2 cache between the softmax and the two gradient
-    products; 16 to 1024 rows. (Measured on the calibration model, vocabulary 2,745: 64 rows 7% faster than 128;
-    see benchmarks/RESULTS.md.)"""
-    rows = max(1, (1 << 18) // max(1, vocab_size))
+    within 4 MiB (2^20 values); 16 to 1024 rows. With one buffer reused for every chunk the kernel is flat from 64
+    to 256 rows; this rule picks its fastest measured size at both calibration vocabularies (128 rows at 5,096
+    tokens, 10% faster than 32; 256 at 2,745, 3% faster than 64: `benchmarks/bench_fused_loss.py`)."""
+    rows = max(1, (1 << 20) // max(1, vocab_size))
     return min(1024, max(16, 1 << (rows.bit_length() - 1)))
 
 
