@@ -275,6 +275,8 @@ class PackedStream:
         build peaks at about the size of the finished table: ~13-21 bytes a token (int32 ids, int8 mask, int64
         labels, int64 positions with ``block_diagonal``)."""
         import datasets
+        import pyarrow as pa
+        from datasets.table import InMemoryTable
         from tqdm.auto import tqdm
 
         features = self.features()
@@ -286,9 +288,6 @@ class PackedStream:
                 bar.update()
             bar.total = bar.n  # the total was an estimate: end the bar at the windows actually packed
             bar.refresh()
-        import pyarrow as pa
-        from datasets.table import InMemoryTable
-
         table = pa.table({k: c.finish() for k, c in columns.items()}, schema=features.arrow_schema)
         # the fingerprint is given: left to `datasets`, it would pickle the whole table to hash it (~3x the memory)
         return datasets.Dataset(InMemoryTable(table), info=datasets.DatasetInfo(features=features),

@@ -503,7 +503,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             torch.softmax(probs, dim=1, out=probs)
             picked[chunk] = probs.gather(1, y)[:, 0]
             probs.scatter_add_(1, y, minus_one[: y.shape[0]])  # p - onehot: the logits' gradient
-            grad = probs.to(h.dtype)  # the same tensor in float32
+            grad = probs.to(h.dtype)  # float32: the buffer itself; bf16/fp16: a copy, as the products take
             torch.mm(grad, weight, out=grad_hidden[chunk])
             grad_weight.addmm_(grad.T.float(), h.float())
         grad_hidden.mul_(valid[:, None].to(grad_hidden.dtype))
