@@ -42,8 +42,9 @@ seconds = time.perf_counter() - t0
 grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
 digest = hashlib.sha256()
 for k in ds.column_names:  # the table's content, whatever its chunking
-    for chunk in ds.data.column(k).combine_chunks().flatten(), ds.data.column(k).combine_chunks().offsets:
-        digest.update(chunk.to_numpy(zero_copy_only=False).tobytes())
+    column = ds.data.column(k).combine_chunks()
+    for part in column.flatten(), column.offsets:
+        digest.update(part.to_numpy(zero_copy_only=False).tobytes())
 print(json.dumps({"seconds": seconds, "grown": grown, "tokens": ds.num_rows * 512, "digest": digest.hexdigest()}))
 """
 

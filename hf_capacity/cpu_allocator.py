@@ -11,8 +11,8 @@ process keeps its peak heap after freeing (its RSS does not shrink).
 
 **Opt-in**: no entry point calls it. Switching ``mmap`` off as well (``M_MMAP_MAX`` 0) made the plain step 2.05×
 faster, but a capacity run's data build (4,400 people × 1000 exposures) then grew to 23.6 GB and was killed for
-memory (the same build untuned peaks at ~21 GB, then falls to 7 GB for training): a tuned process keeps its peak
-heap. Call it in a training script after the data is built.
+memory (untuned, that build then peaked at ~21 GB; ``PackedStream.to_dataset`` has since cut it to ~2 GB): a tuned
+process keeps its peak heap. Call it in a training script after the data is built.
 
 Nothing changes where glibc is not the allocator (macOS, Windows, musl, a preloaded jemalloc or tcmalloc), where
 the user already set glibc's ``MALLOC_*`` tunables in the environment, or with ``HF_CAPACITY_MALLOC_TUNING=0``.

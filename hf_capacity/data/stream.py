@@ -90,9 +90,6 @@ class _Packer:
         return self.buffer[c : c + n], self.doc_start[c : c + n], self.start_who[lo:hi]
 
 
-_NUMPY_DTYPES = {"int8": np.int8, "int32": np.int32, "int64": np.int64}
-
-
 class _ListColumn:
     """Rows of a list column gathered in numpy blocks and handed to Arrow without copying each value.
 
@@ -280,7 +277,7 @@ class PackedStream:
         from tqdm.auto import tqdm
 
         features = self.features()
-        columns = {k: _ListColumn(_NUMPY_DTYPES[features[k].feature.dtype], self.context_length) for k in features}
+        columns = {k: _ListColumn(features[k].feature.dtype, self.context_length) for k in features}
         with tqdm(total=self.estimated_windows(), desc="packing windows", disable=not progress, unit="win") as bar:
             for item in self:
                 for k, column in columns.items():
