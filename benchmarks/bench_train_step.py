@@ -8,14 +8,15 @@ It first tunes glibc's malloc (``hf_capacity.cpu_allocator``, opt-in for trainin
 alone; ``bench_allocator.py`` measures the difference).
 
 The calibration config (bioD(1500, K=1, C=16, D=1000, L=1, T=1000), GPT2-1-1, context 512, AdamW, fp32) trains
-with the stock ``transformers.Trainer`` exactly as ``hf-capacity train`` builds it: with the plain head +
-cross-entropy and the whole 5,096-token vocabulary; with ``--fused-loss`` and the whole vocabulary
-(the default: the baseline); with the fused loss
-and the fitted vocabulary (2,745 tokens: the same tokens in every window, the same P); and with the fitted
-vocabulary at context 256 and twice the batch (the same tokens a step). Variants run in interleaved rounds of
-``--steps`` steps after a warm-up round; a round's time runs from the end of its 5th step to its last (a callback
-stamps the steps), so start-up and the first steps' allocations are not counted. Tokens/s are medians over the
-rounds; the ratio is the median of the paired per-round ratios against the baseline.
+with the stock ``transformers.Trainer`` exactly as ``hf-capacity train`` builds it (rows formatted as numpy, so the
+collator stacks arrays): with the plain head + cross-entropy and the whole 5,096-token vocabulary; with
+``--fused-loss`` and the whole vocabulary (the default: the baseline); with the fused loss and the fitted vocabulary
+(2,745 tokens: the same tokens in every window, the same P); with the fitted vocabulary at context 256 and twice the
+batch (the same tokens a step); and the last again with the rows read as Python lists (the data loader before
+2026-12-07). Variants run in interleaved rounds of ``--steps`` steps after a warm-up round; a round's time runs
+from the end of its 5th step to its last (a callback stamps the steps), so start-up and the first steps'
+allocations are not counted. Tokens/s are medians over the rounds; the ratio is the median of the paired per-round
+ratios against the baseline.
 
 Model FLOPs per token: 6 × (linear weights: 12·d² per layer + the head's vocabulary × d) + 12 · layers · context · d
 (attention scores and values, forward and backward, the usual convention that counts the full causal square).
@@ -46,6 +47,7 @@ from hf_capacity.training import CapacityTrainingConfig, build_data, build_model
 
 SKIP = 5
 BASELINE = "fused loss, whole vocabulary (baseline)"
+LIST_ROWS = "fused loss, fitted vocabulary, context 256, rows as Python lists"
 
 
 def matmul_peak_gflops(threads: int, size: int = 1024, repeats: int = 10) -> float:
@@ -128,8 +130,9 @@ def main() -> None:
         batch_size=args.batch, learning_rate=1e-2, progress=False,
     )
     full, fitted = build_data(base), build_data(replace(base, fit_vocabulary=True))
-    windows = {(fit, context): data.stream(40, context).to_dataset(progress=False)
-               for fit, data in ((False, full), (True, fitted)) for context in (512, 256)}
+    # numpy rows, as `hf-capacity train` hands them to the Trainer; LIST_ROWS reads Python lists (as before)
+    windows = {(fit, context, rows): data.stream(40, context).to_dataset(progress=False).with_format(rows)
+               for fit, data in ((False, full), (True, fitted)) for context in (512, 256) for rows in ("numpy", None)}
     variants = [  # name, config, data, fused-loss chunk rows (None: the model's rule, fused_chunk_size)
         ("plain loss, whole vocabulary", replace(base, fit_vocabulary=False), full, None),
         (BASELINE, replace(base, fit_vocabulary=False, fused_loss=True), full, 128),
@@ -138,6 +141,7 @@ def main() -> None:
          replace(base, fused_loss=True, fit_vocabulary=True, context_length=256, batch_size=2 * args.batch),
          fitted, None),
     ]
+    variants.append((LIST_ROWS, variants[-1][1], fitted, None))
     if args.compile:
         variants += [(name + ", compiled", replace(config, torch_compile=True), data, rows)
                      for name, config, data, rows in variants]
@@ -150,7 +154,8 @@ def main() -> None:
         for round_ in range(args.rounds + 1):  # round 0 warms up (and compiles)
             peaks.append(matmul_peak_gflops(args.threads))
             for name, config, data, rows in variants:
-                dataset = windows[(config.fit_vocabulary, config.context_length)]
+                rows_format = None if name == LIST_ROWS else "numpy"
+                dataset = windows[(config.fit_vocabulary, config.context_length, rows_format)]
                 trainer, clock = make_trainer(config, data, dataset, args.steps, config.torch_compile, out)
                 per_token[name] = flops_per_token(trainer.model, config.context_length)
                 vocab[name] = trainer.model.config.vocab_size

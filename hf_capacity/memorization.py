@@ -321,7 +321,8 @@ def train_memorization(config: MemorizationRunConfig) -> dict:
                     and stops_here(callback.history, lr, config.learning_rate)):
                 control.should_training_stop = True
 
-    trainer = Trainer(model=model, args=args, train_dataset=data.to_dataset())
+    # numpy rows: the collator stacks arrays instead of converting Python lists
+    trainer = Trainer(model=model, args=args, train_dataset=data.to_dataset().with_format("numpy"))
     callback.attach(trainer)
     trainer.add_callback(StopWhenSaturated())
     out.mkdir(parents=True, exist_ok=True)  # recorded first, so that a run killed part-way is recognised

@@ -384,7 +384,10 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
     data = data or parts.data()
     model = model or parts.model(data.tokenizer)
     stream = data.stream(config.exposures, config.context_length, block_diagonal=config.block_diagonal)
-    train_dataset = stream.to_iterable_dataset() if config.streaming else stream.to_dataset(progress=config.progress)
+    # numpy rows: the Trainer's collator stacks arrays instead of converting Python lists (a third of the
+    # data loader's time; benchmarks/bench_train_step.py)
+    train_dataset = (stream.to_iterable_dataset() if config.streaming
+                     else stream.to_dataset(progress=config.progress).with_format("numpy"))
     args = training_arguments(config)
     if not config.max_steps:  # one pass over the stream, at the batch the Trainer really takes a step
         windows = None if config.streaming else len(train_dataset)
