@@ -170,6 +170,16 @@ def test_a_reused_output_folder_resumes_only_the_same_run(tmp_path, capsys):
     assert not list(ck.glob("checkpoint-*"))
 
 
+def test_status_of_a_train_run_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main([*TINY_RUN, "--max-steps", "4", "-o", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["status", str(run)]) == 0
+    text = capsys.readouterr().out
+    bits = json.loads((run / "results.json").read_text())["bits_per_param"]
+    assert "1 run: 1 done" in text and "4 / 4 (100%)" in text and f"{bits:.3f} bits/param" in text
+
+
 def test_a_run_prints_its_plan_warns_when_it_will_learn_little_and_says_why_it_stored_nothing(tmp_path, capsys):
     run = tmp_path / "run"
     assert main([*TINY_RUN, "--lr", "1e-6", "--warmup-steps", "100", "-o", str(run)]) == 0

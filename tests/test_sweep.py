@@ -23,6 +23,7 @@ from hf_capacity.sweep import (
     rebuild_table,
     run_sweep,
 )
+from hf_capacity.sweep.progress import sweep_progress
 from hf_capacity.training import build_data, steps_for_exposures
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,6 +125,43 @@ def test_an_unfinished_run_with_a_checkpoint_resumes_from_it(tmp_path):
     resumed = json.loads((folder / "results.json").read_text())
     assert list(table["status"]) == ["done"]
     assert (resumed["p1"], resumed["p2"], resumed["history"]) == (finished["p1"], finished["p2"], finished["history"])
+
+
+def test_status_shows_how_far_each_run_has_got(tmp_path, capsys):
+    out = tmp_path / "status"
+    base = {**{k: v for k, v in TINY.items() if k != "max_steps"}, "exposures": 2, "save_steps": 2}
+    run_sweep(tiny_config(out, base=base, grid={"seed": [0, 1, 2]}), max_runs=2, log=lambda line: None)  # 2 pending
+    done, stopped = sorted((out / "runs").iterdir())
+    steps = json.loads((stopped / "training_config.json").read_text())["applied"]["max_steps"]
+    history = json.loads((stopped / "results.json").read_text())["history"]
+    # seed 1 as if killed after its first checkpoint, before its log said more
+    first = min(int(p.name.split("-")[1]) for p in stopped.glob("checkpoint-*"))
+    for checkpoint in stopped.glob("checkpoint-*"):
+        if checkpoint.name != f"checkpoint-{first}":
+            shutil.rmtree(checkpoint)
+    for name in ("DONE", "results.json", "model.safetensors", "train_log.txt"):
+        (stopped / name).unlink()
+    table = sweep_progress(out)
+    assert list(table["status"]) == ["done", "incomplete", "pending"]
+    row, measured = table.iloc[1], next(h for h in history if h["step"] == first)
+    assert (row["step"], row["max_steps"], row["checkpoint"]) == (first, steps, f"checkpoint-{first}")
+    assert row["exposures"] == pytest.approx(2 * first / steps)  # one pass over 2 exposures
+    assert row["measured_bits_per_param"] == pytest.approx(measured["bits_per_param"])
+    assert row["measured_exposures"] == pytest.approx(measured["exposures"], abs=1e-4)  # as on its knowledge curve
+    # the Trainer's log is newer than the checkpoint: the run got that far
+    (stopped / "train_log.txt").write_text("{'loss': '5.1', 'grad_norm': '1.2', 'epoch': '0.75'}\n")
+    assert sweep_progress(out).iloc[1]["step"] == round(0.75 * steps)
+    cli(["status", str(out)])
+    text = capsys.readouterr().out
+    assert "3 runs: 1 done, 1 incomplete, 0 failed, 1 pending" in text
+    assert f"{round(0.75 * steps)} / {steps} (75%)" in text and "1.5 / 2" in text
+    assert f"{table.iloc[0]['bits_per_param']:.3f} bits/param" in text
+    cli(["status", str(done), "--json"])  # one run folder
+    [record] = json.loads(capsys.readouterr().out)
+    assert record["status"] == "done" and record["trained"] == 1.0
+    assert record["bits_per_param"] == pytest.approx(json.loads((done / "results.json").read_text())["bits_per_param"])
+    with pytest.raises(CLIError, match="neither a sweep folder"):
+        cli(["status", str(tmp_path)])
 
 
 def test_failed_run_is_recorded_and_the_sweep_goes_on(sweep_copy, capsys):

@@ -1,8 +1,9 @@
-"""`hf-capacity sweep`, `fit` and `plot`: thin wrappers around ``hf_capacity.sweep``.
+"""`hf-capacity sweep`, `fit`, `plot` and `status`: thin wrappers around ``hf_capacity.sweep``.
 
     hf-capacity sweep examples/sweeps/cpu_study.yaml [--dry-run] [--fail-fast] [--max-runs K] [--shard i/n]
     hf-capacity fit sweeps/cpu_study [--by architecture,exposures,precision] [--json]
     hf-capacity plot sweeps/cpu_study [--out DIR]
+    hf-capacity status sweeps/cpu_study [--json]       # or one run folder
 """
 
 from __future__ import annotations
@@ -105,9 +106,74 @@ def cmd_plot(args) -> None:
         print(path)
 
 
+# ------------------------------------------------------------------------------------------------- status
+def _ago(seconds) -> str:
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"
+
+
+def _exposures(value: float) -> str:
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+
+
+def _known(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def status_lines(table) -> list[str]:
+    """``sweep_progress``'s table as the lines ``hf-capacity status`` prints."""
+    counts = table["status"].value_counts()
+    lines = [f"{len(table)} run{'s' if len(table) != 1 else ''}: "
+             + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "incomplete", "failed", "pending"))]
+    width = max([len("run"), *map(len, table["run_id"])])
+    lines.append(f"{'#':>3}  {'run':<{width}}  {'status':<10}  {'steps trained':<24}  {'exposures':<11}  "
+                 f"{'knowledge':<46}  last write")
+    for r in table.to_dict("records"):
+        index = "" if not _known(r["index"]) else f"{int(r['index'])}"
+        steps = "-"
+        if _known(r["step"]) and _known(r["max_steps"]):
+            steps = f"{int(r['step']):,} / {int(r['max_steps']):,} ({r['trained']:.0%})"
+        exposures = "-"
+        if _known(r["exposures"]) and _known(r["exposures_planned"]):
+            exposures = f"{_exposures(r['exposures'])} / {r['exposures_planned']:g}"
+        elif _known(r["exposures"]):  # a run of max_steps: as its checkpoint logged them
+            exposures = _exposures(r["exposures"])
+        knowledge = "-"
+        if _known(r["bits_per_param"]):
+            knowledge = f"{r['bits_per_param']:.3f} bits/param, {r['fraction_learned']:.1%} learned"
+        elif _known(r["measured_bits_per_param"]):
+            share = r["measured_fraction_learned"]
+            learned = f", {share:.1%} learned" if _known(share) else ""
+            at = f" (at {_exposures(r['measured_exposures'])} exp.)" if _known(r["measured_exposures"]) else ""
+            knowledge = f"{r['measured_bits_per_param']:.3f} bits/param{learned}{at}"
+        lines.append(f"{index:>3}  {r['run_id']:<{width}}  {r['status']:<10}  {steps:<24}  {exposures:<11}  "
+                     f"{knowledge:<46}  {_ago(r['last_write_s'])}")
+        if r["status"] == "failed" and r.get("error"):
+            lines.append(f"{'':>3}  error: {r['error']}")
+    return lines
+
+
+def cmd_status(args) -> None:
+    from ..sweep.progress import sweep_progress
+
+    try:
+        table = sweep_progress(args.path)
+    except FileNotFoundError as err:
+        raise CLIError(str(err)) from None
+    if args.json:
+        records = [{k: (v if _known(v) else None) for k, v in r.items()} for r in table.to_dict("records")]
+        print(json.dumps(records, default=str))
+        return
+    print(f"{args.path}: " + "\n".join(status_lines(table)))
+
+
 # ------------------------------------------------------------------------------------------------ parsers
 def add_commands(subparsers) -> None:
-    """Add `sweep`, `fit` and `plot` to `hf-capacity`'s subparsers."""
+    """Add `sweep`, `fit`, `plot` and `status` to `hf-capacity`'s subparsers."""
     s = add_command(
         subparsers, "sweep", help="train a grid of capacity runs from a YAML file (resumable; one folder per run)",
         description="Run the sweep described by a YAML file (examples/sweeps/README.md). Finished runs are skipped, "
@@ -135,3 +201,10 @@ def add_commands(subparsers) -> None:
     p.add_argument("results", help="results.csv / results.parquet, or a sweep folder")
     p.add_argument("--out", default=None, help="output folder (default: <sweep folder>/plots)")
     p.set_defaults(func=cmd_plot)
+
+    st = add_command(subparsers, "status",
+                     help="how far a sweep's runs (or one run) have got: steps, exposures, the latest knowledge "
+                          "measured, the last write")
+    st.add_argument("path", help="a sweep folder (its output_dir) or one run folder")
+    st.add_argument("--json", action="store_true", help="print one JSON list, a record per run")
+    st.set_defaults(func=cmd_status)

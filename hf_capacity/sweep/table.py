@@ -56,7 +56,7 @@ _RESULT_KEYS = (
 )
 
 
-def _run_row(folder: Path, planned: dict | None) -> dict:
+def run_row(folder: Path, planned: dict | None) -> dict:
     """One table row from a run folder (config, status, metrics); ``planned``: the plan's entry, if any."""
     run_file = read_json(folder / RUN_FILE) or {}
     planned = planned or {}
@@ -157,8 +157,8 @@ def rebuild_table(sweep_dir: str | os.PathLike, *, write: bool = True) -> pd.Dat
     planned = {entry["run_id"]: entry for entry in plan}
     runs_dir = sweep_dir / RUNS_DIR
     folders = sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
-    rows = [_run_row(runs_dir / run_id, entry) for run_id, entry in planned.items()]
-    rows += [_run_row(folder, None) for folder in folders if folder.name not in planned]
+    rows = [run_row(runs_dir / run_id, entry) for run_id, entry in planned.items()]
+    rows += [run_row(folder, None) for folder in folders if folder.name not in planned]
     df = pd.DataFrame(rows)
     if write and (rows or sweep_dir.is_dir()):
         sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,140 @@
+"""How far the runs of a sweep folder, or one run folder, have got: what ``hf-capacity status`` prints.
+
+For each run: its status (as in the results table: done, incomplete, failed, pending), the share of its steps
+trained and the exposures that makes, the newest checkpoint, the latest knowledge measurement during training
+(bits/param and the share of bits_max learned, from the newest checkpoint's ``trainer_state.json``), and how long
+ago the run last wrote to its folder (a run still training writes its log at every logging step).
+
+Where it reads what: a finished run's ``results.json``; an unfinished run's newest ``checkpoint-<step>``
+(``trainer_state.json``: the step, the logged measurements) and, for a position newer than that checkpoint, the
+last ``epoch`` the Trainer printed into the sweep's ``train_log.txt`` (a capacity run is one pass over its stream,
+so the epoch is the share of its steps trained). Plain reads, no model is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..checkpoints import last_checkpoint
+from ..training import CONFIG_FILE
+from .folders import LOG_FILE, PLAN_FILE, RUN_FILE, RUNS_DIR, read_json
+from .table import rebuild_table, run_row
+
+_EPOCH = re.compile(r"'epoch': '?([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)'?")
+_LOG_TAIL_BYTES = 65536
+
+COLUMNS = ("run_id", "index", "status", "step", "max_steps", "trained", "exposures", "exposures_planned",
+           "checkpoint", "measured_exposures", "measured_bits_per_param", "measured_fraction_learned",
+           "bits_per_param", "fraction_learned", "last_write_s", "error")
+
+
+def _last_logged_epoch(log: Path) -> float | None:
+    """The last ``'epoch': x`` the Trainer printed into ``log`` (its last 64 KB), or None."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - _LOG_TAIL_BYTES))
+            tail = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    found = _EPOCH.findall(tail)
+    return float(found[-1]) if found else None
+
+
+def _last_write(folder: Path) -> float | None:
+    """The newest modification time (seconds since the epoch) of ``folder``'s files and first-level folders."""
+    times = []
+    for path in [folder, *folder.iterdir()]:
+        try:
+            times.append(path.stat().st_mtime)
+        except OSError:  # removed meanwhile (a checkpoint rotated out)
+            continue
+    return max(times) if times else None
+
+
+def _latest_measurement(history: list[dict]) -> dict | None:
+    """The last knowledge measurement in a Trainer's ``log_history``, with the exposures logged at its step."""
+    measured = [h for h in history if "knowledge_bits" in h or "bits_per_param" in h]
+    if not measured:
+        return None
+    last = measured[-1]
+    logged = [h["exposures"] for h in history if "exposures" in h and h.get("step", -1) <= last.get("step", -1)]
+    return {"step": last.get("step"), "logged_exposures": logged[-1] if logged else None,
+            "bits_per_param": last.get("bits_per_param"), "fraction_learned": last.get("fraction_learned")}
+
+
+def run_progress(folder: str | os.PathLike, planned: dict | None = None, *, now: float | None = None) -> dict:
+    """One run folder's progress (the ``COLUMNS``; None where unknown); ``planned``: its sweep plan entry, if any.
+
+    ``trained`` is the share of the run's steps done (0-1): 1 for a finished run; for an unfinished one the newer
+    of its newest checkpoint's step and the last epoch in its log (a run whose steps come from its exposures is one
+    pass over its stream). ``exposures`` is then ``trained`` × the exposures the run plans; for a run given
+    ``max_steps``, the exposures its checkpoint logged. ``last_write_s``: seconds since the folder last changed."""
+    folder = Path(folder)
+    row = run_row(folder, planned)
+    config = read_json(folder / CONFIG_FILE) or (planned or {}).get("config") or {}
+    applied = config.get("applied") or {}
+    max_steps = applied.get("max_steps") or config.get("max_steps") or None
+    one_pass = not config.get("max_steps")  # steps from the exposures: one pass over the stream, epoch = share
+    planned_exposures = config.get("exposures") if one_pass else None
+    out: dict[str, Any] = dict.fromkeys(COLUMNS)
+    out.update(run_id=row["run_id"], index=row.get("index"), status=row["status"], error=row.get("error"),
+               max_steps=max_steps, exposures_planned=planned_exposures)
+    if not folder.is_dir():
+        return out
+    out["last_write_s"] = None if (t := _last_write(folder)) is None else max(0.0, (now or time.time()) - t)
+    results = read_json(folder / "results.json")
+    # a sweep run is done once its DONE marker is written; an `hf-capacity train` folder once results.json is
+    if results is not None and (row["status"] == "done" or not (folder / RUN_FILE).is_file()):
+        out.update(status="done", step=row.get("steps") or max_steps, trained=1.0,
+                   exposures=results.get("exposures") or planned_exposures,
+                   bits_per_param=results.get("bits_per_param"), fraction_learned=results.get("fraction_learned"))
+        return out
+    checkpoint = last_checkpoint(folder)
+    trained, step, history = None, None, []
+    if checkpoint is not None:
+        state = read_json(Path(checkpoint) / "trainer_state.json") or {}
+        step, history = state.get("global_step"), state.get("log_history") or []
+        max_steps = max_steps or state.get("max_steps") or None
+        out.update(checkpoint=Path(checkpoint).name, max_steps=max_steps)
+        if step is not None and max_steps:
+            trained = step / max_steps
+    epoch = _last_logged_epoch(folder / LOG_FILE) if one_pass else None
+    if epoch is not None and (trained is None or epoch > trained):
+        trained = min(epoch, 1.0)
+        step = round(trained * max_steps) if max_steps else step
+    out.update(step=step, trained=trained)
+    if trained is not None and planned_exposures:
+        out["exposures"] = trained * planned_exposures
+    elif logged := [h["exposures"] for h in history if "exposures" in h]:  # a run of max_steps: as logged
+        out["exposures"] = logged[-1]
+    measured = _latest_measurement(history)
+    if measured is not None:  # its exposures as the run's knowledge curve gives them (results.json's history)
+        exposures = measured["logged_exposures"]
+        if measured["step"] is not None and max_steps and planned_exposures:
+            exposures = measured["step"] / max_steps * planned_exposures
+        out.update(measured_exposures=exposures, measured_bits_per_param=measured["bits_per_param"],
+                   measured_fraction_learned=measured["fraction_learned"])
+    return out
+
+
+def sweep_progress(path: str | os.PathLike, *, now: float | None = None) -> pd.DataFrame:
+    """The progress of every run of a sweep folder (planned runs in plan order, then other run folders), or of
+    the one run in a run folder (``hf-capacity train``'s output, or a sweep's ``runs/<run_id>``). Raises
+    FileNotFoundError naming what was expected when ``path`` is neither."""
+    path = Path(path)
+    if (path / PLAN_FILE).is_file() or (path / RUNS_DIR).is_dir():
+        plan = {e["run_id"]: e for e in (read_json(path / PLAN_FILE) or {}).get("runs", [])}
+        ids = list(rebuild_table(path, write=False).get("run_id", pd.Series(dtype=str)))
+        rows = [run_progress(path / RUNS_DIR / run_id, plan.get(run_id), now=now) for run_id in ids]
+    elif (path / CONFIG_FILE).is_file() or last_checkpoint(path) or (path / "results.json").is_file():
+        rows = [run_progress(path, now=now)]
+    else:
+        raise FileNotFoundError(f"{path} is neither a sweep folder ({PLAN_FILE} or {RUNS_DIR}/) nor a run folder "
+                                f"({CONFIG_FILE}, results.json or a checkpoint-<step> folder)")
+    return pd.DataFrame(rows, columns=list(COLUMNS))
