@@ -22,8 +22,8 @@ from hf_capacity.sweep import (
     parse_shard,
     rebuild_table,
     run_sweep,
+    sweep_progress,
 )
-from hf_capacity.sweep.progress import sweep_progress
 from hf_capacity.training import build_data, steps_for_exposures
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,6 +16,7 @@ By concept:
 - ``runner``: ``run_sweep`` trains the runs one after another (finished ones skipped, crashed ones restarted,
   failures recorded; ``--shard i/n`` splits them between processes), or checks them in a dry run;
 - ``table``: ``rebuild_table`` / ``load_results``, one row per run (``results.csv``, ``results.parquet``);
+- ``progress``: ``sweep_progress``, how far each run has got while it trains (``hf-capacity status``);
 - ``analysis``: ``capacity_points``, ``fit_sweep`` and ``plot_sweep`` turn the table into fits and figures;
 - ``folders``: the file names of a sweep folder and its run folders.
 """
@@ -32,6 +33,7 @@ from .analysis import (
 )
 from .config import Sweep, SweepConfigError, SweepRun, config_hash, load_sweep, run_slug
 from .runner import SweepRunFailed, parse_shard, run_sweep
+from .progress import sweep_progress
 from .table import NoFinishedRunError, load_results, rebuild_table, require_finished_runs
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "rebuild_table",
     "load_results",
     "require_finished_runs",
+    "sweep_progress",
     "architecture_label",
     "capacity_points",
     "fit_sweep",
