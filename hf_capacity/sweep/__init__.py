@@ -32,8 +32,8 @@ from .analysis import (
     precision_table,
 )
 from .config import Sweep, SweepConfigError, SweepRun, config_hash, load_sweep, run_slug
-from .runner import SweepRunFailed, parse_shard, run_sweep
 from .progress import sweep_progress
+from .runner import SweepRunFailed, parse_shard, run_sweep
 from .table import NoFinishedRunError, load_results, rebuild_table, require_finished_runs
 
 __all__ = [
