@@ -228,6 +228,10 @@ def test_memorize_again_on_its_folder_resumes_a_killed_run_and_refuses_a_finishe
     recorded = json.loads((out / "memorization_run.json").read_text())  # written before the first step
     assert recorded["save_steps"] == 5 and recorded["steps"] == 20
     capsys.readouterr()
+    assert main(["status", str(out), "--json"]) == 0  # what `hf-capacity status` makes of the killed run
+    [killed_run] = json.loads(capsys.readouterr().out)
+    assert killed_run["status"] == "incomplete" and killed_run["checkpoint"] == "checkpoint-20"
+    assert (killed_run["step"], killed_run["max_steps"], killed_run["exposures"]) == (20, 20, 10)  # epochs
 
     assert main([*argv[:-2], "--save-steps", "7", "-o", str(out)]) == 0  # how often it saves may change
     lines = capsys.readouterr().out.strip().splitlines()
@@ -236,6 +240,11 @@ def test_memorize_again_on_its_folder_resumes_a_killed_run_and_refuses_a_finishe
     assert result["steps_trained"] == 20 and result["memorized_bits"] > 0
     saved = json.loads((out / "memorization.json").read_text())
     assert [h["step"] for h in saved["history"]] == [5, 10, 15, 20] and not list(out.glob("checkpoint-*"))
+    measured_step = round(killed_run["measured_exposures"] * 2)  # 2 steps an epoch
+    [entry] = [h for h in saved["history"] if h["step"] == measured_step]
+    assert killed_run["measured_bits_per_param"] == pytest.approx(entry["memorized_bits_per_param"])
+    assert main(["status", str(tmp_path)]) == 0  # a folder of runs: this one, now done
+    assert f"{result['bits_per_param']:.3f} bits/param" in capsys.readouterr().out
 
     assert main(argv) == 2  # finished: not trained again
     assert f"error: {out} holds a finished run (memorization.json)" in capsys.readouterr().err

@@ -131,7 +131,7 @@ def status_lines(table) -> list[str]:
              + ", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "incomplete", "failed", "pending"))]
     width = max([len("run"), *map(len, table["run_id"])])
     lines.append(f"{'#':>3}  {'run':<{width}}  {'status':<10}  {'steps trained':<24}  {'exposures':<11}  "
-                 f"{'knowledge':<46}  last write")
+                 f"{'stored (share of the data)':<46}  last write")
     for r in table.to_dict("records"):
         index = "" if not _known(r["index"]) else f"{int(r['index'])}"
         steps = "-"
@@ -144,11 +144,11 @@ def status_lines(table) -> list[str]:
             exposures = _exposures(r["exposures"])
         knowledge = "-"
         if _known(r["bits_per_param"]):
-            knowledge = f"{r['bits_per_param']:.3f} bits/param, {r['fraction_learned']:.1%} learned"
+            knowledge = f"{r['bits_per_param']:.3f} bits/param ({r['fraction_learned']:.1%})"
         elif _known(r["measured_bits_per_param"]):
             share = r["measured_fraction_learned"]
-            learned = f", {share:.1%} learned" if _known(share) else ""
-            at = f" (at {_exposures(r['measured_exposures'])} exp.)" if _known(r["measured_exposures"]) else ""
+            learned = f" ({share:.1%})" if _known(share) else ""
+            at = f" at {_exposures(r['measured_exposures'])} exp." if _known(r["measured_exposures"]) else ""
             knowledge = f"{r['measured_bits_per_param']:.3f} bits/param{learned}{at}"
         lines.append(f"{index:>3}  {r['run_id']:<{width}}  {r['status']:<10}  {steps:<24}  {exposures:<11}  "
                      f"{knowledge:<46}  {_ago(r['last_write_s'])}")

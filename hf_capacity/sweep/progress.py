@@ -1,4 +1,5 @@
-"""How far the runs of a sweep folder, or one run folder, have got: what ``hf-capacity status`` prints.
+"""How far the runs of a sweep folder, of one run folder or of a folder of runs (e.g. a memorization study's) have
+got: what ``hf-capacity status`` prints.
 
 For each run: its status (as in the results table: done, incomplete, failed, pending), the share of its steps
 trained and the exposures that makes, the newest checkpoint, the latest knowledge measurement during training
@@ -123,6 +124,56 @@ def run_progress(folder: str | os.PathLike, planned: dict | None = None, *, now:
     return out
 
 
+def memorization_progress(folder: str | os.PathLike, *, now: float | None = None) -> dict:
+    """An ``hf-capacity memorize`` run folder's progress, in ``run_progress``'s columns: ``exposures`` are the
+    epochs trained (each sequence is seen once an epoch), the knowledge columns the memorized bits/param and the
+    share of the data's bits memorized."""
+    from ..memorization import RESULT_NAME, RUN_CONFIG_NAME
+
+    folder = Path(folder)
+    config = read_json(folder / RUN_CONFIG_NAME) or {}
+    max_steps, epochs = config.get("steps"), config.get("epochs")
+    out: dict[str, Any] = dict.fromkeys(COLUMNS)
+    out.update(run_id=folder.name, status="incomplete", max_steps=max_steps, exposures_planned=epochs)
+    if (t := _last_write(folder)) is not None:
+        out["last_write_s"] = max(0.0, (now or time.time()) - t)
+    result = read_json(folder / RESULT_NAME)
+    if result is not None:
+        steps = result.get("steps_trained") or max_steps
+        out.update(status="done", step=steps, trained=1.0 if not max_steps else steps / max_steps,
+                   exposures=steps / max_steps * epochs if max_steps and epochs else epochs,
+                   bits_per_param=result.get("bits_per_param"),
+                   fraction_learned=(result.get("memorized_bits") or 0.0) / result["data_bits"]
+                   if result.get("data_bits") else None)
+        return out
+    checkpoint = last_checkpoint(folder)
+    if checkpoint is None:
+        return out
+    state = read_json(Path(checkpoint) / "trainer_state.json") or {}
+    step, history = state.get("global_step"), state.get("log_history") or []
+    out.update(checkpoint=Path(checkpoint).name, step=step)
+    if step is not None and max_steps:
+        out.update(trained=step / max_steps, exposures=step / max_steps * epochs if epochs else None)
+    measured = [h for h in history if "memorized_bits_per_param" in h]
+    if measured:
+        last = measured[-1]
+        out.update(measured_bits_per_param=last["memorized_bits_per_param"],
+                   measured_fraction_learned=last.get("memorized_fraction"),
+                   measured_exposures=last["step"] / max_steps * epochs if max_steps and epochs else None)
+    return out
+
+
+def _is_memorization_run(folder: Path) -> bool:
+    from ..memorization import RESULT_NAME, RUN_CONFIG_NAME
+
+    return (folder / RUN_CONFIG_NAME).is_file() or (folder / RESULT_NAME).is_file()
+
+
+def _is_run(folder: Path) -> bool:
+    return ((folder / CONFIG_FILE).is_file() or (folder / "results.json").is_file()
+            or bool(last_checkpoint(folder)))
+
+
 def sweep_progress(path: str | os.PathLike, *, now: float | None = None) -> pd.DataFrame:
     """The progress of every run of a sweep folder (planned runs in plan order, then other run folders), or of
     the one run in a run folder (``hf-capacity train``'s output, or a sweep's ``runs/<run_id>``). Raises
@@ -132,9 +183,16 @@ def sweep_progress(path: str | os.PathLike, *, now: float | None = None) -> pd.D
         plan = {e["run_id"]: e for e in (read_json(path / PLAN_FILE) or {}).get("runs", [])}
         ids = list(rebuild_table(path, write=False).get("run_id", pd.Series(dtype=str)))
         rows = [run_progress(path / RUNS_DIR / run_id, plan.get(run_id), now=now) for run_id in ids]
-    elif (path / CONFIG_FILE).is_file() or last_checkpoint(path) or (path / "results.json").is_file():
+    elif path.is_dir() and _is_memorization_run(path):
+        rows = [memorization_progress(path, now=now)]
+    elif path.is_dir() and _is_run(path):
         rows = [run_progress(path, now=now)]
+    elif path.is_dir() and (children := sorted(p for p in path.iterdir() if p.is_dir())) and (
+            runs := [p for p in children if _is_memorization_run(p) or _is_run(p)]):  # a folder of runs
+        rows = [memorization_progress(p, now=now) if _is_memorization_run(p) else run_progress(p, now=now)
+                for p in runs]
     else:
-        raise FileNotFoundError(f"{path} is neither a sweep folder ({PLAN_FILE} or {RUNS_DIR}/) nor a run folder "
-                                f"({CONFIG_FILE}, results.json or a checkpoint-<step> folder)")
+        raise FileNotFoundError(f"{path} is neither a sweep folder ({PLAN_FILE} or {RUNS_DIR}/), a run folder "
+                                f"({CONFIG_FILE}, results.json or a checkpoint-<step> folder; a memorization run's "
+                                "memorization_run.json) nor a folder of run folders")
     return pd.DataFrame(rows, columns=list(COLUMNS))
