@@ -142,16 +142,16 @@ def status_lines(table) -> list[str]:
             exposures = f"{_exposures(r['exposures'])} / {r['exposures_planned']:g}"
         elif _known(r["exposures"]):  # a run of max_steps: as its checkpoint logged them
             exposures = _exposures(r["exposures"])
-        knowledge = "-"
-        if _known(r["bits_per_param"]):
-            knowledge = f"{r['bits_per_param']:.3f} bits/param ({r['fraction_learned']:.1%})"
-        elif _known(r["measured_bits_per_param"]):
-            share = r["measured_fraction_learned"]
-            learned = f" ({share:.1%})" if _known(share) else ""
-            at = f" at {_exposures(r['measured_exposures'])} exp." if _known(r["measured_exposures"]) else ""
-            knowledge = f"{r['measured_bits_per_param']:.3f} bits/param{learned}{at}"
+        stored = "-"
+        final = _known(r["bits_per_param"])
+        bits, share = ((r["bits_per_param"], r["fraction_learned"]) if final
+                       else (r["measured_bits_per_param"], r["measured_fraction_learned"]))
+        if _known(bits):
+            stored = f"{bits:.3f} bits/param" + (f" ({share:.1%})" if _known(share) else "")
+            if not final and _known(r["measured_exposures"]):
+                stored += f" at {_exposures(r['measured_exposures'])} exp."
         lines.append(f"{index:>3}  {r['run_id']:<{width}}  {r['status']:<10}  {steps:<24}  {exposures:<11}  "
-                     f"{knowledge:<46}  {_ago(r['last_write_s'])}")
+                     f"{stored:<46}  {_ago(r['last_write_s'])}")
         if r["status"] == "failed" and r.get("error"):
             lines.append(f"{'':>3}  error: {r['error']}")
     return lines
@@ -203,8 +203,8 @@ def add_commands(subparsers) -> None:
     p.set_defaults(func=cmd_plot)
 
     st = add_command(subparsers, "status",
-                     help="how far a sweep's runs (or one run) have got: steps, exposures, the latest knowledge "
+                     help="how far a sweep's runs (or one run) have got: steps, exposures, the latest bits/param "
                           "measured, the last write")
-    st.add_argument("path", help="a sweep folder (its output_dir) or one run folder")
+    st.add_argument("path", help="a sweep folder (its output_dir), one run folder, or a folder of run folders")
     st.add_argument("--json", action="store_true", help="print one JSON list, a record per run")
     st.set_defaults(func=cmd_status)
