@@ -148,9 +148,14 @@ def test_status_shows_how_far_each_run_has_got(tmp_path, capsys):
     assert row["exposures"] == pytest.approx(2 * first / steps)  # one pass over 2 exposures
     assert row["measured_bits_per_param"] == pytest.approx(measured["bits_per_param"])
     assert row["measured_exposures"] == pytest.approx(measured["exposures"], abs=1e-4)  # as on its knowledge curve
-    # the Trainer's log is newer than the checkpoint: the run got that far
-    (stopped / "train_log.txt").write_text("{'loss': '5.1', 'grad_norm': '1.2', 'epoch': '0.75'}\n")
-    assert sweep_progress(out).iloc[1]["step"] == round(0.75 * steps)
+    # what the Trainer printed since the checkpoint: the run got that far, and measured this there
+    (stopped / "train_log.txt").write_text(
+        "{'knowledge_bits': '12.5', 'bits_per_param': '0.5', 'fraction_learned': '0.25', 'epoch': '0.7'}\n"
+        "{'loss': '5.1', 'grad_norm': '1.2', 'epoch': '0.75'}\n")
+    row = sweep_progress(out).iloc[1]
+    assert row["step"] == round(0.75 * steps)
+    assert (row["measured_bits_per_param"], row["measured_fraction_learned"]) == (0.5, 0.25)
+    assert row["measured_exposures"] == pytest.approx(1.4)
     cli(["status", str(out)])
     text = capsys.readouterr().out
     assert "3 runs: 1 done, 1 incomplete, 0 failed, 1 pending" in text

@@ -7,13 +7,15 @@ trained and the exposures that makes, the newest checkpoint, the latest knowledg
 ago the run last wrote to its folder (a run still training writes its log at every logging step).
 
 Where it reads what: a finished run's ``results.json``; an unfinished run's newest ``checkpoint-<step>``
-(``trainer_state.json``: the step, the logged measurements) and, for a position newer than that checkpoint, the
-last ``epoch`` the Trainer printed into the sweep's ``train_log.txt`` (a capacity run is one pass over its stream,
-so the epoch is the share of its steps trained). Plain reads, no model is loaded.
+(``trainer_state.json``: the step, the logged measurements) and, for a position or a measurement newer than that
+checkpoint (or a run that saves none), what the Trainer printed into the sweep's ``train_log.txt``: the last
+``epoch`` (a capacity run is one pass over its stream, so the epoch is the share of its steps trained) and the
+last knowledge measurement. Plain reads, no model is loaded.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import time
@@ -35,16 +37,34 @@ COLUMNS = ("run_id", "index", "status", "step", "max_steps", "trained", "exposur
            "bits_per_param", "fraction_learned", "last_write_s", "error")
 
 
-def _last_logged_epoch(log: Path) -> float | None:
-    """The last ``'epoch': x`` the Trainer printed into ``log`` (its last 64 KB), or None."""
+def _last_logged_epoch(tail: str) -> float | None:
+    """The last ``'epoch': x`` the Trainer printed in ``tail`` (of its log), or None."""
+    found = _EPOCH.findall(tail)
+    return float(found[-1]) if found else None
+
+
+def _log_tail(log: Path) -> str:
+    """The last 64 KB of ``log`` as text ("" when it cannot be read)."""
     try:
         with open(log, "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - _LOG_TAIL_BYTES))
-            tail = f.read().decode("utf-8", errors="replace")
+            return f.read().decode("utf-8", errors="replace")
     except OSError:
-        return None
-    found = _EPOCH.findall(tail)
-    return float(found[-1]) if found else None
+        return ""
+
+
+def _last_logged_measurement(tail: str) -> dict | None:
+    """The last knowledge measurement the Trainer printed (a ``{'knowledge_bits': ..., 'epoch': ...}`` line) as
+    floats: bits_per_param, fraction_learned and epoch; None when the text holds none."""
+    for line in reversed(tail.splitlines()):
+        if line.startswith("{") and "'bits_per_param'" in line and "'epoch'" in line:
+            try:
+                logged = ast.literal_eval(line.strip())
+                return {k: float(logged[k]) if k in logged else None
+                        for k in ("bits_per_param", "fraction_learned", "epoch")}
+            except (ValueError, SyntaxError, TypeError):
+                continue
+    return None
 
 
 def _last_write(folder: Path) -> float | None:
@@ -105,7 +125,8 @@ def run_progress(folder: str | os.PathLike, planned: dict | None = None, *, now:
         out.update(checkpoint=Path(checkpoint).name, max_steps=max_steps)
         if step is not None and max_steps:
             trained = step / max_steps
-    epoch = _last_logged_epoch(folder / LOG_FILE) if one_pass else None
+    tail = _log_tail(folder / LOG_FILE) if one_pass else ""
+    epoch = _last_logged_epoch(tail)
     if epoch is not None and (trained is None or epoch > trained):
         trained = min(epoch, 1.0)
         step = round(trained * max_steps) if max_steps else step
@@ -121,6 +142,12 @@ def run_progress(folder: str | os.PathLike, planned: dict | None = None, *, now:
             exposures = measured["step"] / max_steps * planned_exposures
         out.update(measured_exposures=exposures, measured_bits_per_param=measured["bits_per_param"],
                    measured_fraction_learned=measured["fraction_learned"])
+    printed = _last_logged_measurement(tail)  # newer than the checkpoint's, or a run that saves none
+    if printed is not None and planned_exposures and printed["epoch"] is not None and (
+            out["measured_exposures"] is None or printed["epoch"] * planned_exposures > out["measured_exposures"]):
+        out.update(measured_exposures=printed["epoch"] * planned_exposures,
+                   measured_bits_per_param=printed["bits_per_param"],
+                   measured_fraction_learned=printed["fraction_learned"])
     return out
 
 
