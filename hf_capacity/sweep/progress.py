@@ -27,7 +27,7 @@ import pandas as pd
 from ..checkpoints import last_checkpoint
 from ..training import CONFIG_FILE
 from .folders import LOG_FILE, PLAN_FILE, RUN_FILE, RUNS_DIR, read_json
-from .table import rebuild_table, run_row
+from .table import run_folders, run_row
 
 _EPOCH = re.compile(r"'epoch': '?([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)'?")
 _LOG_TAIL_BYTES = 65536
@@ -78,12 +78,16 @@ def _last_write(folder: Path) -> float | None:
     return max(times) if times else None
 
 
+def _last_entry(history: list[dict], *keys: str) -> dict | None:
+    """The last entry of a Trainer's ``log_history`` that holds any of ``keys`` (a measurement), or None."""
+    return next((h for h in reversed(history) if any(k in h for k in keys)), None)
+
+
 def _latest_measurement(history: list[dict]) -> dict | None:
     """The last knowledge measurement in a Trainer's ``log_history``, with the exposures logged at its step."""
-    measured = [h for h in history if "knowledge_bits" in h or "bits_per_param" in h]
-    if not measured:
+    last = _last_entry(history, "knowledge_bits", "bits_per_param")
+    if last is None:
         return None
-    last = measured[-1]
     logged = [h["exposures"] for h in history if "exposures" in h and h.get("step", -1) <= last.get("step", -1)]
     return {"step": last.get("step"), "logged_exposures": logged[-1] if logged else None,
             "bits_per_param": last.get("bits_per_param"), "fraction_learned": last.get("fraction_learned")}
@@ -164,12 +168,14 @@ def memorization_progress(folder: str | os.PathLike, *, now: float | None = None
     out.update(run_id=folder.name, status="incomplete", max_steps=max_steps, exposures_planned=epochs)
     if (t := _last_write(folder)) is not None:
         out["last_write_s"] = max(0.0, (now or time.time()) - t)
+    def epochs_at(step: int | None) -> float | None:  # the epochs trained after ``step`` of ``max_steps``
+        return step / max_steps * epochs if step is not None and max_steps and epochs else None
+
     result = read_json(folder / RESULT_NAME)
     if result is not None:
         steps = result.get("steps_trained") or max_steps
         out.update(status="done", step=steps, trained=1.0 if not max_steps else steps / max_steps,
-                   exposures=steps / max_steps * epochs if max_steps and epochs else epochs,
-                   bits_per_param=result.get("bits_per_param"),
+                   exposures=epochs_at(steps) or epochs, bits_per_param=result.get("bits_per_param"),
                    fraction_learned=(result.get("memorized_bits") or 0.0) / result["data_bits"]
                    if result.get("data_bits") else None)
         return out
@@ -177,16 +183,14 @@ def memorization_progress(folder: str | os.PathLike, *, now: float | None = None
     if checkpoint is None:
         return out
     state = read_json(Path(checkpoint) / "trainer_state.json") or {}
-    step, history = state.get("global_step"), state.get("log_history") or []
-    out.update(checkpoint=Path(checkpoint).name, step=step)
-    if step is not None and max_steps:
-        out.update(trained=step / max_steps, exposures=step / max_steps * epochs if epochs else None)
-    measured = [h for h in history if "memorized_bits_per_param" in h]
-    if measured:
-        last = measured[-1]
+    step = state.get("global_step")
+    out.update(checkpoint=Path(checkpoint).name, step=step, exposures=epochs_at(step),
+               trained=step / max_steps if step is not None and max_steps else None)
+    last = _last_entry(state.get("log_history") or [], "memorized_bits_per_param")
+    if last is not None:
         out.update(measured_bits_per_param=last["memorized_bits_per_param"],
                    measured_fraction_learned=last.get("memorized_fraction"),
-                   measured_exposures=last["step"] / max_steps * epochs if max_steps and epochs else None)
+                   measured_exposures=epochs_at(last.get("step")))
     return out
 
 
@@ -207,9 +211,7 @@ def sweep_progress(path: str | os.PathLike, *, now: float | None = None) -> pd.D
     FileNotFoundError naming what was expected when ``path`` is neither."""
     path = Path(path)
     if (path / PLAN_FILE).is_file() or (path / RUNS_DIR).is_dir():
-        plan = {e["run_id"]: e for e in (read_json(path / PLAN_FILE) or {}).get("runs", [])}
-        ids = list(rebuild_table(path, write=False).get("run_id", pd.Series(dtype=str)))
-        rows = [run_progress(path / RUNS_DIR / run_id, plan.get(run_id), now=now) for run_id in ids]
+        rows = [run_progress(folder, entry, now=now) for folder, entry in run_folders(path)]
     elif path.is_dir() and _is_memorization_run(path):
         rows = [memorization_progress(path, now=now)]
     elif path.is_dir() and _is_run(path):

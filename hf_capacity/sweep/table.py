@@ -145,6 +145,17 @@ def _write_table(df: pd.DataFrame, sweep_dir: Path) -> list[Path]:
     return written
 
 
+def run_folders(sweep_dir: str | os.PathLike) -> list[tuple[Path, dict | None]]:
+    """A sweep folder's runs as (run folder, plan entry): planned runs in plan order (their folders may not exist
+    yet), then the run folders under ``runs/`` that are not in the plan (entry None)."""
+    sweep_dir = Path(sweep_dir)
+    plan = (read_json(sweep_dir / PLAN_FILE) or {}).get("runs", [])
+    planned = {entry["run_id"]: entry for entry in plan}
+    runs_dir = sweep_dir / RUNS_DIR
+    others = sorted(p for p in runs_dir.iterdir() if p.is_dir() and p.name not in planned) if runs_dir.is_dir() else []
+    return [(runs_dir / run_id, entry) for run_id, entry in planned.items()] + [(p, None) for p in others]
+
+
 def rebuild_table(sweep_dir: str | os.PathLike, *, write: bool = True) -> pd.DataFrame:
     """The results table of a sweep folder, rebuilt from ``sweep.json`` (the plan) and ``runs/*/``.
 
@@ -153,12 +164,7 @@ def rebuild_table(sweep_dir: str | os.PathLike, *, write: bool = True) -> pd.Dat
     ``results.csv`` (and ``results.parquet`` when pyarrow is importable) into the sweep folder.
     """
     sweep_dir = Path(sweep_dir)
-    plan = (read_json(sweep_dir / PLAN_FILE) or {}).get("runs", [])
-    planned = {entry["run_id"]: entry for entry in plan}
-    runs_dir = sweep_dir / RUNS_DIR
-    folders = sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
-    rows = [run_row(runs_dir / run_id, entry) for run_id, entry in planned.items()]
-    rows += [run_row(folder, None) for folder in folders if folder.name not in planned]
+    rows = [run_row(folder, entry) for folder, entry in run_folders(sweep_dir)]
     df = pd.DataFrame(rows)
     if write and (rows or sweep_dir.is_dir()):
         sweep_dir.mkdir(parents=True, exist_ok=True)
