@@ -36,7 +36,10 @@ class MemorizationPlateau:
         return self.capacity_bits / self.num_params if self.num_params else math.nan
 
     def __str__(self) -> str:
-        ci = f" ({100 * self.ci_level:.0f}% CI {self.ci[0]:,.0f}-{self.ci[1]:,.0f})" if self.ci else ""
+        if self.ci:
+            ci = f" ({100 * self.ci_level:.0f}% CI {self.ci[0]:,.0f}-{self.ci[1]:,.0f})"
+        else:  # no interval: too few dataset sizes to bootstrap
+            ci = f" (no interval: {len(np.unique(self.data_bits))} dataset sizes)"
         per_param = f" = {self.bits_per_param:.2f} bits/param" if self.num_params else ""
         return f"plateau {self.capacity_bits:,.0f} bits{ci}{per_param}"
 
@@ -67,13 +70,22 @@ def _fit_softmin(d: np.ndarray, m: np.ndarray) -> tuple[float, float]:
     return math.exp(best.x[0]), math.exp(best.x[1])
 
 
+MAX_DROP = 0.2
+"""The largest fall of memorized bits from a smaller data set to a larger one that a plateau fit accepts (a
+fraction of the smaller set's bits): more data past the plateau should not cost more than run-to-run noise."""
+
+
 def fit_memorization_plateau(data_bits: Any, memorized_bits: Any, *, num_params: int | None = None,
                              n_bootstrap: int = 200, ci_level: float = 0.95, ci_method: str = "percentile",
                              seed: int = 0) -> MemorizationPlateau:
     """Fit the plateau of memorized bits against data size for one model (bits in, bits out).
 
     Needs points on both sides of the corner (some data sets smaller than the capacity, some larger); with only
-    rising points the plateau is not determined and a ValueError says so. The interval bootstraps the points.
+    rising points the plateau is not determined and a ValueError says so; likewise when a larger set memorized
+    over a fifth less than a smaller one (``MAX_DROP``: its run had not reached the plateau in its budget, and a
+    rising-then-flat curve cannot describe the points). The interval bootstraps the points and
+    needs at least four dataset sizes: a resample of three that keeps three sizes is the three points themselves,
+    so its interval would have zero width; with three sizes ``ci`` is None.
     """
     d, m = as_vectors(3, data_bits=(data_bits, True), memorized_bits=(memorized_bits, False))
     check_ci_args(n_bootstrap, ci_level, ci_method)
@@ -83,9 +95,16 @@ def fit_memorization_plateau(data_bits: Any, memorized_bits: Any, *, num_params:
     if m[order][-1] > 0.9 * d[order][-1]:
         raise ValueError("the largest data set was still memorized almost entirely: the plateau is beyond the data "
                          "(add runs with more data than the model can hold)")
+    best_smaller = np.maximum.accumulate(m[order])
+    fell = np.flatnonzero(m[order] < (1 - MAX_DROP) * best_smaller)
+    if fell.size:
+        i, best = order[fell[0]], best_smaller[fell[0]]
+        raise ValueError(f"memorized bits fall with more data: the set of {d[i]:,.0f} bits memorized {m[i]:,.0f}, "
+                         f"{1 - m[i] / best:.0%} less than a smaller set's {best:,.0f}; "
+                         "its run had not reached its plateau in its budget (train it longer, or fit without it)")
     capacity, k = _fit_softmin(d, m)
     ci = None
-    if n_bootstrap:
+    if n_bootstrap and len(np.unique(d)) >= 4:
         rng = np.random.default_rng(seed)
         samples = []
         for _ in range(n_bootstrap):

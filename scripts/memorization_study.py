@@ -244,16 +244,27 @@ def markdown_rows(df) -> list[str]:
 
 
 def summarize(df) -> list[dict]:
-    """The plateau fit of each (model, head dim, precision) with at least three dataset sizes trained on one epoch
-    budget (sizes trained for different budgets are not points of one curve: no fit)."""
+    """The plateau fit of each (model, head dim, precision) over its runs of one epoch budget with at least three
+    dataset sizes (sizes trained for different budgets are not points of one curve); where several budgets have
+    three sizes, the one with the most. A group whose points admit no plateau (the largest set memorized almost
+    whole) gets ``fit`` None and the reason in ``error``."""
     from hf_capacity.scaling import fit_memorization_plateau
 
     fits = []
     for (model, head_dim, precision), g in df.groupby(["model", "head_dim", "precision"], sort=False):
-        if len(g) < 3 or g["epochs"].nunique() > 1:
+        sizes = g.groupby("epochs")["N"].nunique()
+        if sizes.max() < 3:
             continue
-        fit = fit_memorization_plateau(g["data_bits"], g["memorized_bits"], num_params=int(g["num_params"].iloc[0]))
-        fits.append({"model": model, "head_dim": head_dim, "precision": precision, "fit": fit})
+        epochs = int(sizes.idxmax())
+        runs = g[g["epochs"] == epochs]
+        entry = {"model": model, "head_dim": head_dim, "precision": precision, "epochs": epochs, "sizes": len(runs),
+                 "fit": None, "error": None}
+        try:
+            entry["fit"] = fit_memorization_plateau(runs["data_bits"], runs["memorized_bits"],
+                                                    num_params=int(runs["num_params"].iloc[0]))
+        except ValueError as err:
+            entry["error"] = str(err)
+        fits.append(entry)
     return fits
 
 
@@ -319,11 +330,13 @@ def main() -> int:
               f"at Morris et al.'s length ({t['morris_epochs']:,.0f} epochs) it reads {t['at_morris_epochs']:.2f}")
     fits = summarize(df)
     for f in fits:
-        print(f"{f['model']} hd{f['head_dim']} {f['precision']}: {f['fit']}")
+        print(f"{f['model']} hd{f['head_dim']} {f['precision']}, {f['sizes']} sizes at {f['epochs']:,} epochs: "
+              f"{f['fit'] or 'no plateau fit: ' + f['error']}")
     if args.plot:
         from hf_capacity.plots import plot_memorization
 
-        plot_memorization(df, args.plot, fits={(f["model"], f["head_dim"], f["precision"]): f["fit"] for f in fits})
+        plot_memorization(df, args.plot, fits={(f["model"], f["head_dim"], f["precision"]): f["fit"]
+                                               for f in fits if f["fit"] is not None})
         print(f"wrote {args.plot}")
     if args.curves_csv or args.curves:
         lines = curves(args, out)

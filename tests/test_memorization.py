@@ -71,6 +71,17 @@ def test_the_plateau_fit_refuses_a_curve_without_a_plateau():
     assert math.isfinite(fit_memorization_plateau(data_bits, np.minimum(data_bits, 2e4), n_bootstrap=0).capacity_bits)
 
 
+def test_the_plateau_fit_refuses_a_larger_set_that_memorized_much_less():
+    """A run far past the corner that had not got going in its budget (0.98 bits/param where smaller sets gave
+    3.05) is not a point of a rising-then-flat curve: the fit says which set fell instead of fitting a low plateau."""
+    data_bits = np.array([360_448.0, 720_896.0, 1_081_344.0, 1_802_240.0])
+    memorized = np.array([355_782.0, 552_289.0, 554_234.0, 176_889.0])
+    with pytest.raises(ValueError, match=r"the set of 1,802,240 bits memorized 176,889, 68% less than a smaller set"):
+        fit_memorization_plateau(data_bits, memorized)
+    memorized[-1] = 0.85 * memorized[-2]  # a fall within MAX_DROP: fitted
+    assert 4.5e5 < fit_memorization_plateau(data_bits, memorized, n_bootstrap=0).capacity_bits < 5.6e5
+
+
 def test_the_memorize_command_reports_memorized_and_held_out_bits(tmp_path, capsys):
     import json
 

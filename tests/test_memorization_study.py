@@ -66,13 +66,25 @@ def test_curves_are_read_from_finished_run_folders_with_epochs_and_merged_with_a
     assert study.plot_curves(lines, str(tmp_path / "curves.png")).endswith("curves.png")
 
 
-def test_the_plateau_is_fitted_only_over_sizes_trained_on_one_budget():
+def test_the_plateau_is_fitted_over_the_sizes_of_one_budget():
     study = load_script("memorization_study")
     runs = [dict(row(n, b), data_bits=n * 704.0, epochs=1000) for n, b in ((256, 2.27), (512, 2.89), (768, 2.91))]
     alike = pd.DataFrame(runs)
-    assert [f["precision"] for f in study.summarize(alike)] == ["fp32"]
+    [fit] = study.summarize(alike)
+    assert (fit["precision"], fit["epochs"], fit["sizes"]) == ("fp32", 1000, 3)
+    assert fit["fit"].ci is None and "no interval: 3 dataset sizes" in str(fit["fit"])  # 3 points: no bootstrap
     mixed = alike.assign(epochs=[1000, 1000, 3000])
-    assert study.summarize(mixed) == []
+    assert study.summarize(mixed) == []  # two sizes a budget: no curve
+    # four sizes at 1,000 epochs and a longer schedule of one of them: the fit takes the four, with an interval
+    longer = pd.concat([alike, pd.DataFrame([dict(row(1280, 2.99), data_bits=1280 * 704.0, epochs=1000),
+                                             dict(row(768, 3.03), data_bits=768 * 704.0, epochs=5000)])])
+    [fit] = study.summarize(longer)
+    assert (fit["epochs"], fit["sizes"]) == (1000, 4) and fit["fit"].ci is not None
+    assert fit["fit"].data_bits.max() == 1280 * 704.0
+    # every set memorized whole: no plateau, said instead of raised
+    whole = alike.assign(memorized_bits=alike["data_bits"] * 0.99)
+    [fit] = study.summarize(whole)
+    assert fit["fit"] is None and "plateau is beyond the data" in fit["error"]
 
 
 def test_the_training_length_trend_is_the_gain_per_tenfold_budget_and_where_it_reaches_a_target():
