@@ -83,9 +83,9 @@ def fit_memorization_plateau(data_bits: Any, memorized_bits: Any, *, num_params:
     Needs points on both sides of the corner (some data sets smaller than the capacity, some larger); with only
     rising points the plateau is not determined and a ValueError says so; likewise when a larger set memorized
     over a fifth less than a smaller one (``MAX_DROP``: its run had not reached the plateau in its budget, and a
-    rising-then-flat curve cannot describe the points). The interval bootstraps the points and
-    needs at least four dataset sizes: a resample of three that keeps three sizes is the three points themselves,
-    so its interval would have zero width; with three sizes ``ci`` is None.
+    rising-then-flat curve cannot describe the points). The interval bootstraps the points and needs at least
+    four dataset sizes: a resample of three that keeps three sizes is the three points themselves, so its
+    interval would have zero width; with three sizes ``ci`` is None.
     """
     d, m = as_vectors(3, data_bits=(data_bits, True), memorized_bits=(memorized_bits, False))
     check_ci_args(n_bootstrap, ci_level, ci_method)

@@ -247,7 +247,7 @@ def summarize(df) -> list[dict]:
     """The plateau fit of each (model, head dim, precision) over its runs of one epoch budget with at least three
     dataset sizes (sizes trained for different budgets are not points of one curve); where several budgets have
     three sizes, the one with the most. A group whose points admit no plateau (the largest set memorized almost
-    whole) gets ``fit`` None and the reason in ``error``."""
+    whole, or a larger set memorized much less than a smaller one) gets ``fit`` None and the reason in ``error``."""
     from hf_capacity.scaling import fit_memorization_plateau
 
     fits = []

@@ -168,6 +168,7 @@ def memorization_progress(folder: str | os.PathLike, *, now: float | None = None
     out.update(run_id=folder.name, status="incomplete", max_steps=max_steps, exposures_planned=epochs)
     if (t := _last_write(folder)) is not None:
         out["last_write_s"] = max(0.0, (now or time.time()) - t)
+
     def epochs_at(step: int | None) -> float | None:  # the epochs trained after ``step`` of ``max_steps``
         return step / max_steps * epochs if step is not None and max_steps and epochs else None
 
