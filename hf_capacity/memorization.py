@@ -145,6 +145,27 @@ def stops_here(history: list[dict], learning_rate: float, peak_learning_rate: fl
     return learning_rate <= ANNEALED_LR_FRACTION * peak_learning_rate and saturation(history)["saturated"]
 
 
+def bf16_stalled_share(parameters, learning_rate: float) -> float:
+    """The share of parameter values that an update of size ``learning_rate`` cannot change in bf16: the update is
+    under half the bf16 spacing at the value (spacing 2^(⌊log2|w|⌋ − 7)), so rounding returns the old value.
+
+    With AdamW an update is at most about ``learning_rate`` × |m/√v| ≤ ``learning_rate`` (weight decay 0), so this
+    is the least share of a true-bf16 model (bf16 weights, ``precision="bf16"``) that stands still at that rate;
+    under a decaying schedule it grows as the rate falls. ``parameters``: a model, a state dict or tensors."""
+    if isinstance(parameters, torch.nn.Module):
+        tensors = list(parameters.parameters())
+    elif isinstance(parameters, dict):
+        tensors = list(parameters.values())
+    else:
+        tensors = list(parameters)
+    values = [t.detach().flatten().float() for t in tensors if t.is_floating_point()]
+    if not values or learning_rate <= 0:
+        raise ValueError("need floating-point parameters and a learning rate > 0")
+    w = torch.cat(values).abs()
+    spacing = torch.exp2(torch.floor(torch.log2(w.clamp_min(torch.finfo(torch.float32).tiny))) - 7)
+    return float(((learning_rate < spacing / 2) & (w > 0)).float().mean())
+
+
 @dataclass
 class MemorizationRunConfig:
     """A memorization run (Morris et al. 2025): a GPT-2 trained from scratch on uniform random sequences.

@@ -285,3 +285,20 @@ def test_memorize_trains_with_the_fused_loss_by_default_and_memorizes_what_the_p
     assert plain > 0.1 * results["--no-fused-loss"]["data_bits"], results
     # the same loss and gradients up to float rounding: 120 AdamW steps end within a few percent of each other
     assert fused == pytest.approx(plain, rel=0.03 if precision == "fp32" else 0.1)
+
+
+@pytest.mark.parametrize("learning_rate", [1e-3, 3e-3, 1e-2])
+def test_the_bf16_stalled_share_is_the_share_of_bf16_weights_an_update_of_that_size_leaves_unchanged(learning_rate):
+    """Each bf16 weight moved away from zero by ``learning_rate`` (computed exactly, then stored in bf16, as an
+    in-place AdamW step on bf16 weights does): the share that comes back unchanged is what the diagnostic says."""
+    from hf_capacity.memorization import bf16_stalled_share
+
+    weights = (2 * torch.randn(50_000, generator=torch.Generator().manual_seed(0))).to(torch.bfloat16)
+    stepped = (weights.float() + torch.sign(weights.float()) * learning_rate).to(torch.bfloat16)
+    unchanged = (stepped == weights).float().mean().item()
+    share = bf16_stalled_share([weights], learning_rate)
+    assert share == pytest.approx(unchanged, abs=1e-9) and 0.01 < share < 0.99
+    model = torch.nn.Linear(4, 4).to(torch.bfloat16)  # a model, or its state dict, reads the same
+    assert bf16_stalled_share(model, learning_rate) == bf16_stalled_share(model.state_dict(), learning_rate)
+    with pytest.raises(ValueError, match="learning rate > 0"):
+        bf16_stalled_share(model, 0.0)
