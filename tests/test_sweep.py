@@ -514,14 +514,19 @@ def test_dry_run_shows_each_runs_parameters_and_ceiling(tiny_sweep, tmp_path, ca
     assert lines[0] == "sweep 'tiny': 1 run" and lines[-1].startswith("dry run: 1 run in ")
 
 
-def test_dry_run_marks_p_as_approximate_above_the_sample(tmp_path):
-    """Above 1,000 people the dry run counts P's embedding rows on a 1,000-person sample: it says "≈", not "="."""
-    from hf_capacity.preflight import SAMPLE_PEOPLE
-
+def test_the_dry_runs_p_and_ceiling_are_the_real_runs_for_thousands_of_people(tmp_path):
+    """The tokenizer is trained on all N people and P counts the embedding rows their biographies use, so the dry
+    run measures both on the run's own data: a 1,000-person sample of bioD(3,000) counted too few rows (R_max too
+    high). The real run (two steps) records the same P and bits_max as its dry run printed."""
+    config = tiny_config(tmp_path / "big", base={**TINY, "n_people": 3000, "dataset": "bioD", "max_steps": 2,
+                                                 "eval_steps": None, "eval_max_people": 64})
     lines = []
-    config = tiny_config(tmp_path / "big", base={**TINY, "n_people": SAMPLE_PEOPLE + 200})
-    run_sweep(config, dry_run=True, log=lines.append)
-    assert "P ≈ " in lines[1] and "R_max ≈ " in lines[1] and "P = " not in lines[1]
+    listing = run_sweep(config, dry_run=True, log=lines.append)
+    trained = run_sweep(config, log=lambda line: None)
+    planned, ran = listing.iloc[0], trained.iloc[0]
+    assert ran["status"] == "done" and planned["num_params"] == ran["num_params"]
+    assert planned["bits_max"] == pytest.approx(ran["bits_max"])
+    assert f"P = {ran['num_params']:,}, R_max = {planned['R_max']:.3f} bits/param" in lines[1]
 
 
 def test_a_grid_of_numpy_numbers_is_a_grid_of_numbers():

@@ -12,7 +12,6 @@ checks every run as the real run would before training (``preflight.check_run``)
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import json
 import math
@@ -25,10 +24,8 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from ..adapters import run_parts
-from ..bits import biod_bits_max, bios_bits_max
 from ..checkpoints import last_checkpoint
-from ..data import BioDPopulation
-from ..preflight import SAMPLE_PEOPLE, check_run, sample_data
+from ..preflight import check_run, planning_data
 from ..steps import tokens_per_step
 from ..training import CONFIG_FILE, steps_for_exposures, train_capacity
 from .config import Sweep, SweepRun, load_sweep, plural
@@ -104,10 +101,10 @@ def _execute(run: SweepRun, sweep_name: str) -> dict:
 
 # -------------------------------------------------------------------------------------------------- dry run
 def _data_key(config) -> str:
-    """Runs with the same key share ``sample_data``: every setting that changes its population, tokenizer or
-    renderings (the run's ``DATA_FIELDS``; ``sample_data`` caps the people at 1000 and drops junk)."""
+    """Runs with the same key share ``planning_data``: every setting that changes its population, tokenizer or
+    renderings (the run's ``DATA_FIELDS``; ``planning_data`` drops junk)."""
     key = {name: getattr(config, name) for name in run_parts(config).DATA_FIELDS}
-    key.update(biod=config.biod if config.dataset == "bioD" else None, n_people=min(config.n_people, 1000))
+    key.update(biod=config.biod if config.dataset == "bioD" else None, n_people=config.n_people)
     return json.dumps(key, sort_keys=True, default=str)
 
 
@@ -115,8 +112,7 @@ def _estimate_steps(config, data) -> int:
     """Training steps of a run: ``max_steps`` or ceil(E·N·tokens per biography / (1 − junk) / tokens per step),
     the tokens per step of the run's ``TrainingArguments`` on this machine (``training.steps_for_exposures``).
 
-    Tokens per biography are measured on ``data``, the run's ``sample_data`` (exact for N ≤ 1000, within a few
-    percent above).
+    Tokens per biography are measured on ``data``, the run's ``planning_data``.
     """
     if config.max_steps:
         return int(config.max_steps)
@@ -126,15 +122,10 @@ def _estimate_steps(config, data) -> int:
 
 
 def _bits_max(config, data) -> float:
-    """bits_max of the run's whole population (``data`` is its sample: the same format, at most 1000 people), the part
-    new to its model (``RunParts.new_bits_max``: for an adapter run from an hf-capacity bioD run, without the
-    diversity sets it shares with its base, as the run reports)."""
-    population = data.population
-    if isinstance(population, BioDPopulation):
-        bits = biod_bits_max(dataclasses.replace(population.shape, n_people=config.n_people))
-    else:
-        bits = bios_bits_max(config.n_people)
-    return run_parts(config).new_bits_max(data, bits).total
+    """bits_max of the run's population (``data``: its ``planning_data``), the part new to its model
+    (``RunParts.new_bits_max``: for an adapter run from an hf-capacity bioD run, without the diversity sets it
+    shares with its base, as the run reports)."""
+    return run_parts(config).new_bits_max(data).total
 
 
 def _check(run: SweepRun, cache: dict) -> tuple[dict, str | None]:
@@ -144,7 +135,7 @@ def _check(run: SweepRun, cache: dict) -> tuple[dict, str | None]:
         config = run.training_config()
         key = _data_key(config)
         if key not in cache:
-            cache[key] = sample_data(config)
+            cache[key] = planning_data(config)
         num_params = check_run(config, cache[key])
         bits_max = _bits_max(config, cache[key])
         return {"estimated_steps": _estimate_steps(config, cache[key]), "num_params": num_params,
@@ -189,9 +180,7 @@ def _dry_run(sweep: Sweep, selected: list[SweepRun], log: Callable[[str], None])
         size = ""
         if checked:
             p = checked["num_params"]
-            # P counts the embedding rows the renderings use, here on the sample: more people use more name tokens
-            approx = "≈" if run.config["n_people"] > SAMPLE_PEOPLE else "="
-            size = (f", P {approx} {p:,}, R_max {approx} {checked['R_max']:.3f} bits/param" if p else
+            size = (f", P = {p:,}, R_max = {checked['R_max']:.3f} bits/param" if p else
                     f", P counted when it starts (a base model), bits_max = {checked['bits_max']:,.0f}")
         log(f"[{k}/{len(selected)}] {run.run_id}  {row['status']}"
             + (f": {row['error']}" if row["status"] in ("invalid", "stale")
