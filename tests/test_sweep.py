@@ -529,6 +529,35 @@ def test_the_dry_runs_p_and_ceiling_are_the_real_runs_for_thousands_of_people(tm
     assert f"P = {ran['num_params']:,}, R_max = {planned['R_max']:.3f} bits/param" in lines[1]
 
 
+def test_the_dry_run_sizes_each_run_for_an_r_max(tmp_path):
+    """``--r-max 3``: each run's line also gives the N at which its R_max reaches 3 bits/param, and the listing has
+    it as columns; the sized population really has that R_max."""
+    from hf_capacity.preflight import population_size
+
+    config = tiny_config(tmp_path / "sized", grid={"head_dim": [8, 16]})
+    lines = []
+    listing = run_sweep(config, dry_run=True, log=lines.append, r_max=3.0)
+    assert list(listing["head_dim"]) == [8, 16]
+    sizes = list(listing["n_people_for_r_max"])
+    assert sizes[0] < sizes[1]  # the wider model needs more people
+    plan = load_sweep(config).plan()
+    for line, run in zip(lines[1:3], listing.itertuples()):
+        assert f"at N = {run.n_people_for_r_max:,} (P = {run.num_params_for_r_max:,})" in line
+        sized = population_size(dataclasses.replace(plan[run.index].training_config(),
+                                                    n_people=run.n_people_for_r_max))
+        assert sized.r_max >= 3.0 and sized.num_params == run.num_params_for_r_max
+
+
+def test_r_max_sizes_a_dry_run_only(tmp_path):
+    with pytest.raises(ValueError, match="dry_run=True"):
+        run_sweep(tiny_config(tmp_path / "x"), r_max=3.0)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(tmp_path / "x")))
+    with pytest.raises(CLIError, match="--r-max sizes the runs of a dry run: add --dry-run"):
+        cli(["sweep", str(path), "--r-max", "3"])
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_grid_of_numpy_numbers_is_a_grid_of_numbers():
     import numpy as np
 

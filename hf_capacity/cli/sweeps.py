@@ -1,6 +1,6 @@
 """`hf-capacity sweep`, `fit`, `plot` and `status`: thin wrappers around ``hf_capacity.sweep``.
 
-    hf-capacity sweep examples/sweeps/cpu_study.yaml [--dry-run] [--fail-fast] [--max-runs K] [--shard i/n]
+    hf-capacity sweep examples/sweeps/cpu_study.yaml [--dry-run [--r-max R]] [--fail-fast] [--max-runs K] [--shard i/n]
     hf-capacity fit sweeps/cpu_study [--by architecture,exposures,precision] [--json]
     hf-capacity plot sweeps/cpu_study [--out DIR]
     hf-capacity status sweeps/cpu_study [--json]       # or one run folder
@@ -20,8 +20,10 @@ def cmd_sweep(args) -> None:
     from ..sweep import SweepConfigError, SweepRunFailed, run_sweep
 
     try:
+        if args.r_max is not None and not args.dry_run:
+            raise CLIError("--r-max sizes the runs of a dry run: add --dry-run")
         table = run_sweep(args.config, dry_run=args.dry_run, fail_fast=args.fail_fast, max_runs=args.max_runs,
-                          shard=args.shard)
+                          shard=args.shard, r_max=args.r_max)
     except SweepConfigError as err:
         raise CLIError(f"{args.config}: {err}") from None
     except SweepRunFailed as err:
@@ -182,7 +184,10 @@ def add_commands(subparsers) -> None:
     )
     s.add_argument("config", help="sweep YAML file (base:, grid:, runs:, rules:, output_dir:)")
     s.add_argument("--dry-run", action="store_true",
-                   help="check every run and list it with its estimated steps; train nothing")
+                   help="check every run and list it with its estimated steps, P and R_max; train nothing")
+    s.add_argument("--r-max", type=float, default=None, metavar="R",
+                   help="with --dry-run: also the number of people at which each run's R_max = bits_max / P "
+                        "reaches R bits/param (e.g. 3.5: a run storing ~2.5 bits/param stays capacity-limited)")
     s.add_argument("--fail-fast", action="store_true", help="stop at the first failed run")
     add_count(s, "--max-runs", minimum=0, default=None,
               help="train at most K runs now (finished runs don't count)")

@@ -25,7 +25,7 @@ import pandas as pd
 
 from ..adapters import run_parts
 from ..checkpoints import last_checkpoint
-from ..preflight import check_run, planning_data
+from ..preflight import check_run, people_for_r_max, planning_data
 from ..steps import tokens_per_step
 from ..training import CONFIG_FILE, steps_for_exposures, train_capacity
 from .config import Sweep, SweepRun, load_sweep, plural
@@ -157,12 +157,25 @@ def _format_status(result: dict) -> str:
     return text
 
 
-def _dry_run(sweep: Sweep, selected: list[SweepRun], log: Callable[[str], None]) -> pd.DataFrame:
+def _sized(run: SweepRun, r_max: float) -> tuple[dict, str]:
+    """The columns and the log text of ``people_for_r_max`` for a valid run."""
+    try:
+        size = people_for_r_max(run.training_config(), r_max)
+    except ValueError as err:
+        return {}, f"; no N for R_max {r_max:g}: {err}"
+    return ({"n_people_for_r_max": size.n_people, "num_params_for_r_max": size.num_params},
+            f"; R_max {size.r_max:.3f} at N = {size.n_people:,} (P = {size.num_params:,})")
+
+
+def _dry_run(sweep: Sweep, selected: list[SweepRun], log: Callable[[str], None],
+             r_max: float | None = None) -> pd.DataFrame:
     cache: dict = {}
     rows = []
     for k, run in enumerate(selected, 1):
         row = {"index": run.index, "run_id": run.run_id, "status": "would run", "estimated_steps": None,
                "num_params": None, "bits_max": None, "R_max": None, "error": None, **flatten_config(run.config)}
+        if r_max is not None:
+            row.update(n_people_for_r_max=None, num_params_for_r_max=None)
         checked, error = _check(run, cache)
         steps = checked.get("estimated_steps")
         stale = stale_message(run.output_dir, run.config)
@@ -182,6 +195,10 @@ def _dry_run(sweep: Sweep, selected: list[SweepRun], log: Callable[[str], None])
             p = checked["num_params"]
             size = (f", P = {p:,}, R_max = {checked['R_max']:.3f} bits/param" if p else
                     f", P counted when it starts (a base model), bits_max = {checked['bits_max']:,.0f}")
+            if r_max is not None and p:
+                columns, text = _sized(run, r_max)
+                row.update(columns)
+                size += text
         log(f"[{k}/{len(selected)}] {run.run_id}  {row['status']}"
             + (f": {row['error']}" if row["status"] in ("invalid", "stale")
                else f"  ~{steps:,} steps{size}" if steps is not None else ""))
@@ -203,6 +220,7 @@ def run_sweep(
     max_runs: int | None = None,
     shard: str | tuple[int, int] | None = None,
     log: Callable[[str], None] | None = None,
+    r_max: float | None = None,
 ) -> pd.DataFrame:
     """Run (or resume) a sweep and return its results table (also written to ``<output_dir>/results.csv``).
 
@@ -212,19 +230,25 @@ def run_sweep(
     failed runs are recorded (status "failed", ``error``) and the sweep goes on. ``max_runs``: train at
     most this many runs in this call (finished runs, which are skipped, do not count). ``shard="i/n"``: only the
     runs whose index % n == i (one process per GPU; they share the sweep folder). ``log``: progress lines
-    (default ``print``).
+    (default ``print``). ``r_max`` (dry run only): also the people N at which each run's R_max = bits_max / P
+    reaches it (``preflight.people_for_r_max``; columns ``n_people_for_r_max``, ``num_params_for_r_max``), to size a
+    capacity-limited run.
     """
     log = log or (lambda line: print(line, flush=True))
     sweep = config if isinstance(config, Sweep) else load_sweep(config)
     if max_runs is not None and max_runs < 0:
         raise ValueError(f"max_runs must be >= 0, got {max_runs}")
+    if r_max is not None and not dry_run:
+        raise ValueError("r_max sizes the runs of a dry run: add dry_run=True (--dry-run)")
+    if r_max is not None and not (isinstance(r_max, (int, float)) and math.isfinite(r_max) and r_max > 0):
+        raise ValueError(f"r_max must be a positive number of bits/param, got {r_max!r}")
     shard_ = parse_shard(shard)
     plan = sweep.plan()
     selected = [r for r in plan if shard_ is None or r.index % shard_[1] == shard_[0]]
     where = f" (shard {shard_[0]}/{shard_[1]}: {len(selected)} of {len(plan)})" if shard_ else ""
     if dry_run:
         log(f"sweep {sweep.name!r}: {plural(len(plan), 'run')}{where}")
-        return _dry_run(sweep, selected, log)
+        return _dry_run(sweep, selected, log, r_max)
 
     out = sweep.output_dir
     out.mkdir(parents=True, exist_ok=True)
