@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A paper-scale bioS point (1.2M parameters, 1000 exposures, ~10 min on one H100/H200) added to the capacity-law
+# A paper-scale bioS point (1.12M parameters, 1000 exposures, ~10 min on one H100/H200) added to the capacity-law
 # figure next to the CPU ladder.
 #   bash examples/gpu/capacity_law_point.sh                      # examples/sweeps/gpu_capacity_law_bios.yaml
 #   bash examples/gpu/capacity_law_point.sh my_point.yaml        # another sweep config
