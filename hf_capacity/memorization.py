@@ -106,8 +106,9 @@ ANNEALED_LR_FRACTION = 0.2
 what annealing then adds (2026-12-07: GPT2-1-1 width 32 on N = 768 read 2.669 bits/param, flat over 20% of its
 steps, at 20% of a 7,000-epoch schedule; the whole 1,000-epoch schedule reaches 2.909): a plateau there is not
 saturation."""
-PRECISIONS = ("fp32", "bf16-mixed", "bf16")
-"""fp32; bf16 autocast over fp32 weights; true bf16 (bf16 weights and AdamW state), as Morris et al. trained."""
+PRECISIONS = ("fp32", "bf16-mixed", "bf16", "bf16-sr")
+"""fp32; bf16 autocast over fp32 weights; true bf16 (bf16 weights and AdamW state), as Morris et al. trained; true
+bf16 with the new weights stochastically rounded (``stochastic_rounding.StochasticRoundingAdamW``)."""
 RUN_CONFIG_NAME = "memorization_run.json"
 RESULT_NAME = "memorization.json"
 
@@ -321,7 +322,7 @@ def train_memorization(config: MemorizationRunConfig) -> dict:
     model = CapacityGPT2ForCausalLM(CapacityGPT2Config(
         vocab_size=data.model_vocab_size, hidden_size=heads * config.head_dim, num_hidden_layers=layers,
         num_attention_heads=heads, max_position_embeddings=max(config.length + 1, 64), fused_loss=config.fused_loss))
-    if config.precision == "bf16":
+    if config.precision in ("bf16", "bf16-sr"):
         model = model.to(torch.bfloat16)  # weights, gradients and AdamW's moments all in bf16
     steps = config.steps
     eval_steps = config.eval_steps or max(steps // 20, 1)
@@ -344,6 +345,8 @@ def train_memorization(config: MemorizationRunConfig) -> dict:
 
     # numpy rows: the collator stacks arrays instead of converting Python lists
     trainer = Trainer(model=model, args=args, train_dataset=data.to_dataset().with_format("numpy"))
+    if config.precision == "bf16-sr":  # the Trainer's AdamW and parameter groups, stochastically rounded
+        trainer.optimizer = _stochastic_rounding_adamw(trainer, model)
     callback.attach(trainer)
     trainer.add_callback(StopWhenSaturated())
     out.mkdir(parents=True, exist_ok=True)  # recorded first, so that a run killed part-way is recognised
@@ -362,6 +365,18 @@ def train_memorization(config: MemorizationRunConfig) -> dict:
     for folder in out.glob("checkpoint-*"):  # the run is finished: nothing will resume from them
         shutil.rmtree(folder)
     return result
+
+
+def _stochastic_rounding_adamw(trainer, model):
+    """``StochasticRoundingAdamW`` with the settings and the decay / no-decay groups the Trainer gives its AdamW."""
+    from .stochastic_rounding import StochasticRoundingAdamW
+
+    args, decay = trainer.args, set(trainer.get_decay_parameter_names(model))
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in named if n in decay], "weight_decay": args.weight_decay},
+              {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+    return StochasticRoundingAdamW([g for g in groups if g["params"]], lr=args.learning_rate,
+                                   betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
 
 
 def remeasure_memorization(run_dir) -> dict:

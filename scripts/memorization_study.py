@@ -48,8 +48,9 @@ PRESETS = {
     "morris": dict(models=["W32", "W64"], vocab=2048, epochs=1000, batch_size=64, lr=1e-2, warmup_steps=50,
                    precisions=["fp32", "bf16"], until_saturated=True),
 }
-PRECISIONS = ("fp32", "bf16-mixed", "bf16")
-"""``hf-capacity memorize --precision``: fp32; bf16 autocast over fp32 weights; true bf16 (weights and AdamW state)."""
+PRECISIONS = ("fp32", "bf16-mixed", "bf16", "bf16-sr")
+"""``hf-capacity memorize --precision`` (``hf_capacity.memorization.PRECISIONS``): fp32; bf16 autocast over fp32
+weights; true bf16 (weights and AdamW state); true bf16 with stochastically rounded weight updates."""
 COLUMNS = ["model", "head_dim", "precision", "num_params", "N", "length", "vocab", "epochs", "steps_trained",
            "batch_size", "lr", "fused_loss", "data_bits", "memorized_bits", "bits_per_param", "heldout_memorized_bits",
            "saturated", "relative_rise", "wall_time_s"]

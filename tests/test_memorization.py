@@ -163,7 +163,7 @@ def test_the_stop_rule_reads_the_last_fifth_of_the_curve():
     assert not saturation(rising[:1])["saturated"] and saturation([])["relative_rise"] is None
 
 
-@pytest.mark.parametrize("precision", ["bf16", "bf16-mixed"])
+@pytest.mark.parametrize("precision", ["bf16", "bf16-mixed", "bf16-sr"])
 def test_bf16_runs_keep_their_weights_and_optimizer_state_as_they_say(tmp_path, precision):
     import json
 
@@ -174,7 +174,7 @@ def test_bf16_runs_keep_their_weights_and_optimizer_state_as_they_say(tmp_path, 
                                    warmup_steps=2, precision=precision, until_saturated=True, progress=False)
     result = train_memorization(config)
     saved = json.loads((tmp_path / precision / "config.json").read_text())
-    assert saved["dtype"] == ("bfloat16" if precision == "bf16" else "float32")
+    assert saved["dtype"] == ("float32" if precision == "bf16-mixed" else "bfloat16")
     assert result["precision"] == precision and result["steps_trained"] <= 40
     assert result["saturation"]["saturated"] or result["steps_trained"] == 40
 

@@ -79,8 +79,10 @@ def add_commands(subparsers) -> None:
                    help="the cosine schedule's floor, a fraction of the peak learning rate (0 to 1; default 0.1)")
     add_count(m, "--warmup-steps", minimum=0, default=100, help="learning-rate warm-up (at most a tenth of the steps)")
     add_count(m, "--seed", minimum=0, default=0, help="seed of the sequences and the initialisation")
-    m.add_argument("--precision", choices=["fp32", "bf16-mixed", "bf16"], default="fp32",
-                   help="fp32; bf16 autocast over fp32 weights; or true bf16 (bf16 weights and optimizer state)")
+    m.add_argument("--precision", choices=["fp32", "bf16-mixed", "bf16", "bf16-sr"], default="fp32",
+                   help="fp32; bf16 autocast over fp32 weights; true bf16 (bf16 weights and optimizer state); or "
+                        "true bf16 with the new weights stochastically rounded (right on average: no update is "
+                        "lost to rounding)")
     m.add_argument("--bf16", action="store_true", help="the same as --precision bf16-mixed")
     add_count(m, "--eval-steps", default=None, help="measure every this many steps (default: 20 measurements)")
     add_count(m, "--save-steps", minimum=0, default=1000,
