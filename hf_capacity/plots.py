@@ -320,7 +320,7 @@ def plot_memorization(data: Any, out_png: str | os.PathLike, *, fits: Mapping[tu
     params = _column(data, "num_params")
     keys = list(dict.fromkeys(zip(models.tolist(), head_dims.tolist())))
     colours = {k: f"C{i % 10}" for i, k in enumerate(keys)}
-    markers = {"fp32": "o", "bf16-mixed": "s", "bf16": "D"}
+    markers = {"fp32": "o", "bf16-mixed": "s", "bf16": "D", "bf16-sr": "^"}
 
     fig = Figure(figsize=(7, 5))
     ax = fig.add_subplot()
