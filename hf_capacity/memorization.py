@@ -344,9 +344,9 @@ def train_memorization(config: MemorizationRunConfig) -> dict:
                 control.should_training_stop = True
 
     # numpy rows: the collator stacks arrays instead of converting Python lists
-    trainer = Trainer(model=model, args=args, train_dataset=data.to_dataset().with_format("numpy"))
-    if config.precision == "bf16-sr":  # the Trainer's AdamW and parameter groups, stochastically rounded
-        trainer.optimizer = _stochastic_rounding_adamw(trainer, model)
+    trainer = Trainer(model=model, args=args, train_dataset=data.to_dataset().with_format("numpy"),
+                      optimizer_cls_and_kwargs=_stochastic_rounding_adamw(args) if config.precision == "bf16-sr"
+                      else None)
     callback.attach(trainer)
     trainer.add_callback(StopWhenSaturated())
     out.mkdir(parents=True, exist_ok=True)  # recorded first, so that a run killed part-way is recognised
@@ -367,16 +367,13 @@ def train_memorization(config: MemorizationRunConfig) -> dict:
     return result
 
 
-def _stochastic_rounding_adamw(trainer, model):
-    """``StochasticRoundingAdamW`` with the settings and the decay / no-decay groups the Trainer gives its AdamW."""
+def _stochastic_rounding_adamw(args) -> tuple[type, dict]:
+    """``StochasticRoundingAdamW`` with the settings of the AdamW ``args`` would give, for the Trainer's
+    ``optimizer_cls_and_kwargs`` (the Trainer forms the decay / no-decay parameter groups as for its own AdamW)."""
     from .stochastic_rounding import StochasticRoundingAdamW
 
-    args, decay = trainer.args, set(trainer.get_decay_parameter_names(model))
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in named if n in decay], "weight_decay": args.weight_decay},
-              {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
-    return StochasticRoundingAdamW([g for g in groups if g["params"]], lr=args.learning_rate,
-                                   betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+    return StochasticRoundingAdamW, {"lr": args.learning_rate, "betas": (args.adam_beta1, args.adam_beta2),
+                                     "eps": args.adam_epsilon}
 
 
 def remeasure_memorization(run_dir) -> dict:

@@ -75,18 +75,20 @@ def population_size(config: CapacityTrainingConfig) -> PopulationSize:
     return PopulationSize(config.n_people, num_params, run_parts(config).new_bits_max(data).total)
 
 
-def people_for_r_max(config: CapacityTrainingConfig, r_max: float, *, max_rounds: int = 12) -> PopulationSize:
+def people_for_r_max(config: CapacityTrainingConfig, r_max: float, *, max_rounds: int = 12,
+                     known: PopulationSize | None = None) -> PopulationSize:
     """The number of people N at which ``config``'s run has R_max = bits_max / P ≥ ``r_max`` bits/param, within
     about 1% of the smallest such N (``config.n_people`` is the first guess).
 
     P grows with N (the tokenizer is trained on the people, and more people use more embedding rows), so N is
     found by rounds of N ← N · r_max / R_max(N), each counting P on the N people's own tokens (a second or more
     a round). A run storing 2 bits/param learns at most 2 / R_max of its data: R_max ≥ 2.5-3.5 keeps it
-    capacity-limited. ValueError for r_max ≤ 0 or a run whose P is counted only when it starts.
+    capacity-limited. ValueError for r_max ≤ 0 or a run whose P is counted only when it starts. ``known``: the
+    size already counted for some N (the dry run's, at ``config.n_people``), not counted again.
     """
     if not (isinstance(r_max, (int, float)) and math.isfinite(r_max) and r_max > 0):
         raise ValueError(f"r_max must be a positive number of bits/param, got {r_max!r}")
-    seen: dict[int, PopulationSize] = {}
+    seen: dict[int, PopulationSize] = {known.n_people: known} if known is not None else {}
 
     def size(n: int) -> PopulationSize:
         if n not in seen:

@@ -25,7 +25,7 @@ import pandas as pd
 
 from ..adapters import run_parts
 from ..checkpoints import last_checkpoint
-from ..preflight import check_run, people_for_r_max, planning_data
+from ..preflight import PopulationSize, check_run, people_for_r_max, planning_data
 from ..steps import tokens_per_step
 from ..training import CONFIG_FILE, steps_for_exposures, train_capacity
 from .config import Sweep, SweepRun, load_sweep, plural
@@ -157,10 +157,13 @@ def _format_status(result: dict) -> str:
     return text
 
 
-def _sized(run: SweepRun, r_max: float) -> tuple[dict, str]:
-    """The columns and the log text of ``people_for_r_max`` for a valid run."""
+def _sized(run: SweepRun, r_max: float, checked: dict) -> tuple[dict, str]:
+    """The columns and the log text of ``people_for_r_max`` for a valid run (``checked``: its ``_check`` figures,
+    the first round's size)."""
+    config = run.training_config()
+    known = PopulationSize(config.n_people, checked["num_params"], checked["bits_max"])
     try:
-        size = people_for_r_max(run.training_config(), r_max)
+        size = people_for_r_max(config, r_max, known=known)
     except ValueError as err:
         return {}, f"; no N for R_max {r_max:g}: {err}"
     return ({"n_people_for_r_max": size.n_people, "num_params_for_r_max": size.num_params},
@@ -196,7 +199,7 @@ def _dry_run(sweep: Sweep, selected: list[SweepRun], log: Callable[[str], None],
             size = (f", P = {p:,}, R_max = {checked['R_max']:.3f} bits/param" if p else
                     f", P counted when it starts (a base model), bits_max = {checked['bits_max']:,.0f}")
             if r_max is not None and p:
-                columns, text = _sized(run, r_max)
+                columns, text = _sized(run, r_max, checked)
                 row.update(columns)
                 size += text
         log(f"[{k}/{len(selected)}] {run.run_id}  {row['status']}"
