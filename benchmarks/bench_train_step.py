@@ -10,10 +10,10 @@ alone; ``bench_allocator.py`` measures the difference).
 The calibration config (bioD(1500, K=1, C=16, D=1000, L=1, T=1000), GPT2-1-1, context 512, AdamW, fp32) trains
 with the stock ``transformers.Trainer`` exactly as ``hf-capacity train`` builds it (rows formatted as numpy, so the
 collator stacks arrays): with the plain head + cross-entropy and the whole 5,096-token vocabulary; with
-``--fused-loss`` and the whole vocabulary (the default: the baseline); with the fused loss and the fitted vocabulary
-(2,745 tokens: the same tokens in every window, the same P); with the fitted vocabulary at context 256 and twice the
-batch (the same tokens a step); and the last again with the rows read as Python lists (the data loader before
-2026-12-07). Variants run in interleaved rounds of ``--steps`` steps after a warm-up round; a round's time runs
+``--fused-loss`` and the whole vocabulary, the kernel pinned as it was when issue 18 set its goal (chunks of 128
+rows, the head unpadded: the baseline); with the fused loss and the fitted vocabulary (2,745 tokens: the same tokens
+in every window, the same P); with the fitted vocabulary at context 256 and twice the batch (the same tokens a
+step); and the last again with the head unpadded (``fused_padded_rows`` off: what the padding alone gives). Variants run in interleaved rounds of ``--steps`` steps after a warm-up round; a round's time runs
 from the end of its 5th step to its last (a callback stamps the steps), so start-up and the first steps'
 allocations are not counted. Tokens/s are medians over the rounds; the ratio is the median of the paired per-round
 ratios against the baseline.
@@ -47,7 +47,7 @@ from hf_capacity.training import CapacityTrainingConfig, build_data, build_model
 
 SKIP = 5
 BASELINE = "fused loss, whole vocabulary (baseline)"
-LIST_ROWS = "fused loss, fitted vocabulary, context 256, rows as Python lists"
+UNPADDED = "fused loss, fitted vocabulary, context 256, unpadded head"
 
 
 def matmul_peak_gflops(threads: int, size: int = 1024, repeats: int = 10) -> float:
@@ -73,15 +73,18 @@ class StepClock(TrainerCallback):
 
 
 @contextlib.contextmanager
-def chunk_rows(rows: int | None):
-    """Fix the fused loss's chunk to ``rows`` (the baseline's 128, the rule before fused_chunk_size) for a while."""
-    rule = modeling.fused_chunk_size
+def pinned_kernel(rows: int | None, padded: bool = True):
+    """Fix the fused loss's chunk to ``rows`` (the baseline's 128, the rule before fused_chunk_size) and, with
+    ``padded=False``, lay its head out unpadded (as before fused_padded_rows), for a while."""
+    chunk_rule, padding_rule = modeling.fused_chunk_size, modeling.fused_padded_rows
     if rows is not None:
         modeling.fused_chunk_size = lambda vocab_size: rows
+    if not padded:
+        modeling.fused_padded_rows = lambda vocab_size: vocab_size
     try:
         yield
     finally:
-        modeling.fused_chunk_size = rule
+        modeling.fused_chunk_size, modeling.fused_padded_rows = chunk_rule, padding_rule
 
 
 def flops_per_token(model, context: int) -> float:
@@ -130,21 +133,23 @@ def main() -> None:
         batch_size=args.batch, learning_rate=1e-2, progress=False,
     )
     full, fitted = build_data(base), build_data(replace(base, fit_vocabulary=True))
-    # numpy rows, as `hf-capacity train` hands them to the Trainer; LIST_ROWS reads Python lists (as before)
-    windows = {(fit, context, rows): data.stream(40, context).to_dataset(progress=False).with_format(rows)
-               for fit, data in ((False, full), (True, fitted)) for context in (512, 256) for rows in ("numpy", None)}
-    variants = [  # name, config, data, fused-loss chunk rows (None: the model's rule, fused_chunk_size)
-        ("plain loss, whole vocabulary", replace(base, fit_vocabulary=False), full, None),
-        (BASELINE, replace(base, fit_vocabulary=False, fused_loss=True), full, 128),
-        ("fused loss, fitted vocabulary", replace(base, fused_loss=True, fit_vocabulary=True), fitted, None),
+    # numpy rows, as `hf-capacity train` hands them to the Trainer
+    windows = {(fit, context): data.stream(40, context).to_dataset(progress=False).with_format("numpy")
+               for fit, data in ((False, full), (True, fitted)) for context in (512, 256)}
+    # name, config, data, fused-loss chunk rows (None: the model's rule, fused_chunk_size), head padded
+    # (fused_padded_rows) or not; the baseline is the fused path as it was when issue 18 set the goal
+    variants = [
+        ("plain loss, whole vocabulary", replace(base, fit_vocabulary=False), full, None, True),
+        (BASELINE, replace(base, fit_vocabulary=False, fused_loss=True), full, 128, False),
+        ("fused loss, fitted vocabulary", replace(base, fused_loss=True, fit_vocabulary=True), fitted, None, True),
         ("fused loss, fitted vocabulary, context 256",
          replace(base, fused_loss=True, fit_vocabulary=True, context_length=256, batch_size=2 * args.batch),
-         fitted, None),
+         fitted, None, True),
     ]
-    variants.append((LIST_ROWS, variants[-1][1], fitted, None))
+    variants.append((UNPADDED, variants[-1][1], fitted, None, False))
     if args.compile:
-        variants += [(name + ", compiled", replace(config, torch_compile=True), data, rows)
-                     for name, config, data, rows in variants]
+        variants += [(name + ", compiled", replace(config, torch_compile=True), data, rows, padded)
+                     for name, config, data, rows, padded in variants]
     tokens_per_step = args.batch * 512
     rates: dict[str, list[float]] = {name: [] for name, *_ in variants}
     per_token: dict[str, float] = {}
@@ -153,13 +158,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out:
         for round_ in range(args.rounds + 1):  # round 0 warms up (and compiles)
             peaks.append(matmul_peak_gflops(args.threads))
-            for name, config, data, rows in variants:
-                rows_format = None if name == LIST_ROWS else "numpy"
-                dataset = windows[(config.fit_vocabulary, config.context_length, rows_format)]
+            for name, config, data, rows, padded in variants:
+                dataset = windows[(config.fit_vocabulary, config.context_length)]
                 trainer, clock = make_trainer(config, data, dataset, args.steps, config.torch_compile, out)
                 per_token[name] = flops_per_token(trainer.model, config.context_length)
                 vocab[name] = trainer.model.config.vocab_size
-                with chunk_rows(rows):
+                with pinned_kernel(rows, padded):
                     trainer.train()
                 if round_ == 0:
                     continue

@@ -335,9 +335,11 @@ def test_a_capacity_run_builds_moe_with_the_papers_capacity_factors(bios_data):
     assert free.config.moe_capacity_factor_eval is None
 
 
+@pytest.mark.parametrize("padded_rows", [None, 64])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_loss_is_the_plain_loss_across_chunks_with_ignored_rows(dtype):
-    """Chunks of 5 rows over 23 tokens (a ragged last chunk), a third of them ignored, one chunk wholly ignored."""
+def test_fused_loss_is_the_plain_loss_across_chunks_with_ignored_rows(dtype, padded_rows):
+    """Chunks of 5 rows over 23 tokens (a ragged last chunk), a third of them ignored, one chunk wholly ignored; the
+    50-token head as it is and laid out with 64 rows (14 padding rows that must not change a thing)."""
     from hf_capacity.models.capacity_gpt2.modeling_capacity_gpt2 import FusedLinearCrossEntropy
 
     generator = torch.Generator().manual_seed(3)
@@ -346,8 +348,9 @@ def test_fused_loss_is_the_plain_loss_across_chunks_with_ignored_rows(dtype):
     labels = torch.randint(0, 50, (23,), generator=generator)
     labels[torch.randperm(23, generator=generator)[:8]] = -100
     labels[5:10] = -100
-    fused = FusedLinearCrossEntropy.apply(hidden, weight, labels, 5)
+    fused = FusedLinearCrossEntropy.apply(hidden, weight, labels, 5, padded_rows)
     fused_grads = torch.autograd.grad(fused * 0.5, (hidden, weight))
+    assert fused_grads[1].shape == weight.shape
     plain = torch.nn.functional.cross_entropy((hidden @ weight.T).float(), labels, reduction="sum")
     plain_grads = torch.autograd.grad(plain * 0.5, (hidden, weight))
     tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
@@ -355,3 +358,27 @@ def test_fused_loss_is_the_plain_loss_across_chunks_with_ignored_rows(dtype):
     for got, expected in zip(fused_grads, plain_grads):
         torch.testing.assert_close(got.float(), expected.float(), **tolerance)
     assert (fused_grads[0][labels == -100] == 0).all()  # ignored rows get no gradient
+
+
+def test_the_fused_head_is_padded_to_a_64_byte_stride_off_1_kib_multiples():
+    from hf_capacity.models.capacity_gpt2.modeling_capacity_gpt2 import fused_padded_rows
+
+    assert [fused_padded_rows(v) for v in (2745, 5096, 2752, 1500, 4096, 2048, 250, 1)] == [
+        2752, 5104, 2752, 1504, 4112, 2064, 272, 16]
+
+
+def test_padding_the_fused_head_changes_neither_loss_nor_gradients():
+    """The padded layout against the unpadded one on the same inputs: equal to float rounding, in float64."""
+    from hf_capacity.models.capacity_gpt2.modeling_capacity_gpt2 import FusedLinearCrossEntropy
+
+    generator = torch.Generator().manual_seed(5)
+    hidden = torch.randn(70, 16, generator=generator, dtype=torch.float64).requires_grad_()
+    weight = torch.randn(2745, 16, generator=generator, dtype=torch.float64).requires_grad_()
+    labels = torch.randint(0, 2745, (70,), generator=generator)
+    labels[::7] = -100
+    results = []
+    for rows in (None, 2752):
+        loss = FusedLinearCrossEntropy.apply(hidden, weight, labels, 32, rows)
+        results.append((loss, *torch.autograd.grad(loss, (hidden, weight))))
+    for unpadded, padded in zip(*results):
+        torch.testing.assert_close(padded, unpadded, rtol=1e-12, atol=1e-12)
