@@ -375,6 +375,7 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
     from transformers import Trainer, set_seed
 
     from .callbacks import CapacityReportCallback, ForgettingCallback, TrainingDivergedError, add_capacity_callbacks
+    from .data.stream import collate_windows
     from .params import count_parameters
     from .report import json_safe
 
@@ -385,9 +386,10 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
     model = model or parts.model(data.tokenizer)
     stream = data.stream(config.exposures, config.context_length, block_diagonal=config.block_diagonal)
     # numpy rows: the Trainer's collator stacks arrays instead of converting Python lists (~0.6 instead of ~2 ms
-    # a batch of 8 x 256 tokens; a step 2.3% faster: benchmarks/bench_train_step.py)
+    # a batch of 8 x 256 tokens; a step 2.3% faster: benchmarks/bench_train_step.py). The table leaves the labels
+    # out (5 instead of 13 bytes a token); collate_windows rebuilds them from the attention mask, batch by batch.
     train_dataset = (stream.to_iterable_dataset() if config.streaming
-                     else stream.to_dataset(progress=config.progress).with_format("numpy"))
+                     else stream.to_dataset(progress=config.progress, labels=False).with_format("numpy"))
     args = training_arguments(config)
     if not config.max_steps:  # one pass over the stream, at the batch the Trainer really takes a step
         windows = None if config.streaming else len(train_dataset)
@@ -399,7 +401,8 @@ def _train_capacity(config: CapacityTrainingConfig, data: KnowledgeData | None, 
     if hasattr(model, "optimizer_param_groups"):  # memory values get their own learning rate
         groups = model.optimizer_param_groups(config.learning_rate, config.weight_decay)
         optimizers = (torch.optim.AdamW(groups, betas=(0.9, config.adam_beta2), eps=config.adam_epsilon), None)
-    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, optimizers=optimizers)
+    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, optimizers=optimizers,
+                      data_collator=collate_windows)
     prior = parts.prior_knowledge(model, data)  # an adapter run's bits are net of what its base knew
     callbacks = add_capacity_callbacks(
         trainer,

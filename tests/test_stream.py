@@ -90,6 +90,31 @@ def test_materialised_dataset_holds_exactly_the_streamed_windows(bios_data, monk
     assert str(ds.data.schema.field("input_ids").type) == "list<item: int32>"
 
 
+def test_a_table_without_labels_gives_the_same_batches(bios_data):
+    """`to_dataset(labels=False)` (what `hf-capacity train` builds) holds 5 bytes a token instead of 13, and
+    `collate_windows` turns its rows into the very batches the full table gives, the padded last window included."""
+    from transformers import default_data_collator
+
+    from hf_capacity.data import collate_windows
+
+    stream = bios_data.stream(exposures=3, context_length=100)
+    full = stream.to_dataset(progress=False).with_format("numpy")
+    lean = stream.to_dataset(progress=False, labels=False).with_format("numpy")
+    assert lean.column_names == ["input_ids", "attention_mask"]
+    assert lean.data.nbytes < 0.4 * full.data.nbytes
+    assert full[-1]["attention_mask"].min() == 0  # the last window is padded: its labels are -100 there
+    for start in range(0, full.num_rows, 8):
+        rows = range(start, min(start + 8, full.num_rows))
+        expected = default_data_collator([full[i] for i in rows])
+        got = collate_windows([lean[i] for i in rows])
+        assert got.keys() == expected.keys()
+        for key in expected:
+            assert got[key].dtype == expected[key].dtype and (got[key] == expected[key]).all(), key
+    assert collate_windows([full[0]])["labels"].equal(default_data_collator([full[0]])["labels"])  # labels kept
+    with pytest.raises(ValueError, match="attention_mask"):
+        collate_windows([{"input_ids": lean[0]["input_ids"]}])
+
+
 def test_stream_fingerprints_follow_the_content(bios_data, biod_data):
     fingerprints = {
         bios_data.stream(2, 64).fingerprint(),

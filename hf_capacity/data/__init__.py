@@ -4,7 +4,7 @@ from .knowledge_data import KnowledgeData
 from .population import BioDPopulation, BioSPopulation, load_pools, population_from_config
 from .random_sequences import RandomSequences
 from .render import RenderedBatch, Renderer, evaluation_exposure, load_templates
-from .stream import JunkConfig, PackedStream, exposure_rounds, mix_knowledge
+from .stream import JunkConfig, PackedStream, collate_windows, exposure_rounds, mix_knowledge
 from .tokenizer import train_tokenizer
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "RandomSequences",
     "RenderedBatch",
     "Renderer",
+    "collate_windows",
     "evaluation_exposure",
     "exposure_rounds",
     "load_pools",

@@ -265,18 +265,22 @@ class PackedStream:
             f["people"] = datasets.Sequence(datasets.Value("int64"))
         return datasets.Features(f)
 
-    def to_dataset(self, progress: bool = True):
+    def to_dataset(self, progress: bool = True, *, labels: bool = True):
         """Materialise as an in-memory ``datasets.Dataset``; ``to_iterable_dataset`` generates windows instead.
 
         The windows go straight into Arrow list columns from numpy blocks (no Python int per token), so the
         build peaks at about the size of the finished table: ~13-21 bytes a token (int32 ids, int8 mask, int64
-        labels, int64 positions with ``block_diagonal``)."""
+        labels, int64 positions with ``block_diagonal``). ``labels=False`` leaves the labels out (5 bytes a token
+        without ``block_diagonal``): they are the input ids with -100 where ``attention_mask`` is 0, and
+        `collate_windows` rebuilds them batch by batch (``hf-capacity train`` does this)."""
         import datasets
         import pyarrow as pa
         from datasets.table import InMemoryTable
         from tqdm.auto import tqdm
 
         features = self.features()
+        if not labels:
+            del features["labels"]
         columns = {k: _ListColumn(features[k].feature.dtype, self.context_length) for k in features}
         with tqdm(total=self.estimated_windows(), desc="packing windows", disable=not progress, unit="win") as bar:
             for item in self:
@@ -319,6 +323,21 @@ class PackedStream:
                 yield {k: v.tolist() for k, v in item.items()}
 
         return datasets.IterableDataset.from_generator(generate, features=self.features())
+
+
+def collate_windows(rows: list[dict]) -> dict:
+    """A batch of packed windows as tensors: transformers' ``default_data_collator`` (same dtypes), plus the
+    ``labels`` where the rows carry none (``PackedStream.to_dataset(labels=False)``): the input ids as int64, -100
+    where ``attention_mask`` is 0, exactly what the stream writes in its labels column."""
+    import torch
+    from transformers import default_data_collator
+
+    batch = default_data_collator(rows)
+    if "labels" not in batch:
+        if "attention_mask" not in batch:
+            raise ValueError("windows without labels need an attention_mask to rebuild them from")
+        batch["labels"] = batch["input_ids"].long().masked_fill(batch["attention_mask"] == 0, -100)
+    return batch
 
 
 def junk_population(population: Population, junk: JunkConfig) -> Population:
