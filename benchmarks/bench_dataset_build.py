@@ -3,9 +3,11 @@
 Baseline: gather each window's numpy arrays in per-column lists and call ``datasets.Dataset.from_dict`` (what
 ``PackedStream.to_dataset`` did before; ``datasets`` converts every token to a Python int and then hashes the whole
 table for its fingerprint). Measured: ``PackedStream.to_dataset`` (numpy blocks handed to Arrow, fingerprint
-from the stream's settings). Each side runs in its own fresh process (peak RSS is per process), on the
-capacity-law data (bioD, K=1, C=16, D=T=1000, context 512); both must produce the same table (checked by a hash
-of the columns). Rounds alternate the two sides; medians reported.
+from the stream's settings), with its labels and without them (``labels=False``, what ``hf-capacity train`` builds:
+its collator rebuilds the labels from the mask). Each side runs in its own fresh process (peak RSS is per process),
+on the capacity-law data (bioD, K=1, C=16, D=T=1000, context 512); all must hold the same windows (checked by a hash
+of the ids and mask columns; the two with labels also of the labels). Rounds alternate the sides; medians
+reported, with the finished table's bytes a token.
 
     OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/bench_dataset_build.py            # N 4,400 × 100 exposures
     python benchmarks/bench_dataset_build.py --N 1500 --exposures 20 --rounds 1       # quick
@@ -37,15 +39,18 @@ if side == "baseline":
             columns[k].append(item[k])
     ds = datasets.Dataset.from_dict(columns, features=stream.features())
 else:
-    ds = stream.to_dataset(progress=False)
+    ds = stream.to_dataset(progress=False, labels=side != "to_dataset_no_labels")
 seconds = time.perf_counter() - t0
 grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
-digest = hashlib.sha256()
+digests = {}
 for k in ds.column_names:  # the table's content, whatever its chunking
+    digest = hashlib.sha256()
     column = ds.data.column(k).combine_chunks()
     for part in column.flatten(), column.offsets:
         digest.update(part.to_numpy(zero_copy_only=False).tobytes())
-print(json.dumps({"seconds": seconds, "grown": grown, "tokens": ds.num_rows * 512, "digest": digest.hexdigest()}))
+    digests[k] = digest.hexdigest()
+print(json.dumps({"seconds": seconds, "grown": grown, "tokens": ds.num_rows * 512, "digests": digests,
+                  "table": ds.data.nbytes}))
 """
 
 
@@ -61,28 +66,30 @@ def main() -> None:
     parser.add_argument("--exposures", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    results: dict[str, list[dict]] = {"baseline": [], "to_dataset": []}
+    results: dict[str, list[dict]] = {"baseline": [], "to_dataset": [], "to_dataset_no_labels": []}
     for _ in range(args.rounds):
         for side in results:
             results[side].append(run(side, args.N, args.exposures))
-    digests = {r["digest"] for rs in results.values() for r in rs}
-    assert len(digests) == 1, "the two paths built different tables"
+    for column in ("input_ids", "attention_mask", "labels"):
+        digests = {r["digests"][column] for rs in results.values() for r in rs if column in r["digests"]}
+        assert len(digests) == 1, f"the paths built different {column} columns"
     tokens = results["to_dataset"][0]["tokens"]
-    med = {side: (statistics.median(r["seconds"] for r in rs), statistics.median(r["grown"] for r in rs))
-           for side, rs in results.items()}
+    med = {side: (statistics.median(r["seconds"] for r in rs), statistics.median(r["grown"] for r in rs),
+                  rs[0]["table"]) for side, rs in results.items()}
     print(f"bioD(N={args.N:,}, K=1, C=16, D=T=1000), {args.exposures} exposures, context 512: {tokens / 1e6:.1f}M "
           f"tokens; {platform.processor() or platform.machine()}, {args.rounds} rounds, a fresh process each\n")
-    print("| path | median s | M tokens/s | peak memory growth | bytes a token |")
-    print("|---|---:|---:|---:|---:|")
-    names = {"baseline": "per-window lists → `Dataset.from_dict` (before)", "to_dataset": "`PackedStream.to_dataset`"}
-    for side, (seconds, grown) in med.items():
+    print("| path | median s | M tokens/s | peak memory growth | bytes a token at the peak | table bytes a token |")
+    print("|---|---:|---:|---:|---:|---:|")
+    names = {"baseline": "per-window lists → `Dataset.from_dict` (before)", "to_dataset": "`PackedStream.to_dataset`",
+             "to_dataset_no_labels": "`to_dataset(labels=False)` (`hf-capacity train`)"}
+    for side, (seconds, grown, table) in med.items():
         print(f"| {names[side]} | {seconds:.2f} | {tokens / seconds / 1e6:.2f} | {grown / 1e9:.2f} GB | "
-              f"{grown / tokens:.0f} |")
-    (tb, gb), (tn, gn) = med["baseline"], med["to_dataset"]
-    print(f"\nto_dataset vs baseline: **{tb / tn:.1f}x faster**, **{gb / gn:.1f}x less peak memory**; "
-          f"at 1000 exposures of N {args.N:,} ({tokens * 1000 / args.exposures / 1e6:.0f}M tokens) the build would "
-          f"grow by ~{gb * 1000 / args.exposures / 1e9:.0f} GB before, ~{gn * 1000 / args.exposures / 1e9:.1f} GB now")
-
+              f"{grown / tokens:.0f} | {table / tokens:.1f} |")
+    (tb, gb, _), (tn, gn, _), (tl, gl, _) = med.values()
+    print(f"\nto_dataset vs baseline: **{tb / tn:.1f}x faster**, **{gb / gn:.1f}x less peak memory**; without labels "
+          f"{tb / tl:.1f}x faster, {gb / gl:.1f}x less peak memory; at 1000 exposures of N {args.N:,} "
+          f"({tokens * 1000 / args.exposures / 1e6:.0f}M tokens) the build would grow by ~{gb * 1000 / args.exposures / 1e9:.0f} GB "
+          f"before, ~{gn * 1000 / args.exposures / 1e9:.1f} GB with labels, ~{gl * 1000 / args.exposures / 1e9:.1f} GB without")
 
 if __name__ == "__main__":
     main()
