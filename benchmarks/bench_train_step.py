@@ -8,8 +8,8 @@ It first tunes glibc's malloc (``hf_capacity.cpu_allocator``, opt-in for trainin
 alone; ``bench_allocator.py`` measures the difference).
 
 The calibration config (bioD(1500, K=1, C=16, D=1000, L=1, T=1000), GPT2-1-1, context 512, AdamW, fp32) trains
-with the stock ``transformers.Trainer`` exactly as ``hf-capacity train`` builds it (rows formatted as numpy, so the
-collator stacks arrays): with the plain head + cross-entropy and the whole 5,096-token vocabulary; with
+with the stock ``transformers.Trainer`` exactly as ``hf-capacity train`` builds it (rows formatted as numpy, without
+labels: ``collate_windows`` stacks the arrays and adds them; the baseline reads them from the table, as it did): with the plain head + cross-entropy and the whole 5,096-token vocabulary; with
 ``--fused-loss`` and the whole vocabulary, the kernel pinned as it was when issue 18 set its goal (chunks of 128
 rows, the head unpadded: the baseline); with the fused loss and the fitted vocabulary (2,745 tokens: the same tokens
 in every window, the same P); with the fitted vocabulary at context 256 and twice the batch (the same tokens a
@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 
 from hf_capacity.cpu_allocator import tune_malloc_for_training  # noqa: E402
+from hf_capacity.data import collate_windows  # noqa: E402
 from hf_capacity.models.capacity_gpt2 import modeling_capacity_gpt2 as modeling  # noqa: E402
 from hf_capacity.training import CapacityTrainingConfig, build_data, build_model  # noqa: E402  (first: quiet bnb)
 
@@ -96,7 +97,8 @@ def flops_per_token(model, context: int) -> float:
     return 6 * (linear + head) + 12 * layers * context * d
 
 
-def make_trainer(config, data, dataset, steps: int, compile_: bool, out: str) -> tuple[Trainer, StepClock]:
+def make_trainer(config, data, dataset, steps: int, compile_: bool, out: str,
+                 collator=collate_windows) -> tuple[Trainer, StepClock]:
     torch.manual_seed(0)
     model = build_model(config, data.tokenizer)
     args = TrainingArguments(
@@ -107,7 +109,7 @@ def make_trainer(config, data, dataset, steps: int, compile_: bool, out: str) ->
         torch_compile=compile_, seed=0,
     )
     clock = StepClock()
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[clock])
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[clock], data_collator=collator)
     return trainer, clock
 
 
@@ -133,9 +135,11 @@ def main() -> None:
         batch_size=args.batch, learning_rate=1e-2, progress=False,
     )
     full, fitted = build_data(base), build_data(replace(base, fit_vocabulary=True))
-    # numpy rows, as `hf-capacity train` hands them to the Trainer
-    windows = {(fit, context): data.stream(40, context).to_dataset(progress=False).with_format("numpy")
+    # numpy rows without labels, as `hf-capacity train` hands them to the Trainer (collate_windows adds the labels)
+    windows = {(fit, context): data.stream(40, context).to_dataset(progress=False, labels=False).with_format("numpy")
                for fit, data in ((False, full), (True, fitted)) for context in (512, 256)}
+    # the baseline reads its labels from the table, with the Trainer's default collator (as it was)
+    labelled = full.stream(40, 512).to_dataset(progress=False).with_format("numpy")
     # name, config, data, fused-loss chunk rows (None: the model's rule, fused_chunk_size), head padded
     # (fused_padded_rows) or not; the baseline is the fused path as it was when issue 18 set the goal
     variants = [
@@ -159,8 +163,12 @@ def main() -> None:
         for round_ in range(args.rounds + 1):  # round 0 warms up (and compiles)
             peaks.append(matmul_peak_gflops(args.threads))
             for name, config, data, rows, padded in variants:
-                dataset = windows[(config.fit_vocabulary, config.context_length)]
-                trainer, clock = make_trainer(config, data, dataset, args.steps, config.torch_compile, out)
+                if name == BASELINE:
+                    trainer, clock = make_trainer(config, data, labelled, args.steps, config.torch_compile, out,
+                                                  collator=None)
+                else:
+                    dataset = windows[(config.fit_vocabulary, config.context_length)]
+                    trainer, clock = make_trainer(config, data, dataset, args.steps, config.torch_compile, out)
                 per_token[name] = flops_per_token(trainer.model, config.context_length)
                 vocab[name] = trainer.model.config.vocab_size
                 with pinned_kernel(rows, padded):
