@@ -135,9 +135,13 @@ def plot_capacity_law(table: Any, out_png: str | os.PathLike, *, fit: Any = None
     for g, marker in zip(groups, "os^Dv"):
         m = labels == g
         ax.scatter(params[m], bits[m], s=30, marker=marker, zorder=3, label=str(g) if len(groups) > 1 else None)
-    if names is not None:
-        for x, y, name in zip(params, bits, names):
-            ax.annotate(str(name), (x, y), xytext=(4, -10), textcoords="offset points", fontsize=7, color="dimgrey")
+    if names is not None:  # each name once (seeds of a shape would stack their labels), under its lowest point
+        names = np.asarray(names).astype(str)
+        for name in dict.fromkeys(names):
+            rows = np.flatnonzero(names == name)
+            i = rows[np.argmin(bits[rows])]
+            ax.annotate(name, (params[i], bits[i]), xytext=(4, -10), textcoords="offset points", fontsize=7,
+                        color="dimgrey")
     ax.set(xscale="log", yscale="log", xlabel="parameters P (the paper's count)", ylabel="bits of knowledge",
            title=title or "Knowledge capacity: bits against parameters")
     ax.grid(True, which="both", alpha=0.25)
