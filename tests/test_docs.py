@@ -101,6 +101,25 @@ def test_the_data_guide_junk_snippet_runs_at_a_tiny_size(capsys):
     assert namespace["KnowledgeData"](data.population, data.tokenizer, domain_token=True).bits_max() == data.bits_max()
 
 
+def test_the_data_guide_long_run_snippet_trains_without_labels_in_the_table(tmp_path):
+    """The data guide's last Python (a Trainer over a table without labels), at 30 people and 2 exposures: the
+    collator gives the Trainer its labels, and it trains."""
+    import math
+
+    code = re.findall(r"```python\n(.*?)```", (GUIDES / "data.md").read_text(), re.S)[-1]
+    for written, tiny in [("n_people=1500", "n_people=30"), ("exposures=1000", "exposures=2"),
+                          ('"runs/long"', repr(str(tmp_path / "long")))]:
+        assert written in code, written
+        code = code.replace(written, tiny)
+    namespace = {}
+    exec(code, namespace)
+    trainer = namespace["trainer"]
+    assert "labels" not in namespace["train"].column_names
+    assert "labels" in next(iter(trainer.get_train_dataloader()))
+    trainer.args.max_steps, trainer.args.disable_tqdm = 3, True
+    assert math.isfinite(trainer.train().training_loss)
+
+
 def _commands(markdown: str) -> list[str]:
     """The `hf-capacity` command lines in the bash blocks of a markdown text: continuations joined, comments and
     leading environment settings dropped, `a && b` and `a &` split."""
