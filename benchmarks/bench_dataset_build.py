@@ -86,10 +86,11 @@ def main() -> None:
         print(f"| {names[side]} | {seconds:.2f} | {tokens / seconds / 1e6:.2f} | {grown / 1e9:.2f} GB | "
               f"{grown / tokens:.0f} | {table / tokens:.1f} |")
     (tb, gb, _), (tn, gn, _), (tl, gl, _) = med.values()
+    scale = 1000 / args.exposures / 1e9  # GB at 1000 exposures
     print(f"\nto_dataset vs baseline: **{tb / tn:.1f}x faster**, **{gb / gn:.1f}x less peak memory**; without labels "
           f"{tb / tl:.1f}x faster, {gb / gl:.1f}x less peak memory; at 1000 exposures of N {args.N:,} "
-          f"({tokens * 1000 / args.exposures / 1e6:.0f}M tokens) the build would grow by ~{gb * 1000 / args.exposures / 1e9:.0f} GB "
-          f"before, ~{gn * 1000 / args.exposures / 1e9:.1f} GB with labels, ~{gl * 1000 / args.exposures / 1e9:.1f} GB without")
+          f"({tokens * 1000 / args.exposures / 1e6:.0f}M tokens) the build would grow by ~{gb * scale:.0f} GB "
+          f"before, ~{gn * scale:.1f} GB with labels, ~{gl * scale:.1f} GB without")
 
 if __name__ == "__main__":
     main()

@@ -8,15 +8,17 @@ It first tunes glibc's malloc (``hf_capacity.cpu_allocator``, opt-in for trainin
 alone; ``bench_allocator.py`` measures the difference).
 
 The calibration config (bioD(1500, K=1, C=16, D=1000, L=1, T=1000), GPT2-1-1, context 512, AdamW, fp32) trains
-with the stock ``transformers.Trainer`` exactly as ``hf-capacity train`` builds it (rows formatted as numpy, without
-labels: ``collate_windows`` stacks the arrays and adds them; the baseline reads them from the table, as it did): with the plain head + cross-entropy and the whole 5,096-token vocabulary; with
-``--fused-loss`` and the whole vocabulary, the kernel pinned as it was when issue 18 set its goal (chunks of 128
-rows, the head unpadded: the baseline); with the fused loss and the fitted vocabulary (2,745 tokens: the same tokens
-in every window, the same P); with the fitted vocabulary at context 256 and twice the batch (the same tokens a
-step); and the last again with the head unpadded (``fused_padded_rows`` off: what the padding alone gives). Variants run in interleaved rounds of ``--steps`` steps after a warm-up round; a round's time runs
-from the end of its 5th step to its last (a callback stamps the steps), so start-up and the first steps'
-allocations are not counted. Tokens/s are medians over the rounds; the ratio is the median of the paired per-round
-ratios against the baseline.
+with the stock ``transformers.Trainer`` exactly as ``hf-capacity train`` builds it (rows formatted as numpy,
+without labels: ``collate_windows`` stacks the arrays and adds them; the baseline reads them from the table, as
+it did): with the plain head + cross-entropy and the whole 5,096-token vocabulary; with ``--fused-loss`` and the
+whole vocabulary, the kernel pinned as it was when issue 18 set its goal (chunks of 128 rows, the head unpadded:
+the baseline); with the fused loss and the fitted vocabulary (2,745 tokens: the same tokens in every window, the
+same P); with the fitted vocabulary at context 256 and twice the batch (the same tokens a step); and the last
+again with the head unpadded (``fused_padded_rows`` off: what the padding alone gives). Variants run in
+interleaved rounds of ``--steps`` steps after a warm-up round; a round's time runs from the end of its 5th step
+to its last (a callback stamps the steps), so start-up and the first steps' allocations are not counted.
+Tokens/s are medians over the rounds; the ratio is the median of the paired per-round ratios against the
+baseline.
 
 Model FLOPs per token: 6 × (linear weights: 12·d² per layer + the head's vocabulary × d) + 12 · layers · context · d
 (attention scores and values, forward and backward, the usual convention that counts the full causal square).

@@ -329,7 +329,6 @@ def collate_windows(rows: list[dict]) -> dict:
     """A batch of packed windows as tensors: transformers' ``default_data_collator`` (same dtypes), plus the
     ``labels`` where the rows carry none (``PackedStream.to_dataset(labels=False)``): the input ids as int64, -100
     where ``attention_mask`` is 0, exactly what the stream writes in its labels column."""
-    import torch
     from transformers import default_data_collator
 
     batch = default_data_collator(rows)
