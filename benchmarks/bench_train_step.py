@@ -165,7 +165,7 @@ def main() -> None:
         for round_ in range(args.rounds + 1):  # round 0 warms up (and compiles)
             peaks.append(matmul_peak_gflops(args.threads))
             for name, config, data, rows, padded in variants:
-                if name == BASELINE:
+                if name.startswith(BASELINE):  # compiled too (--compile): the baseline's table and collator
                     trainer, clock = make_trainer(config, data, labelled, args.steps, config.torch_compile, out,
                                                   collator=None)
                 else:
